@@ -1,0 +1,13 @@
+from backends import Backend
+
+BACKEND = Backend(
+    name="onnxruntime",
+    package="onnxruntime",
+    distribution="onnxruntime",
+    extra="onnxruntime",
+    precisions=("fp32",),
+    runtime_module="backends.onnxruntime.runtime",
+    compile_function="backends.onnxruntime.compile:compile_model",
+    compile_version=1,
+    libraries=("onnxruntime", "onnx"),
+)

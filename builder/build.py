@@ -1,0 +1,94 @@
+"""The three modes on a resolved BuildSpec: build (run the DAG, write the artifact and the lock),
+plan (print the DAG with keys and cache state), check (compare with the lock file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backends import get_backend
+from builder import __version__
+from builder.artifact import artifact_path, materialize
+from builder.cache import Cache, default_cache_dir
+from builder.execute import describe, execute, step_key
+from builder.lock import check_lock, write_lock
+from builder.plan import Plan, make_plan
+from builder.progress import Console
+from builder.reasons import explain
+from builder.sources import get_source
+from builder.spec import BuildSpec
+from builder.validate import validate
+
+
+def open_cache(spec: BuildSpec) -> Cache:
+    configured = spec.config["cache"]["dir"]
+    root = spec.resolve_path(configured) if configured else default_cache_dir()
+    return Cache(root, enabled=spec.config["cache"]["enabled"])
+
+
+def run(spec: BuildSpec, console: Console, run_dir: Path | None = None) -> Path | None:
+    validate(spec)
+    plan = make_plan(spec)
+    cache = open_cache(spec)
+    mode = spec.config["mode"]
+    if mode == "plan":
+        print_plan(plan, cache, console)
+        return None
+    if mode == "check":
+        path, count = check_lock(plan, cache)
+        console.line(f"lock check passed: {count} steps of {spec.recipe}/{spec.target['name']} match {path}")
+        return None
+    get_source(spec.model).require()
+    get_backend(spec.target["backend"]).require("target.backend")
+    console.line(f"mdbuild {__version__} · recipe {spec.recipe} · target {spec.target['name']} · cache {cache.root}")
+    results = execute(plan, cache, console, failure_dir=run_dir)
+    package = results["package"]
+    report = _report_line(package.entry.out)
+    if report:
+        console.line(report)
+    if spec.config["lock"]["update"]:
+        console.line(f"lock: {write_lock(spec, results)}")
+    destination = materialize(package.entry, artifact_path(spec, package.key))
+    console.line(f"artifact: {destination}")
+    return destination
+
+
+def print_plan(plan: Plan, cache: Cache, console: Console) -> None:
+    spec = plan.spec
+    console.line(f"plan · recipe {spec.recipe} · target {spec.target['name']} · cache {cache.root}")
+    digests: dict[str, str] = {}
+    for node in plan.steps:
+        after = ", ".join(sorted(set(node.upstream.values()))) or "-"
+        pending = [sid for sid in node.upstream.values() if sid not in digests]
+        if pending:
+            console.line(f"  {node.id:<9} after {after:<26} key pending   will run: {', '.join(sorted(set(pending)))} will run first")
+            continue
+        description = describe(node, digests, cache)
+        key = step_key(description)
+        meta = cache.peek(key)
+        if meta is not None:
+            digests[node.id] = _digest(meta)
+            console.line(f"  {node.id:<9} after {after:<26} {key}  cached")
+        else:
+            reason = explain(cache.last_description(plan.slot(node)), description)
+            console.line(f"  {node.id:<9} after {after:<26} {key}  will run: {reason}")
+    cache.digests.save()
+
+
+def _digest(meta: dict) -> str:
+    from builder.hashing import digest_tree
+
+    return digest_tree({rel: info["sha256"] for rel, info in meta["files"].items()})
+
+
+def _report_line(artifact: Path) -> str | None:
+    import json
+
+    try:
+        report = json.loads((artifact / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    worst = {name: r["metrics"] for name, r in report["outputs"].items()}
+    parts = [f"{name}: rel_l2 {m['rel_l2']:.2e}, cosine {m['min_cosine']:.6f}" for name, m in worst.items()]
+    latency = report["latency"]
+    return (f"verify: {'passed' if report['passed'] else 'FAILED'} · " + " · ".join(parts)
+            + f" · p50 {latency['p50_ms']:.2f} ms, p99 {latency['p99_ms']:.2f} ms")

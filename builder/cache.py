@@ -1,0 +1,191 @@
+"""Content-addressed, append-only step cache.
+
+An entry is `entries/<k[:2]>/<key>/` with the step's files under `out/` and `meta.json` listing
+each file's sha256, size and mtime. A step runs in `tmp/`, and is committed with one rename, so
+a build killed at any moment leaves no half entry. On a hit every file is stat-checked; a file whose
+size or mtime changed is re-hashed, and an entry whose content no longer matches is discarded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from builder.hashing import DigestMemo, digest_tree, list_files, sha256_file
+
+_ENTRY_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("MDBUILD_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mdbuild"
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    out: Path
+    files: dict[str, str]  # relative path -> sha256
+
+    @property
+    def digest(self) -> str:
+        return digest_tree(self.files)
+
+
+class Cache:
+    def __init__(self, root: Path, enabled: bool = True):
+        self.root = Path(root)
+        self.enabled = enabled
+        self.digests = DigestMemo(self.root / "digests.json" if enabled else None)
+        self.warnings: list[str] = []
+
+    # -- lookup ------------------------------------------------------------------------------
+    def _entry_dir(self, key: str) -> Path:
+        return self.root / "entries" / key[:2] / key
+
+    def lookup(self, key: str) -> Entry | None:
+        if not self.enabled:
+            return None
+        entry_dir = self._entry_dir(key)
+        meta_path = entry_dir / "meta.json"
+        if not meta_path.is_file():
+            return None
+        problem = None
+        try:
+            meta = json.loads(meta_path.read_text())
+            files = meta["files"]
+            for rel, info in files.items():
+                problem = _check_file(entry_dir / "out" / rel, info)
+                if problem:
+                    break
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            problem = f"unreadable metadata ({exc})"
+        if problem:
+            self.warnings.append(f"cache entry {key[:12]} is corrupt ({problem}); rebuilding it")
+            self._discard(entry_dir)
+            return None
+        return Entry(key, entry_dir / "out", {rel: info["sha256"] for rel, info in files.items()})
+
+    def peek(self, key: str) -> dict[str, Any] | None:
+        """The metadata of an entry without verifying it (plan and check modes)."""
+        try:
+            return json.loads((self._entry_dir(key) / "meta.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    # -- commit ------------------------------------------------------------------------------
+    def new_workdir(self) -> Path:
+        """A private directory a step writes into; `commit` moves it into place."""
+        parent = self.root / "tmp"
+        parent.mkdir(parents=True, exist_ok=True)
+        work = parent / f"{os.getpid()}-{uuid.uuid4().hex}"
+        (work / "out").mkdir(parents=True)
+        return work
+
+    def commit(self, key: str, work: Path, description: dict[str, Any], seconds: float) -> Entry:
+        out = work / "out"
+        files = {}
+        meta_files = {}
+        for rel in list_files(out):
+            path = out / rel
+            stat = path.stat()
+            digest = sha256_file(path)
+            files[str(rel)] = digest
+            meta_files[str(rel)] = {"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        meta = {"format": _ENTRY_FORMAT, "key": key, "description": description, "files": meta_files,
+                "seconds": round(seconds, 3)}
+        if not self.enabled:
+            return Entry(key, out, files)
+        (work / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        final = self._entry_dir(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(work, final)
+        except OSError:
+            # Another build committed the same key first; its content is equivalent by construction.
+            shutil.rmtree(work, ignore_errors=True)
+            existing = self.lookup(key)
+            if existing is None:
+                raise
+            return existing
+        return Entry(key, final / "out", files)
+
+    def abandon(self, work: Path) -> None:
+        shutil.rmtree(work, ignore_errors=True)
+
+    def clean_stale_workdirs(self) -> None:
+        """Remove workdirs of builds that died (their process no longer exists)."""
+        parent = self.root / "tmp"
+        if not parent.is_dir():
+            return
+        for work in parent.iterdir():
+            pid = work.name.split("-", 1)[0]
+            if pid.isdigit() and not _process_alive(int(pid)):
+                shutil.rmtree(work, ignore_errors=True)
+
+    def _discard(self, entry_dir: Path) -> None:
+        trash = self.root / "tmp" / f"{os.getpid()}-discard-{uuid.uuid4().hex}"
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(entry_dir, trash)
+        except OSError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+
+    # -- why a step is not cached ------------------------------------------------------------
+    def _slot_path(self, slot: str) -> Path:
+        from builder.hashing import sha256_text
+
+        return self.root / "slots" / f"{sha256_text(slot)}.json"
+
+    def last_description(self, slot: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._slot_path(slot).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def remember(self, slot: str, description: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        path = self._slot_path(slot)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(description, sort_keys=True))
+        os.replace(tmp, path)
+
+
+def _check_file(path: Path, info: dict[str, Any]) -> str | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return f"{path.name} is missing"
+    if stat.st_size == info["size"] and stat.st_mtime_ns == info["mtime_ns"]:
+        return None
+    if sha256_file(path) != info["sha256"]:
+        return f"{path.name} does not match its sha256"
+    return None
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)

@@ -1,0 +1,168 @@
+"""The `mdbuild` command: the only module that sees Hydra. It composes the config, turns it into a
+plain BuildSpec and hands it to builder.build; every failure becomes one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from contextlib import contextmanager
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from builder.errors import MdbuildError
+from builder.recipes import DEFAULT_RECIPE, recipe_files
+from builder.resources import resource_dir
+from builder.schema import BuildConfig
+
+_RECIPES: dict[str, tuple[Path, bool]] = {}
+
+
+def _register_configs(workdir: Path) -> None:
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    store = ConfigStore.instance()
+    store.store(name="mdbuild_schema", node=BuildConfig)
+    _RECIPES.update(recipe_files(workdir))
+    for name, (path, _) in _RECIPES.items():
+        try:
+            node = OmegaConf.load(path)
+        except Exception as exc:  # yaml errors carry the line and column
+            raise MdbuildError(f"cannot parse recipe: {_first_line(exc)}", str(path), "fix the YAML syntax") from exc
+        store.store(group="recipe", name=name, node=node, package="_global_")
+
+
+def _task(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from builder.build import run
+    from builder.progress import Console
+    from builder.spec import BuildSpec
+
+    hydra_cfg = HydraConfig.get()
+    recipe = hydra_cfg.runtime.choices.get("recipe")
+    config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    path, packaged = _RECIPES[recipe]
+    spec = BuildSpec(recipe=recipe, recipe_path=path, packaged_recipe=packaged, config=config,
+                     workdir=Path(hydra_cfg.runtime.cwd))
+    run(spec, Console(), Path(hydra_cfg.runtime.output_dir))
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    wants_traceback = os.environ.get("MDBUILD_TRACEBACK") == "1" or "traceback=true" in argv
+    try:
+        _register_configs(Path.cwd())
+        if not any(arg.lstrip("+").startswith("recipe=") for arg in argv) and not _asks_help(argv):
+            sys.argv.append(f"+recipe={DEFAULT_RECIPE}")
+        os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us; we print them as one line
+        import hydra
+
+        with _without_hydra_job_banner():
+            hydra.main(version_base="1.3", config_path=str(resource_dir("conf")), config_name="config")(_task)()
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing half-written was kept", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every failure ends here, as one line
+        if wants_traceback:
+            raise
+        message = describe_error(exc)
+        if not any(isinstance(item, MdbuildError) for item in _chain(exc)):
+            message += " [traceback=true shows the full trace]"
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+class _DropLines:
+    """A stderr that drops Hydra's "Error executing job with overrides" banner: we print the error."""
+
+    def __init__(self, stream, prefix: str):
+        self._stream, self._prefix = stream, prefix
+
+    def write(self, text: str) -> int:
+        return len(text) if text.startswith(self._prefix) else self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def _without_hydra_job_banner() -> Iterator[None]:
+    original = sys.stderr
+    sys.stderr = _DropLines(original, "Error executing job with overrides")
+    try:
+        yield
+    finally:
+        sys.stderr = original
+
+
+def _asks_help(argv: list[str]) -> bool:
+    return any(arg in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--version") or
+               arg.startswith(("--info=", "--cfg=")) for arg in argv)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for any failure: our own errors as they are, Hydra's and OmegaConf's reworded."""
+    chain = _chain(exc)
+    for item in chain:
+        if isinstance(item, MdbuildError):
+            return item.one_line()
+    text = "\n".join(str(item) for item in chain)
+    missing = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
+    if missing:
+        group, option = missing.groups()
+        choices = re.findall(r"^\t(\S+)$", text, re.MULTILINE)
+        if group == "recipe":
+            choices = sorted(_RECIPES)
+            return (f"recipe: no recipe named '{option}' (valid: {', '.join(choices)}; "
+                    f"searched ./recipes and the recipes shipped with mdbuild)")
+        return f"{group}: no option '{option}' (valid: {', '.join(choices)})"
+    full_key = re.search(r"full_key: (\S+)", text)
+    unknown = re.search(r"Key '([^']+)' not in '([^']+)'", text)
+    if unknown and full_key:
+        key = full_key.group(1)
+        parent = key.rpartition(".")[0]
+        valid = _schema_keys(parent)
+        hint = f" (valid keys of {parent or 'the config'}: {', '.join(valid)})" if valid else ""
+        return f"{key}: no such key{hint}"
+    if "No match in the defaults list" in text:
+        override = re.search(r"Could not override '([^']+)'", text)
+        name = override.group(1) if override else "the option"
+        return f"{name}: not a config group here; to add it use +{name}=VALUE"
+    first = _first_line(chain[-1])
+    if full_key:
+        return f"{full_key.group(1)}: {first}"
+    return first
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    chain = [exc]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        nxt = chain[-1].__cause__ or chain[-1].__context__
+        if nxt in chain:
+            break
+        chain.append(nxt)
+    return chain
+
+
+def _schema_keys(path: str) -> list[str]:
+    node: Any = BuildConfig
+    for part in filter(None, path.split(".")):
+        match = [f for f in fields(node) if f.name == part] if is_dataclass(node) else []
+        if not match:
+            return []
+        field_default = match[0].default_factory() if callable(match[0].default_factory) else None  # type: ignore[misc]
+        node = type(field_default) if is_dataclass(field_default) else None
+        if node is None:
+            return []
+    return [f.name for f in fields(node)] if is_dataclass(node) else []
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

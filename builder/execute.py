@@ -1,0 +1,135 @@
+"""Run a plan: for each step compute its key, reuse the cache entry or run the step in a private
+work directory and commit it atomically. Steps only write files; everything else happens here."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from builder.cache import Cache, Entry
+from builder.errors import GateFailed
+from builder.hashing import canonical_json, sha256_text
+from builder.plan import Plan, StepNode
+from builder.progress import Console
+from builder.reasons import explain
+from builder.spec import BuildSpec
+from builder.versions import host_fingerprint, library_versions
+
+
+@dataclass
+class StepResult:
+    node: StepNode
+    key: str
+    description: dict[str, Any]
+    entry: Entry
+    cached: bool
+    seconds: float
+
+
+@dataclass
+class StepContext:
+    """What a running step may use besides its input directories."""
+
+    spec: BuildSpec
+    node: StepNode
+    key: str
+    description: dict[str, Any]
+    results: dict[str, StepResult]
+    progress: Callable[[str], None]
+
+
+def describe(node: StepNode, upstream_digests: dict[str, str], cache: Cache) -> dict[str, Any]:
+    """Everything the step's output depends on; its sha256 is the step's key."""
+    inputs = {name: upstream_digests[step_id] for name, step_id in node.upstream.items()}
+    for name, path in node.files.items():
+        inputs[name] = cache.digests.path(path, "*.py" if name == "factory_code" else "*")
+    description = {
+        "step": node.id,
+        "run": node.run,
+        "version": node.version,
+        "config": node.config,
+        "inputs": inputs,
+        "libraries": {**library_versions(*node.libraries), **node.extra_versions},
+    }
+    if node.host_dependent:
+        description["host"] = host_fingerprint()
+    return description
+
+
+def step_key(description: dict[str, Any]) -> str:
+    return sha256_text(canonical_json(description))
+
+
+def execute(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None = None) -> dict[str, StepResult]:
+    cache.clean_stale_workdirs()
+    results: dict[str, StepResult] = {}
+    total = len(plan.steps)
+    try:
+        for index, node in enumerate(plan.steps, 1):
+            label = f"[{index}/{total}] {node.id:<9}"
+            description = describe(node, {sid: results[sid].entry.digest for sid in node.upstream.values()}, cache)
+            key = step_key(description)
+            entry = cache.lookup(key)
+            for warning in cache.warnings:
+                console.line(f"warning: {warning}")
+            cache.warnings.clear()
+            if entry is not None:
+                results[node.id] = StepResult(node, key, description, entry, True, 0.0)
+                console.line(f"{label} cached   {key[:12]}")
+                continue
+            console.line(f"{label} running  {key[:12]}  ({explain(cache.last_description(plan.slot(node)), description)})")
+            started = time.monotonic()
+            work = cache.new_workdir()
+            try:
+                with console.step(label) as progress, _inside(work):
+                    context = StepContext(plan.spec, node, key, description, results, progress)
+                    _resolve(node.run)(context, {name: results[sid].entry.out for name, sid in node.upstream.items()},
+                                       work / "out")
+            except GateFailed as failure:
+                kept = _keep(work / "out", failure_dir)
+                cache.abandon(work)
+                if kept:
+                    failure.what += f" (report kept in {kept})"
+                raise
+            except BaseException:
+                cache.abandon(work)
+                raise
+            seconds = time.monotonic() - started
+            entry = cache.commit(key, work, description, seconds)
+            cache.remember(plan.slot(node), description)
+            results[node.id] = StepResult(node, key, description, entry, False, seconds)
+            console.line(f"{label} done     {seconds:.1f}s")
+    finally:
+        cache.digests.save()
+    return results
+
+
+def _resolve(path: str) -> Callable[..., None]:
+    module, function = path.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+@contextmanager
+def _inside(directory: Path) -> Iterator[None]:
+    """Tools that write scratch files into the current directory write them into the step's own."""
+    previous = os.getcwd()
+    os.chdir(directory)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def _keep(out: Path, failure_dir: Path | None) -> Path | None:
+    if failure_dir is None or not any(out.iterdir()):
+        return None
+    target = failure_dir / "failed-verification"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(out, target)
+    return target

@@ -1,0 +1,120 @@
+"""Typed configuration: the dataclasses Hydra validates every recipe and override against.
+
+YAML files under conf/ and recipes/ only set values; a key that is not declared here is a typo and
+fails composition with the key's full name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+SOURCES = ("pytorch", "torchscript", "onnx")
+DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
+
+
+@dataclass
+class InputSpec:
+    name: str = MISSING
+    # Each entry is a size or the name of a dynamic dimension (e.g. "batch"); see model.dims.
+    shape: List[Any] = MISSING
+    dtype: str = "float32"
+    # Range of the seeded verification values for integer inputs (token ids, indices).
+    low: int = 0
+    high: int = 100
+
+
+@dataclass
+class ModelConfig:
+    source: str = MISSING
+    factory: Optional[str] = None
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    weights: Optional[str] = None
+    path: Optional[str] = None
+    seed: int = 0
+    inputs: List[InputSpec] = MISSING
+    outputs: List[str] = field(default_factory=lambda: ["output"])
+    # Concrete sizes for dynamic dimensions when exporting and verifying.
+    dims: Dict[str, int] = field(default_factory=dict)
+    opset: int = 18
+    # torch.onnx exporter: "torchscript" (fast, one file) or "dynamo" (torch.export based).
+    exporter: str = "torchscript"
+
+
+@dataclass
+class TargetConfig:
+    name: str = MISSING
+    backend: str = MISSING
+    precision: str = "fp32"
+    # ONNX Runtime: offline graph optimization level saved into the artifact.
+    graph_optimization: str = "extended"
+
+
+@dataclass
+class HardwareConfig:
+    # 0 lets the runtime choose (one thread per physical core).
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+
+
+@dataclass
+class Tolerance:
+    max_rel_l2: Optional[float] = None
+    min_cosine: Optional[float] = None
+    max_abs: Optional[float] = None
+    min_top1_agreement: Optional[float] = None
+
+
+@dataclass
+class LatencyConfig:
+    warmup_runs: int = 10
+    min_runs: int = 30
+    max_runs: int = 2000
+    max_seconds: float = 20.0
+    # Stop once the p50 of two consecutive measurement windows differ by less than this fraction.
+    stable_within: float = 0.03
+
+
+@dataclass
+class VerifyConfig:
+    samples: int = 8
+    seed: int = 0
+    tolerances: Dict[str, Tolerance] = field(default_factory=dict)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+
+
+@dataclass
+class CacheConfig:
+    # null: $MDBUILD_CACHE_DIR, else the user cache directory (~/.cache/mdbuild).
+    dir: Optional[str] = None
+    enabled: bool = True
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "artifacts"
+
+
+@dataclass
+class LockConfig:
+    # null: <recipe name>.lock.json beside a recipe in ./recipes, else ./recipes/<name>.lock.json.
+    path: Optional[str] = None
+    update: bool = True
+
+
+@dataclass
+class BuildConfig:
+    mode: str = "build"
+    traceback: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    lock: LockConfig = field(default_factory=LockConfig)
+
+
+MODES = ("build", "plan", "check")

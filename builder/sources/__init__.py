@@ -1,0 +1,108 @@
+"""Source frontends: how each kind of model is exported to ONNX and run for reference outputs.
+
+What a source contributes to the plan (its files, libraries and config) is computed here without
+importing any framework; the export and reference functions import theirs when they run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from builder.errors import MdbuildError, missing_extra
+from builder.spec import BuildSpec
+from builder.versions import importable
+
+EXPORTERS = ("torchscript", "dynamo")
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    export: str  # "module:function"
+    reference: str
+    libraries: tuple[str, ...]
+    package: str  # what must be importable to export and run it
+    extra: str
+
+    def require(self) -> None:
+        if not importable(self.package):
+            raise missing_extra(self.package, self.extra, "model.source")
+
+
+SOURCES = {
+    "pytorch": Source("pytorch", "builder.sources.pytorch:export", "builder.sources.pytorch:reference",
+                      ("torch", "onnx"), "torch", "torch"),
+    "torchscript": Source("torchscript", "builder.sources.pytorch:export", "builder.sources.pytorch:reference",
+                          ("torch", "onnx"), "torch", "torch"),
+    "onnx": Source("onnx", "builder.sources.onnx:export", "builder.sources.onnx:reference",
+                   ("onnx", "onnxruntime"), "onnxruntime", "onnxruntime"),
+}
+
+
+def get_source(model: dict[str, Any]) -> Source:
+    name = model["source"]
+    if name not in SOURCES:
+        raise MdbuildError(f"unknown source '{name}'", "model.source", f"choose one of: {', '.join(SOURCES)}")
+    return SOURCES[name]
+
+
+def source_files(spec: BuildSpec) -> dict[str, Path]:
+    """The files whose content the export and reference depend on, by input name."""
+    model = spec.model
+    files: dict[str, Path] = {}
+    if model["source"] == "pytorch":
+        if not model.get("factory"):
+            raise MdbuildError("a pytorch source needs a factory", "model.factory",
+                               "set it to an import path such as torchvision.models.resnet50")
+        code = local_code(model["factory"], spec.workdir)
+        if code is not None:
+            files["factory_code"] = code
+        if model.get("weights"):
+            files["weights"] = _existing(spec, model["weights"], "model.weights")
+    else:
+        if not model.get("path"):
+            raise MdbuildError(f"a {model['source']} source needs a file", "model.path",
+                               "set model.path to the model file")
+        files["model"] = _existing(spec, model["path"], "model.path")
+    return files
+
+
+def factory_libraries(model: dict[str, Any]) -> dict[str, str | None]:
+    """The installed distribution providing a factory (e.g. torchvision), whose version matters."""
+    if model["source"] != "pytorch" or not model.get("factory"):
+        return {}
+    top = model["factory"].split(".")[0]
+    names = metadata.packages_distributions().get(top, [])
+    return {name: metadata.version(name) for name in names}
+
+
+def local_code(factory: str, workdir: Path) -> Path | None:
+    """The user's own module or package a factory comes from (hashed into the keys), or None when it
+    comes from an installed distribution (whose version is used instead)."""
+    top = factory.split(".")[0]
+    if str(workdir) not in sys.path:
+        sys.path.insert(0, str(workdir))
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or "." not in factory:
+        raise MdbuildError(f"cannot find the module of factory '{factory}'", "model.factory",
+                           "give a full import path (package.module.function) importable from this directory")
+    if metadata.packages_distributions().get(top):
+        return None
+    if spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    return Path(spec.origin) if spec.origin else None
+
+
+def _existing(spec: BuildSpec, value: str, key: str) -> Path:
+    path = spec.resolve_path(value)
+    if not path.exists():
+        raise MdbuildError(f"file not found: {path}", key, "check the path (relative paths start in the directory mdbuild runs in)")
+    return path

@@ -1,0 +1,63 @@
+"""ONNX sources: the file is checked and copied (with any external data) as the export; the
+reference runs it unoptimized in ONNX Runtime."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from builder.errors import MdbuildError, missing_extra
+
+
+def export(ctx, inputs: dict[str, Path], out: Path) -> None:
+    import onnx
+
+    path = ctx.spec.resolve_path(ctx.spec.model["path"])
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+        onnx.checker.check_model(model)
+    except Exception as exc:  # onnx raises DecodeError, ValidationError, OSError...
+        raise MdbuildError(f"not a valid ONNX model: {path} ({str(exc).splitlines()[0][:200]})", "model.path",
+                           "point model.path at a .onnx file that onnx.checker accepts") from exc
+    declared = [spec["name"] for spec in ctx.spec.model["inputs"]]
+    initializers = {init.name for init in model.graph.initializer}
+    actual = [i.name for i in model.graph.input if i.name not in initializers]
+    if sorted(declared) != sorted(actual):
+        raise MdbuildError(f"the recipe declares inputs {declared} but the model has {actual}", "model.inputs",
+                           "name the model's graph inputs in model.inputs")
+    outputs = [o.name for o in model.graph.output]
+    if outputs != list(ctx.spec.model["outputs"]):
+        raise MdbuildError(f"the recipe declares outputs {list(ctx.spec.model['outputs'])} but the model has {outputs}",
+                           "model.outputs", f"set model.outputs to {outputs}")
+    if model.ByteSize() < 2**31 - 1 and not _has_external_data(path):
+        shutil.copyfile(path, out / "model.onnx")
+    else:
+        onnx.save(model, str(out / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+
+
+def _has_external_data(path: Path) -> bool:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
+
+
+def reference(ctx, inputs: dict[str, Path], out: Path) -> None:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise missing_extra("onnxruntime", "onnxruntime", "model.source") from exc
+    from builder.steps.reference import save_reference, verification_inputs
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    path = ctx.spec.resolve_path(ctx.spec.model["path"])
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    arrays = verification_inputs(ctx)
+    count = len(next(iter(arrays.values())))
+    outputs = []
+    for index in range(count):
+        ctx.progress(f"sample {index + 1}/{count}")
+        outputs.append(session.run(list(ctx.spec.model["outputs"]), {k: v[index] for k, v in arrays.items()}))
+    save_reference(ctx, out, arrays, outputs)

@@ -1,0 +1,159 @@
+"""PyTorch sources: a factory by import path (+ optional state_dict checkpoint) or a TorchScript file.
+
+Export uses torch.onnx; the reference step runs the same module in eager mode on the verification
+inputs. Both construct the model identically (same seed), so random-weight recipes agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from builder.errors import MdbuildError, missing_extra
+from builder.inputs import dynamic_axes, make_inputs
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError as exc:
+        raise missing_extra("torch", "torch", "model.source") from exc
+    return torch
+
+
+def load_module(ctx) -> Any:
+    """The source model in eval mode, built the same way for export and for reference."""
+    torch = _import_torch()
+    model_cfg = ctx.spec.model
+    torch.manual_seed(model_cfg["seed"])
+    if model_cfg["source"] == "torchscript":
+        path = ctx.spec.resolve_path(model_cfg["path"])
+        try:
+            return torch.jit.load(str(path), map_location="cpu").eval()
+        except Exception as exc:  # torch raises RuntimeError with a C++ trace for a bad file
+            raise MdbuildError(f"not a TorchScript file: {path} ({_first_line(exc)})", "model.path",
+                               "point model.path at a file written by torch.jit.save") from exc
+    factory = _resolve_factory(model_cfg["factory"], ctx.spec.workdir)
+    try:
+        module = factory(**model_cfg["kwargs"])
+    except TypeError as exc:
+        raise MdbuildError(f"the factory rejected its arguments: {exc}", "model.kwargs",
+                           "pass only keyword arguments the factory accepts") from exc
+    if model_cfg.get("weights"):
+        _load_weights(torch, module, ctx.spec.resolve_path(model_cfg["weights"]))
+    return module.eval()
+
+
+def _resolve_factory(path: str, workdir: Path):
+    if str(workdir) not in sys.path:
+        sys.path.insert(0, str(workdir))
+    module_name, _, attribute = path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+        factory = getattr(module, attribute)
+    except (ImportError, AttributeError) as exc:
+        raise MdbuildError(f"cannot import factory '{path}': {exc}", "model.factory",
+                           "give an import path (package.module.function) importable from this directory") from exc
+    if not callable(factory):
+        raise MdbuildError(f"'{path}' is not callable", "model.factory", "name a function or class that builds the model")
+    return factory
+
+
+def _load_weights(torch, module, path: Path) -> None:
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        raise MdbuildError(f"cannot load checkpoint {path} with weights_only=True ({_first_line(exc)})",
+                           "model.weights", "save a plain state_dict with torch.save(model.state_dict(), path)") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, TypeError) as exc:
+        raise MdbuildError(f"checkpoint {path} does not fit the model: {_first_line(exc)}", "model.weights",
+                           "use the checkpoint written for this factory and model.kwargs") from exc
+
+
+def example_inputs(ctx) -> tuple:
+    torch = _import_torch()
+    model_cfg = ctx.spec.model
+    arrays = make_inputs(model_cfg["inputs"], model_cfg["dims"], 1, model_cfg["seed"])
+    return tuple(torch.from_numpy(arrays[spec["name"]][0]) for spec in model_cfg["inputs"])
+
+
+def export(ctx, inputs: dict[str, Path], out: Path) -> None:
+    torch = _import_torch()
+    import onnx
+
+    model_cfg = ctx.spec.model
+    module = load_module(ctx)
+    args = example_inputs(ctx)
+    names = [spec["name"] for spec in model_cfg["inputs"]]
+    target = out / "model.onnx"
+    ctx.progress(f"torch.onnx.export ({model_cfg['exporter']}, opset {model_cfg['opset']})")
+    try:
+        # The exporter prints the whole TorchScript graph on failure; the error we raise says enough.
+        with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            if model_cfg["exporter"] == "dynamo":
+                shapes = {name: {axis: torch.export.Dim(dim) for axis, dim in axes.items()}
+                          for name, axes in dynamic_axes(model_cfg["inputs"]).items()}
+                program = torch.onnx.export(module, args, input_names=names, output_names=model_cfg["outputs"],
+                                            dynamic_shapes=shapes or None, opset_version=model_cfg["opset"],
+                                            dynamo=True, verbose=False)
+                program.save(str(target))
+            else:
+                torch.onnx.export(module, args, str(target), input_names=names, output_names=model_cfg["outputs"],
+                                  dynamic_axes=dynamic_axes(model_cfg["inputs"]) or None,
+                                  opset_version=model_cfg["opset"], dynamo=False)
+    except Exception as exc:
+        raise _export_error(exc, model_cfg) from exc
+    onnx.checker.check_model(str(target))
+
+
+def _export_error(exc: Exception, model_cfg: dict[str, Any]) -> MdbuildError:
+    text = str(exc)
+    match = re.search(r"Unsupported FX nodes: (\{.*?\})", text)
+    if match is None and "operator" in text.lower():
+        match = re.search(r"\b([A-Za-z_][\w.]*::[\w.]*\w)", text)
+    if match:
+        return MdbuildError(
+            f"the {model_cfg['exporter']} exporter cannot convert operator {match.group(1)} at opset {model_cfg['opset']}",
+            "model.factory",
+            "raise model.opset, try model.exporter=dynamo, or replace the operator in the model",
+        )
+    return MdbuildError(f"torch.onnx.export failed: {_first_line(exc)}", "model.factory",
+                        "run with traceback=true for the exporter's full error")
+
+
+def reference(ctx, inputs: dict[str, Path], out: Path) -> None:
+    torch = _import_torch()
+    import numpy as np
+
+    from builder.steps.reference import save_reference, verification_inputs
+
+    module = load_module(ctx)
+    arrays = verification_inputs(ctx)
+    names = [spec["name"] for spec in ctx.spec.model["inputs"]]
+    count = len(next(iter(arrays.values())))
+    outputs: list[list[np.ndarray]] = []
+    with torch.no_grad():
+        for index in range(count):
+            ctx.progress(f"sample {index + 1}/{count}")
+            result = module(*(torch.from_numpy(arrays[name][index]) for name in names))
+            if isinstance(result, torch.Tensor):
+                result = (result,)
+            elif isinstance(result, dict):
+                result = tuple(result.values())
+            outputs.append([r.detach().numpy() for r in result])
+    save_reference(ctx, out, arrays, outputs)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

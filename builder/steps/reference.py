@@ -1,0 +1,40 @@
+"""The verification samples and the source model's outputs on them (reference.npz), computed once
+per recipe and shared by every target."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from builder.inputs import make_inputs
+
+REFERENCE_FILE = "reference.npz"
+
+
+def verification_inputs(ctx) -> dict[str, np.ndarray]:
+    model, verify = ctx.spec.model, ctx.spec.config["verify"]
+    return make_inputs(model["inputs"], model["dims"], verify["samples"], verify["seed"])
+
+
+def save_reference(ctx, out: Path, arrays: dict[str, np.ndarray], outputs: list[list[np.ndarray]]) -> None:
+    names = ctx.spec.model["outputs"]
+    if outputs and len(outputs[0]) != len(names):
+        from builder.errors import MdbuildError
+
+        raise MdbuildError(f"the model returns {len(outputs[0])} outputs but the recipe names {len(names)}: {names}",
+                           "model.outputs", "list one name per model output")
+    payload = {f"input/{name}": value for name, value in arrays.items()}
+    for position, name in enumerate(names):
+        payload[f"output/{name}"] = np.stack([sample[position] for sample in outputs])
+    with open(out / REFERENCE_FILE, "wb") as handle:
+        np.savez(handle, **payload)
+    (out / "reference.json").write_text(json.dumps({"inputs": list(arrays), "outputs": names}))
+
+
+def load_reference(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    with np.load(directory / REFERENCE_FILE) as data:
+        inputs = {key.split("/", 1)[1]: data[key] for key in data.files if key.startswith("input/")}
+        outputs = {key.split("/", 1)[1]: data[key] for key in data.files if key.startswith("output/")}
+    return inputs, outputs

@@ -1,0 +1,82 @@
+"""Run the compiled model the way serve.py will, compare it with the reference outputs, measure
+latency, and fail the build when a gated metric is outside its tolerance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from backends import get_backend
+from builder.errors import GateFailed, MdbuildError
+from builder.latency import measure
+from builder.metrics import compare, judge
+from builder.steps.compile import load_settings
+from builder.steps.reference import load_reference
+
+REPORT_FILE = "report.json"
+
+_ADVICE = {
+    "fp32": "compare with target.graph_optimization=basic, try another model.opset or model.exporter, "
+            "and loosen verify.tolerances.fp32 only if the difference is expected",
+}
+
+
+def run(ctx, inputs: dict[str, Path], out: Path) -> None:
+    target, verify = ctx.spec.target, ctx.spec.config["verify"]
+    precision = target["precision"]
+    tolerance = verify["tolerances"].get(precision)
+    if tolerance is None:
+        raise MdbuildError(f"no tolerances for precision '{precision}'", f"verify.tolerances.{precision}",
+                           "add max_rel_l2 / min_cosine limits for it")
+    backend = get_backend(target["backend"])
+    model = backend.runtime().load(inputs["compiled"], load_settings(inputs["compiled"]))
+    feeds, expected = load_reference(inputs["reference"])
+    count = len(next(iter(feeds.values())))
+    actual: dict[str, list[np.ndarray]] = {name: [] for name in expected}
+    for index in range(count):
+        ctx.progress(f"accuracy: sample {index + 1}/{count}")
+        result = model.run({name: value[index] for name, value in feeds.items()}, list(expected))
+        for name in expected:
+            actual[name].append(result[name])
+    outputs = {}
+    for name, reference in expected.items():
+        metrics = compare(reference, np.stack(actual[name]))
+        outputs[name] = {"metrics": metrics, "checks": judge(metrics, tolerance)}
+    first = {name: value[0] for name, value in feeds.items()}
+    batch = _batch_size(ctx)
+    latency = measure(lambda: model.run(first), verify["latency"], batch, ctx.progress)
+    failures = [_failure_text(name, check) for name, result in outputs.items()
+                for check in result["checks"] if not check["passed"]]
+    report = {
+        "passed": not failures,
+        "recipe": ctx.spec.recipe,
+        "target": target["name"],
+        "backend": backend.name,
+        "precision": precision,
+        "samples": count,
+        "tolerance": tolerance,
+        "outputs": outputs,
+        "latency": latency,
+        "failures": failures,
+    }
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))
+    if failures:
+        raise GateFailed("verification failed: " + "; ".join(failures), f"verify.tolerances.{precision}",
+                         _ADVICE.get(precision, f"loosen verify.tolerances.{precision} only if this loss is acceptable"))
+
+
+def _batch_size(ctx) -> int:
+    first = ctx.spec.model["inputs"][0]["shape"]
+    if first and isinstance(first[0], str):
+        return int(ctx.spec.model["dims"].get(first[0], 1))
+    return int(first[0]) if first else 1
+
+
+def _failure_text(output: str, check: dict) -> str:
+    if check["metric"] == "finite":
+        return f"output '{output}' has NaN or Inf values"
+    value, limit = check["value"], check["limit"]
+    relation = ">" if check["tolerance"].startswith("max") else "<"
+    return f"output '{output}' {check['metric']} = {value:.4g} {relation} {check['tolerance']} {limit:.4g}"

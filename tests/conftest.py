@@ -1,0 +1,114 @@
+"""Shared fixtures: a private cache per test, a work directory holding the tiny models and the
+user's recipes, and a runner for the real `mdbuild` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+TESTS = Path(__file__).resolve().parent
+MDBUILD = [sys.executable, "-m", "builder"]
+QUICK = ["verify=quick"]
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def artifact(self) -> Path:
+        last = self.stdout.strip().splitlines()[-1]
+        assert last.startswith("artifact: "), self.stdout + self.stderr
+        return Path(last.split(": ", 1)[1])
+
+    def ran(self) -> list[str]:
+        """The steps that ran (were not taken from the cache)."""
+        return [line.split()[1] for line in self.stdout.splitlines() if line.startswith("[") and " running " in line]
+
+
+class Workspace:
+    def __init__(self, root: Path, cache: Path):
+        self.root = root
+        self.cache = cache
+        (root / "recipes").mkdir(parents=True, exist_ok=True)
+        shutil.copy(TESTS / "tinynets.py", root / "tinynets.py")
+
+    def recipe(self, name: str, body: dict) -> Path:
+        path = self.root / "recipes" / f"{name}.yaml"
+        path.write_text("# @package _global_\n" + yaml.safe_dump(body, sort_keys=False))
+        return path
+
+    def run(self, *args: str, check: bool = True, env: dict | None = None) -> Result:
+        environment = {**os.environ, "MDBUILD_CACHE_DIR": str(self.cache), **(env or {})}
+        environment.pop("MDBUILD_TRACEBACK", None)
+        repo = str(TESTS.parent)
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, environment.get("PYTHONPATH")]))
+        proc = subprocess.run([*MDBUILD, *args], cwd=self.root, env=environment, capture_output=True, text=True,
+                              timeout=900)
+        result = Result(proc.returncode, proc.stdout, proc.stderr)
+        if check:
+            assert proc.returncode == 0, f"mdbuild {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+        return result
+
+    def cache_entries(self) -> list[Path]:
+        return sorted((self.cache / "entries").glob("*/*")) if (self.cache / "entries").is_dir() else []
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    return Workspace(tmp_path / "work", tmp_path / "cache")
+
+
+def cnn_recipe(**model_overrides) -> dict:
+    model = {
+        "source": "pytorch",
+        "factory": "tinynets.small_cnn",
+        "kwargs": {"classes": 5},
+        "inputs": [{"name": "image", "shape": ["batch", 3, 16, 16], "dtype": "float32"}],
+        "outputs": ["logits"],
+        "dims": {"batch": 2},
+    }
+    model.update(model_overrides)
+    return {"model": model}
+
+
+@pytest.fixture(scope="session")
+def two_heads_onnx(tmp_path_factory) -> Path:
+    """A two-input, two-output ONNX model with a dynamic batch, exported once per session."""
+    import torch
+
+    sys.path.insert(0, str(TESTS))
+    import tinynets
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("onnx") / "two_heads.onnx"
+    model = tinynets.two_heads().eval()
+    args = (torch.randn(1, 3, 16, 16), torch.randn(1, 4))
+    torch.onnx.export(model, args, str(path), input_names=["image", "extra"], output_names=["score", "embedding"],
+                      dynamic_axes={"image": {0: "n"}, "extra": {0: "n"}}, opset_version=18, dynamo=False)
+    return path
+
+
+def onnx_recipe(path: Path) -> dict:
+    return {"model": {
+        "source": "onnx",
+        "path": str(path),
+        "inputs": [{"name": "image", "shape": ["n", 3, 16, 16], "dtype": "float32"},
+                   {"name": "extra", "shape": ["n", 4], "dtype": "float32"}],
+        "outputs": ["score", "embedding"],
+        "dims": {"n": 3},
+    }}
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())

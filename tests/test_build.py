@@ -1,0 +1,92 @@
+"""End-to-end builds through the real `mdbuild` command: artifact contents, caching, reasons."""
+
+import hashlib
+
+import pytest
+
+from conftest import QUICK, cnn_recipe, read_json
+
+pytestmark = pytest.mark.torch
+
+
+def test_build_writes_a_complete_artifact(workspace):
+    workspace.recipe("cnn", cnn_recipe())
+    result = workspace.run("+recipe=cnn", *QUICK)
+    artifact = result.artifact
+    assert artifact.parent == workspace.root / "artifacts"
+    assert artifact.name.startswith("cnn-onnxruntime_fp32-")
+    for name in ("model/model.onnx", "manifest.json", "requirements.txt", "serve.py", "README.md",
+                 "report.json", "report.md", "samples.npz"):
+        assert (artifact / name).is_file(), name
+
+    manifest = read_json(artifact / "manifest.json")
+    assert manifest["schema"] == 1 and manifest["recipe"] == "cnn" and manifest["target"] == "onnxruntime_fp32"
+    assert manifest["config"]["model"]["factory"] == "tinynets.small_cnn"
+    assert set(manifest["steps"]) == {"export", "reference", "compile", "verify", "package"}
+    assert manifest["steps"]["package"]["key"] == manifest["build_key"]
+    assert all(len(step["key"]) == 64 for step in manifest["steps"].values())
+    assert all(len(step["digest"]) == 64 for name, step in manifest["steps"].items() if name != "package")
+    assert manifest["libraries"]["onnxruntime"] and manifest["libraries"]["torch"]
+    assert manifest["host"]["cpus"] >= 1 and manifest["runtime"]["backend"] == "onnxruntime"
+    files = {p.relative_to(artifact).as_posix() for p in artifact.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(manifest["files"]) == files
+    for rel, digest in manifest["files"].items():
+        assert hashlib.sha256((artifact / rel).read_bytes()).hexdigest() == digest, rel
+
+    from importlib.metadata import version
+
+    assert (artifact / "requirements.txt").read_text().split() == [
+        f"numpy=={version('numpy')}", f"onnxruntime=={version('onnxruntime')}"]
+    report = read_json(artifact / "report.json")
+    assert report["passed"] is True
+    logits = report["outputs"]["logits"]["metrics"]
+    assert logits["rel_l2"] < 1e-4 and logits["min_cosine"] > 0.99999 and "top1_agreement" in logits
+    assert 0 < report["latency"]["p50_ms"] <= report["latency"]["p99_ms"]
+    assert report["latency"]["throughput_per_s"] > 0 and report["latency"]["items_per_run"] == 2
+    assert "PASSED" in (artifact / "report.md").read_text()
+
+
+def test_unchanged_rebuild_runs_nothing_and_target_change_reuses_export(workspace):
+    workspace.recipe("cnn", cnn_recipe())
+    first = workspace.run("+recipe=cnn", *QUICK)
+    assert first.ran() == ["export", "reference", "compile", "verify", "package"]
+
+    again = workspace.run("+recipe=cnn", *QUICK)
+    assert again.ran() == []
+    assert again.artifact == first.artifact
+
+    other = workspace.run("+recipe=cnn", *QUICK, "target.graph_optimization=basic")
+    assert other.ran() == ["compile", "verify", "package"]
+    assert "config changed: target.graph_optimization" in other.stdout
+    assert other.artifact != first.artifact and first.artifact.is_dir()
+
+
+def test_editing_the_model_code_invalidates_the_export(workspace):
+    workspace.recipe("cnn", cnn_recipe())
+    workspace.run("+recipe=cnn", *QUICK)
+    code = workspace.root / "tinynets.py"
+    code.write_text(code.read_text().replace("padding=1), nn.BatchNorm2d", "padding=1, bias=False), nn.BatchNorm2d"))
+    rebuilt = workspace.run("+recipe=cnn", *QUICK)
+    assert rebuilt.ran()[:2] == ["export", "reference"]
+    assert "input changed: factory_code" in rebuilt.stdout
+
+
+def test_corrupt_cache_entry_is_detected_and_rebuilt(workspace):
+    workspace.recipe("cnn", cnn_recipe())
+    workspace.run("+recipe=cnn", *QUICK)
+    exported = next(p for p in workspace.cache.glob("entries/*/*/out/model.onnx"))
+    data = bytearray(exported.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    exported.write_bytes(bytes(data))
+    rebuilt = workspace.run("+recipe=cnn", *QUICK)
+    assert "is corrupt (model.onnx does not match its sha256); rebuilding it" in rebuilt.stdout
+    assert "export" in rebuilt.ran()
+    assert workspace.run("+recipe=cnn", *QUICK).ran() == []
+
+
+def test_threads_come_from_the_hardware_section(workspace):
+    workspace.recipe("cnn", cnn_recipe())
+    artifact = workspace.run("+recipe=cnn", *QUICK, "hardware.intra_op_threads=1", "hardware.inter_op_threads=1").artifact
+    runtime = read_json(artifact / "manifest.json")["runtime"]
+    assert runtime["intra_op_threads"] == 1 and runtime["inter_op_threads"] == 1
+    assert runtime["runtime_optimization"] == "all"

@@ -1,0 +1,57 @@
+"""Tiny PyTorch models for the tests, imported by recipes through their factory path."""
+
+import torch
+from torch import nn
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, classes: int = 5, width: int = 8):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Linear(2 * width, classes)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def small_cnn(classes: int = 5, width: int = 8) -> nn.Module:
+    return SmallCNN(classes, width)
+
+
+class TwoHeads(nn.Module):
+    """Two inputs (an image and a feature vector), two outputs (logits and an embedding)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cnn = SmallCNN(classes=6)
+        self.mix = nn.Linear(6 + 4, 3)
+
+    def forward(self, image, extra):
+        embedding = self.cnn(image)
+        return self.mix(torch.cat([embedding, extra], dim=1)), embedding
+
+
+def two_heads() -> nn.Module:
+    return TwoHeads()
+
+
+@torch.library.custom_op("mdbuild_tests::scramble", mutates_args=())
+def scramble(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(-1) * 2
+
+
+@scramble.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+class Unexportable(nn.Module):
+    def forward(self, x):
+        return scramble(x)
+
+
+def unexportable() -> nn.Module:
+    return Unexportable()
