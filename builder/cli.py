@@ -45,10 +45,24 @@ def _task(cfg) -> None:
     hydra_cfg = HydraConfig.get()
     recipe = hydra_cfg.runtime.choices.get("recipe")
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    _reject_unknown_keys(config, BuildConfig, "")
     path, packaged = _RECIPES[recipe]
     spec = BuildSpec(recipe=recipe, recipe_path=path, packaged_recipe=packaged, config=config,
                      workdir=Path(hydra_cfg.runtime.cwd))
     run(spec, Console(), Path(hydra_cfg.runtime.output_dir))
+
+
+def _reject_unknown_keys(config: dict[str, Any], schema: Any, prefix: str) -> None:
+    """`+key=value` can add keys the schema does not declare; a typo must not be ignored silently."""
+    declared = {f.name: f for f in fields(schema)}
+    for key, value in config.items():
+        where = f"{prefix}{key}"
+        if key not in declared:
+            raise MdbuildError("no such key", where, f"valid keys{' of ' + prefix[:-1] if prefix else ''}: "
+                               + ", ".join(declared))
+        default = declared[key].default_factory() if callable(declared[key].default_factory) else None  # type: ignore[misc]
+        if is_dataclass(default) and isinstance(value, dict):
+            _reject_unknown_keys(value, type(default), f"{where}.")
 
 
 def main() -> None:
@@ -72,7 +86,7 @@ def main() -> None:
         if wants_traceback:
             raise
         message = describe_error(exc)
-        if not any(isinstance(item, MdbuildError) for item in _chain(exc)):
+        if not _is_user_error(exc):
             message += " [traceback=true shows the full trace]"
         print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
@@ -133,11 +147,23 @@ def describe_error(exc: BaseException) -> str:
     if "No match in the defaults list" in text:
         override = re.search(r"Could not override '([^']+)'", text)
         name = override.group(1) if override else "the option"
-        return f"{name}: not a config group here; to add it use +{name}=VALUE"
-    first = _first_line(chain[-1])
+        value = next((arg.split("=", 1)[1] for arg in sys.argv[1:] if arg.startswith(f"{name}=")), "VALUE")
+        return f"{name}: cannot be set with {name}=...; add it with +{name}={value}"
+    from omegaconf.errors import OmegaConfBaseException
+
+    deepest = [item for item in chain if isinstance(item, OmegaConfBaseException)]
+    first = _first_line(deepest[0] if deepest else chain[0])
     if full_key:
         return f"{full_key.group(1)}: {first}"
     return first
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """Our own errors and config composition errors are the user's to fix; others are bugs."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return any(isinstance(item, (MdbuildError, HydraException, OmegaConfBaseException)) for item in _chain(exc))
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

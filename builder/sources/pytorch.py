@@ -76,7 +76,8 @@ def _load_weights(torch, module, path: Path) -> None:
     try:
         module.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:
-        raise MdbuildError(f"checkpoint {path} does not fit the model: {_first_line(exc)}", "model.weights",
+        detail = " ".join(str(exc).split())[:400]
+        raise MdbuildError(f"checkpoint {path} does not fit the model: {detail}", "model.weights",
                            "use the checkpoint written for this factory and model.kwargs") from exc
 
 

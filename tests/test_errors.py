@@ -1,0 +1,120 @@
+"""Failures: a clear one-line message, a non-zero exit, and nothing half-written left behind."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import MDBUILD, QUICK, cnn_recipe, onnx_recipe
+
+pytestmark = pytest.mark.torch
+
+
+def assert_nothing_left(workspace, entries_before=()):
+    assert not (workspace.root / "artifacts").exists() or not any((workspace.root / "artifacts").iterdir())
+    assert workspace.cache_entries() == list(entries_before)
+    tmp = workspace.cache / "tmp"
+    assert not tmp.exists() or not any(tmp.iterdir())
+
+
+def test_missing_model_file(workspace, tmp_path):
+    workspace.recipe("gone", onnx_recipe(tmp_path / "missing.onnx"))
+    result = workspace.run("+recipe=gone", check=False)
+    assert result.code == 1 and "model.path: file not found" in result.stderr and "missing.onnx" in result.stderr
+    assert_nothing_left(workspace)
+
+
+def test_missing_weights_file(workspace):
+    workspace.recipe("cnn", cnn_recipe(weights="nowhere/cnn.pt"))
+    result = workspace.run("+recipe=cnn", check=False)
+    assert result.code == 1 and "model.weights: file not found" in result.stderr
+    assert_nothing_left(workspace)
+
+
+def test_checkpoint_that_does_not_fit(workspace):
+    import torch
+
+    torch.save({"head.weight": torch.zeros(3, 3)}, workspace.root / "bad.pt")
+    workspace.recipe("cnn", cnn_recipe(weights="bad.pt"))
+    result = workspace.run("+recipe=cnn", *QUICK, check=False)
+    assert result.code == 1 and "model.weights: checkpoint" in result.stderr and "does not fit the model" in result.stderr
+    assert "Missing key(s)" in result.stderr
+    assert_nothing_left(workspace)
+
+
+def test_checkpoint_with_pickled_code_is_refused(workspace):
+    import torch
+
+    sys.path.insert(0, str(workspace.root))
+    import tinynets
+
+    torch.save(tinynets.small_cnn(), workspace.root / "pickled.pt")  # a whole pickled module, not a state_dict
+    workspace.recipe("cnn", cnn_recipe(weights="pickled.pt"))
+    result = workspace.run("+recipe=cnn", *QUICK, check=False)
+    assert result.code == 1 and "weights_only=True" in result.stderr
+    assert_nothing_left(workspace)
+
+
+def test_operator_the_exporter_cannot_handle(workspace):
+    workspace.recipe("bad", cnn_recipe(factory="tinynets.unexportable", kwargs={},
+                                       inputs=[{"name": "x", "shape": [1, 4], "dtype": "float32"}], dims={}))
+    result = workspace.run("+recipe=bad", *QUICK, check=False)
+    assert result.code == 1
+    assert "cannot convert operator mdbuild_tests::scramble at opset 18" in result.stderr
+    assert "model.factory" in result.stderr and "Traceback" not in result.stderr
+    assert_nothing_left(workspace)
+
+
+def test_backend_package_not_installed(workspace, tmp_path):
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(textwrap.dedent("""
+        import sys
+        class HideOnnxRuntime:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "onnxruntime":
+                    raise ModuleNotFoundError("No module named 'onnxruntime'")
+        sys.meta_path.insert(0, HideOnnxRuntime())
+    """))
+    workspace.recipe("cnn", cnn_recipe())
+    result = workspace.run("+recipe=cnn", check=False, env={"PYTHONPATH": str(hide)})
+    assert result.code == 1
+    assert "target.backend: the Python package 'onnxruntime' is not installed" in result.stderr
+    assert "pip install 'mdbuild[onnxruntime]'" in result.stderr
+    assert_nothing_left(workspace)
+
+
+def test_failed_gate_fails_the_build_and_keeps_the_report(workspace):
+    workspace.recipe("cnn", cnn_recipe())
+    failed = workspace.run("+recipe=cnn", *QUICK, "verify.tolerances.fp32.min_cosine=1.5", check=False)
+    assert failed.code == 1
+    line = failed.stderr.strip()
+    assert "verify.tolerances.fp32: verification failed: output 'logits' min_cosine" in line
+    assert "< min_cosine 1.5" in line and "fix:" in line
+    kept = line.split("report kept in ")[1].split(")")[0]
+    assert '"passed": false' in open(os.path.join(kept, "report.json")).read()
+    assert not (workspace.root / "artifacts").exists()
+    # The failing verification was not cached: the same build runs it again, and passes once fixed.
+    assert workspace.run("+recipe=cnn", *QUICK).ran() == ["verify", "package"]
+
+
+def test_a_killed_build_leaves_no_half_entry(workspace):
+    workspace.recipe("cnn", cnn_recipe())
+    env = {**os.environ, "MDBUILD_CACHE_DIR": str(workspace.cache), "PYTHONPATH": str(workspace.root)}
+    proc = subprocess.Popen([*MDBUILD, "+recipe=cnn", *QUICK], cwd=workspace.root, env=env,
+                            stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "export    running" in line:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert workspace.cache_entries() == []
+    assert any((workspace.cache / "tmp").iterdir())  # the dead build's work directory
+    result = workspace.run("+recipe=cnn", *QUICK)
+    assert result.ran()[0] == "export"
+    assert not any((workspace.cache / "tmp").iterdir())
+    assert sys.executable  # the rebuilt artifact is complete:
+    assert (result.artifact / "manifest.json").is_file()
