@@ -3,7 +3,11 @@ plan (print the DAG with keys and cache state), check (compare with the lock fil
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from backends import get_backend
 from builder import __version__
@@ -19,16 +23,29 @@ from builder.spec import BuildSpec
 from builder.validate import validate
 
 
-def open_cache(spec: BuildSpec) -> Cache:
+@contextmanager
+def open_cache(spec: BuildSpec) -> Iterator[Cache]:
+    """The configured cache; with cache.enabled=false a scratch directory removed after the build."""
+    if not spec.config["cache"]["enabled"]:
+        scratch = Path(tempfile.mkdtemp(prefix="mdbuild-nocache-"))
+        try:
+            yield Cache(scratch, enabled=False)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     configured = spec.config["cache"]["dir"]
-    root = spec.resolve_path(configured) if configured else default_cache_dir()
-    return Cache(root, enabled=spec.config["cache"]["enabled"])
+    yield Cache(spec.resolve_path(configured) if configured else default_cache_dir())
 
 
 def run(spec: BuildSpec, console: Console, run_dir: Path | None = None) -> Path | None:
     validate(spec)
     plan = make_plan(spec)
-    cache = open_cache(spec)
+    with open_cache(spec) as cache:
+        return _run_mode(plan, cache, console, run_dir)
+
+
+def _run_mode(plan: Plan, cache: Cache, console: Console, run_dir: Path | None) -> Path | None:
+    spec = plan.spec
     mode = spec.config["mode"]
     if mode == "plan":
         print_plan(plan, cache, console)

@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder.hashing import DigestMemo, digest_tree, list_files, sha256_file
+from builder.hashing import DigestMemo, digest_tree, list_files, sha256_file, sha256_text
 
 _ENTRY_FORMAT = 1
 
@@ -143,8 +142,6 @@ class Cache:
 
     # -- why a step is not cached ------------------------------------------------------------
     def _slot_path(self, slot: str) -> Path:
-        from builder.hashing import sha256_text
-
         return self.root / "slots" / f"{sha256_text(slot)}.json"
 
     def last_description(self, slot: str) -> dict[str, Any] | None:
@@ -185,7 +182,3 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)

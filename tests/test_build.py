@@ -90,3 +90,10 @@ def test_threads_come_from_the_hardware_section(workspace):
     runtime = read_json(artifact / "manifest.json")["runtime"]
     assert runtime["intra_op_threads"] == 1 and runtime["inter_op_threads"] == 1
     assert runtime["runtime_optimization"] == "all"
+
+
+def test_build_without_cache_leaves_no_scratch(workspace):
+    workspace.recipe("cnn", cnn_recipe())
+    artifact = workspace.run("+recipe=cnn", *QUICK, "cache=disabled").artifact
+    assert (artifact / "manifest.json").is_file()
+    assert not workspace.cache.exists()

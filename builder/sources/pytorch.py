@@ -103,10 +103,11 @@ def export(ctx, inputs: dict[str, Path], out: Path) -> None:
         with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             if model_cfg["exporter"] == "dynamo":
-                shapes = {name: {axis: torch.export.Dim(dim) for axis, dim in axes.items()}
-                          for name, axes in dynamic_axes(model_cfg["inputs"]).items()}
+                axes = dynamic_axes(model_cfg["inputs"])
+                dims = {dim: torch.export.Dim(dim) for spec in axes.values() for dim in spec.values()}
+                shapes = tuple({axis: dims[dim] for axis, dim in axes.get(name, {}).items()} or None for name in names)
                 program = torch.onnx.export(module, args, input_names=names, output_names=model_cfg["outputs"],
-                                            dynamic_shapes=shapes or None, opset_version=model_cfg["opset"],
+                                            dynamic_shapes=shapes if axes else None, opset_version=model_cfg["opset"],
                                             dynamo=True, verbose=False)
                 program.save(str(target))
             else:
@@ -129,7 +130,10 @@ def _export_error(exc: Exception, model_cfg: dict[str, Any]) -> MdbuildError:
             "model.factory",
             "raise model.opset, try model.exporter=dynamo, or replace the operator in the model",
         )
-    return MdbuildError(f"torch.onnx.export failed: {_first_line(exc)}", "model.factory",
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    return MdbuildError(f"torch.onnx.export failed: {_first_line(root)}", "model.factory",
                         "run with traceback=true for the exporter's full error")
 
 

@@ -1,0 +1,27 @@
+"""Hydra multirun: every job builds, sharing the cache (the export runs once)."""
+
+import pytest
+
+from conftest import QUICK, cnn_recipe
+
+pytestmark = pytest.mark.torch
+
+
+def test_sweep_runs_every_job_and_shares_the_export(workspace):
+    workspace.recipe("cnn", cnn_recipe())
+    result = workspace.run("-m", "+recipe=cnn", *QUICK, "target=onnxruntime_fp32",
+                           "hardware.intra_op_threads=1,2")
+    artifacts = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("artifact: ")]
+    assert len(set(artifacts)) == 2
+    assert result.stdout.count("export    running") == 1 and result.stdout.count("export    cached") == 1
+    assert result.stdout.count("compile   running") == 2
+    sweeps = list((workspace.root / "mdbuild-outputs" / "sweeps").glob("*/*/multirun.yaml"))
+    assert len(sweeps) == 1
+
+
+def test_a_failing_job_fails_the_sweep(workspace):
+    workspace.recipe("cnn", cnn_recipe())
+    result = workspace.run("-m", "+recipe=cnn", *QUICK, "verify.tolerances.fp32.min_cosine=0.5,1.5", check=False)
+    assert result.code == 1
+    assert result.stdout.count("artifact: ") == 1
+    assert "min_cosine" in result.stderr
