@@ -83,9 +83,9 @@ def execute(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None
                 results[node.id] = StepResult(node, key, description, entry, True, 0.0)
                 console.line(f"{label} cached   {key[:12]}")
                 continue
+            work = cache.new_workdir()
             console.line(f"{label} running  {key[:12]}  ({explain(cache.last_description(plan.slot(node)), description)})")
             started = time.monotonic()
-            work = cache.new_workdir()
             try:
                 with console.step(label) as progress, _inside(work):
                     context = StepContext(plan.spec, node, key, description, results, progress)

@@ -54,7 +54,7 @@ def make_plan(spec: BuildSpec) -> Plan:
     source = get_source(model)
     backend = get_backend(target["backend"])
     files = source_files(spec)
-    code_versions = factory_libraries(model)
+    code_versions = factory_libraries(model, spec.workdir)
     export = StepNode(
         id="export", run=source.export, version=1,
         config={"model": _pick(model, _EXPORT_KEYS)},

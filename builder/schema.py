@@ -70,9 +70,9 @@ class Tolerance:
 @dataclass
 class LatencyConfig:
     warmup_runs: int = 10
-    min_runs: int = 30
-    max_runs: int = 2000
-    max_seconds: float = 20.0
+    min_runs: int = 200
+    max_runs: int = 5000
+    max_seconds: float = 30.0
     # Stop once the p50 of two consecutive measurement windows differ by less than this fraction.
     stable_within: float = 0.03
 

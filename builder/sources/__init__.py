@@ -6,6 +6,7 @@ importing any framework; the export and reference functions import theirs when t
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from dataclasses import dataclass
@@ -72,18 +73,24 @@ def source_files(spec: BuildSpec) -> dict[str, Path]:
     return files
 
 
-def factory_libraries(model: dict[str, Any]) -> dict[str, str | None]:
+def factory_libraries(model: dict[str, Any], workdir: Path) -> dict[str, str | None]:
     """The installed distribution providing a factory (e.g. torchvision), whose version matters."""
     if model["source"] != "pytorch" or not model.get("factory"):
         return {}
-    top = model["factory"].split(".")[0]
-    names = metadata.packages_distributions().get(top, [])
-    return {name: metadata.version(name) for name in names}
+    located = _locate(model["factory"], workdir)
+    return {located[1]: metadata.version(located[1])} if located[1] else {}
 
 
 def local_code(factory: str, workdir: Path) -> Path | None:
     """The user's own module or package a factory comes from (hashed into the keys), or None when it
     comes from an installed distribution (whose version is used instead)."""
+    path, distribution = _locate(factory, workdir)
+    return None if distribution else path
+
+
+@functools.lru_cache(maxsize=None)
+def _locate(factory: str, workdir: Path) -> tuple[Path | None, str | None]:
+    """(the factory's top-level module file or package directory, its distribution or None)."""
     top = factory.split(".")[0]
     if str(workdir) not in sys.path:
         sys.path.insert(0, str(workdir))
@@ -94,11 +101,21 @@ def local_code(factory: str, workdir: Path) -> Path | None:
     if spec is None or "." not in factory:
         raise MdbuildError(f"cannot find the module of factory '{factory}'", "model.factory",
                            "give a full import path (package.module.function) importable from this directory")
-    if metadata.packages_distributions().get(top):
+    path = Path(list(spec.submodule_search_locations)[0]) if spec.submodule_search_locations else (
+        Path(spec.origin) if spec.origin else None)
+    return path, _distribution_of(top, path)
+
+
+def _distribution_of(top: str, path: Path | None) -> str | None:
+    if path is None or not any(part in ("site-packages", "dist-packages") for part in path.parts):
         return None
-    if spec.submodule_search_locations:
-        return Path(list(spec.submodule_search_locations)[0])
-    return Path(spec.origin) if spec.origin else None
+    try:
+        # Most distributions are named like their package (torch, torchvision); the full scan of
+        # every installed distribution costs half a second, so it is only the fallback.
+        return metadata.distribution(top).metadata["Name"]
+    except metadata.PackageNotFoundError:
+        names = metadata.packages_distributions().get(top)
+        return names[0] if names else None
 
 
 def _existing(spec: BuildSpec, value: str, key: str) -> Path:
