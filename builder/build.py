@@ -77,17 +77,17 @@ def print_plan(plan: Plan, cache: Cache, console: Console) -> None:
         after = ", ".join(sorted(set(node.upstream.values()))) or "-"
         pending = [sid for sid in node.upstream.values() if sid not in digests]
         if pending:
-            console.line(f"  {node.id:<9} after {after:<26} key pending   will run: {', '.join(sorted(set(pending)))} will run first")
+            console.line(f"  {node.id:<9} after {after:<36} key pending   will run: {', '.join(sorted(set(pending)))} will run first")
             continue
         description = describe(node, digests, cache)
         key = step_key(description)
         meta = cache.peek(key)
         if meta is not None:
             digests[node.id] = _digest(meta)
-            console.line(f"  {node.id:<9} after {after:<26} {key}  cached")
+            console.line(f"  {node.id:<9} after {after:<36} {key}  cached")
         else:
             reason = explain(cache.last_description(plan.slot(node)), description)
-            console.line(f"  {node.id:<9} after {after:<26} {key}  will run: {reason}")
+            console.line(f"  {node.id:<9} after {after:<36} {key}  will run: {reason}")
     cache.digests.save()
 
 

@@ -7,14 +7,13 @@ import os
 import re
 import sys
 from contextlib import contextmanager
-from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from builder.errors import MdbuildError
 from builder.recipes import DEFAULT_RECIPE, recipe_files
 from builder.resources import resource_dir
-from builder.schema import BuildConfig
+from builder.schema import BuildConfig, declared_keys, section_schema
 
 _RECIPES: dict[str, tuple[Path, bool]] = {}
 
@@ -45,24 +44,22 @@ def _task(cfg) -> None:
     hydra_cfg = HydraConfig.get()
     recipe = hydra_cfg.runtime.choices.get("recipe")
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    _reject_unknown_keys(config, BuildConfig, "")
+    _reject_unknown_keys(config)
     path, packaged = _RECIPES[recipe]
     spec = BuildSpec(recipe=recipe, recipe_path=path, packaged_recipe=packaged, config=config,
                      workdir=Path(hydra_cfg.runtime.cwd))
     run(spec, Console(), Path(hydra_cfg.runtime.output_dir))
 
 
-def _reject_unknown_keys(config: dict[str, Any], schema: Any, prefix: str) -> None:
+def _reject_unknown_keys(config: dict[str, Any], prefix: str = "") -> None:
     """`+key=value` can add keys the schema does not declare; a typo must not be ignored silently."""
-    declared = {f.name: f for f in fields(schema)}
+    declared = declared_keys(prefix.rstrip("."))
     for key, value in config.items():
-        where = f"{prefix}{key}"
         if key not in declared:
-            raise MdbuildError("no such key", where, f"valid keys{' of ' + prefix[:-1] if prefix else ''}: "
-                               + ", ".join(declared))
-        default = declared[key].default_factory() if callable(declared[key].default_factory) else None  # type: ignore[misc]
-        if is_dataclass(default) and isinstance(value, dict):
-            _reject_unknown_keys(value, type(default), f"{where}.")
+            section = f" of {prefix.rstrip('.')}" if prefix else ""
+            raise MdbuildError("no such key", f"{prefix}{key}", f"valid keys{section}: {', '.join(declared)}")
+        if isinstance(value, dict) and section_schema(f"{prefix}{key}") is not None:
+            _reject_unknown_keys(value, f"{prefix}{key}.")
 
 
 def main() -> None:
@@ -141,7 +138,7 @@ def describe_error(exc: BaseException) -> str:
     if unknown and full_key:
         key = full_key.group(1)
         parent = key.rpartition(".")[0]
-        valid = _schema_keys(parent)
+        valid = declared_keys(parent)
         hint = f" (valid keys of {parent or 'the config'}: {', '.join(valid)})" if valid else ""
         return f"{key}: no such key{hint}"
     if "No match in the defaults list" in text:
@@ -174,19 +171,6 @@ def _chain(exc: BaseException) -> list[BaseException]:
             break
         chain.append(nxt)
     return chain
-
-
-def _schema_keys(path: str) -> list[str]:
-    node: Any = BuildConfig
-    for part in filter(None, path.split(".")):
-        match = [f for f in fields(node) if f.name == part] if is_dataclass(node) else []
-        if not match:
-            return []
-        field_default = match[0].default_factory() if callable(match[0].default_factory) else None  # type: ignore[misc]
-        node = type(field_default) if is_dataclass(field_default) else None
-        if node is None:
-            return []
-    return [f.name for f in fields(node)] if is_dataclass(node) else []
 
 
 def _first_line(exc: BaseException) -> str:

@@ -69,10 +69,9 @@ def step_key(description: dict[str, Any]) -> str:
 def execute(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None = None) -> dict[str, StepResult]:
     cache.clean_stale_workdirs()
     results: dict[str, StepResult] = {}
-    total = len(plan.steps)
     try:
         for index, node in enumerate(plan.steps, 1):
-            label = f"[{index}/{total}] {node.id:<9}"
+            label = f"[{index}/{len(plan.steps)}] {node.id:<9}"
             description = describe(node, {sid: results[sid].entry.digest for sid in node.upstream.values()}, cache)
             key = step_key(description)
             entry = cache.lookup(key)
@@ -83,31 +82,40 @@ def execute(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None
                 results[node.id] = StepResult(node, key, description, entry, True, 0.0)
                 console.line(f"{label} cached   {key[:12]}")
                 continue
-            work = cache.new_workdir()
-            console.line(f"{label} running  {key[:12]}  ({explain(cache.last_description(plan.slot(node)), description)})")
+            reason = explain(cache.last_description(plan.slot(node)), description)
             started = time.monotonic()
-            try:
-                with console.step(label) as progress, _inside(work):
-                    context = StepContext(plan.spec, node, key, description, results, progress)
-                    _resolve(node.run)(context, {name: results[sid].entry.out for name, sid in node.upstream.items()},
-                                       work / "out")
-            except GateFailed as failure:
-                kept = _keep(work / "out", failure_dir)
-                cache.abandon(work)
-                if kept:
-                    failure.what += f" (report kept in {kept})"
-                raise
-            except BaseException:
-                cache.abandon(work)
-                raise
-            seconds = time.monotonic() - started
-            entry = cache.commit(key, work, description, seconds)
+            context = StepContext(plan.spec, node, key, description, results, lambda _: None)
+            entry = _run_step(context, cache, console, label, reason, failure_dir)
             cache.remember(plan.slot(node), description)
-            results[node.id] = StepResult(node, key, description, entry, False, seconds)
-            console.line(f"{label} done     {seconds:.1f}s")
+            results[node.id] = StepResult(node, key, description, entry, False, time.monotonic() - started)
+            console.line(f"{label} done     {results[node.id].seconds:.1f}s")
     finally:
         cache.digests.save()
     return results
+
+
+def _run_step(context: StepContext, cache: Cache, console: Console, label: str, reason: str,
+              failure_dir: Path | None) -> Entry:
+    """Runs one step in a private work directory and commits it; on any failure nothing is kept
+    in the cache (a failed verification's report is copied to failure_dir for inspection)."""
+    work = cache.new_workdir()
+    console.line(f"{label} running  {context.key[:12]}  ({reason})")
+    started = time.monotonic()
+    inputs = {name: context.results[sid].entry.out for name, sid in context.node.upstream.items()}
+    try:
+        with console.step(label) as progress, _inside(work):
+            context.progress = progress
+            _resolve(context.node.run)(context, inputs, work / "out")
+    except GateFailed as failure:
+        kept = _keep(work / "out", failure_dir)
+        cache.abandon(work)
+        if kept:
+            failure.what += f" (report kept in {kept})"
+        raise
+    except BaseException:
+        cache.abandon(work)
+        raise
+    return cache.commit(context.key, work, context.description, time.monotonic() - started)
 
 
 def _resolve(path: str) -> Callable[..., None]:

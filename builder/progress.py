@@ -13,9 +13,10 @@ _HEARTBEAT_S = 10.0
 
 
 class Console:
-    def __init__(self, stream: TextIO | None = None):
+    def __init__(self, stream: TextIO | None = None, heartbeat_s: float = _HEARTBEAT_S):
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty()
+        self.heartbeat_s = heartbeat_s
         self._lock = threading.Lock()
 
     def line(self, text: str) -> None:
@@ -39,11 +40,11 @@ class Console:
             state["message"] = message
 
         def tick() -> None:
-            while not done.wait(0.25 if self.tty else 1.0):
+            while not done.wait(0.25 if self.tty else min(1.0, self.heartbeat_s)):
                 elapsed = time.monotonic() - started
                 if self.tty:
                     self._status(f"{label}  {elapsed:5.1f}s  {state['message']}")
-                elif time.monotonic() - state["printed"] >= _HEARTBEAT_S:
+                elif time.monotonic() - state["printed"] >= self.heartbeat_s:
                     state["printed"] = time.monotonic()
                     self.line(f"{label}  ... {elapsed:.0f}s  {state['message']}")
 

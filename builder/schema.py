@@ -6,7 +6,7 @@ fails composition with the key's full name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
@@ -118,3 +118,21 @@ class BuildConfig:
 
 
 MODES = ("build", "plan", "check")
+
+
+def section_schema(path: str) -> type | None:
+    """The dataclass typing a dotted config section ("" is the whole config), or None when the
+    section is free-form (kwargs, dims, tolerances) or not declared."""
+    node: type | None = BuildConfig
+    for part in filter(None, path.split(".")):
+        declared = {f.name: f for f in fields(node)} if node is not None else {}
+        if part not in declared or not callable(declared[part].default_factory):
+            return None
+        default = declared[part].default_factory()
+        node = type(default) if is_dataclass(default) else None
+    return node
+
+
+def declared_keys(path: str) -> list[str]:
+    schema = section_schema(path)
+    return [f.name for f in fields(schema)] if schema is not None else []

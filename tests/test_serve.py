@@ -114,3 +114,15 @@ def test_malformed_json_and_unknown_routes(served):
     assert call(base, "/v2/models/other/infer", {"inputs": []})[0] == 404
     assert call(base, "/v2/nothing")[0] == 404
     assert call(base, "/v2/health/ready")[0] == 200
+
+
+def test_serve_script_imports_only_the_standard_library_and_its_requirements(served):
+    import ast
+
+    artifact, _ = served
+    tree = ast.parse((artifact / "serve.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    required = {line.split("==")[0] for line in (artifact / "requirements.txt").read_text().split()}
+    assert required == {"numpy", "onnxruntime"}
+    assert imported - set(sys.stdlib_module_names) == required

@@ -78,5 +78,7 @@ def _failure_text(output: str, check: dict) -> str:
     if check["metric"] == "finite":
         return f"output '{output}' has NaN or Inf values"
     value, limit = check["value"], check["limit"]
-    relation = ">" if check["tolerance"].startswith("max") else "<"
-    return f"output '{output}' {check['metric']} = {value:.4g} {relation} {check['tolerance']} {limit:.4g}"
+    if check["tolerance"].startswith("max"):
+        excess = f"{value / limit:.3g}x the limit" if limit > 0 else f"{value:.3g} over"
+        return f"output '{output}' {check['metric']} = {value:.4g} > {check['tolerance']} {limit:.4g} ({excess})"
+    return f"output '{output}' {check['metric']} = {value:.4g} < {check['tolerance']} {limit:.4g} ({limit - value:.3g} short)"
