@@ -35,7 +35,7 @@ class Backend:
         return importlib.import_module(self.runtime_module)
 
 
-_BACKENDS = ("onnxruntime",)
+_BACKENDS = ("onnxruntime", "openvino")
 
 
 def get_backend(name: str) -> Backend:

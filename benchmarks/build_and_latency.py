@@ -67,7 +67,7 @@ def main() -> None:
         import torch
 
         from backends import get_backend
-        from builder.sources.pytorch import _resolve_factory
+        from builder.imports import resolve_callable
 
         manifest = json.loads((artifact / "manifest.json").read_text())
         model_cfg = manifest["config"]["model"]
@@ -76,7 +76,7 @@ def main() -> None:
         samples = np.load(artifact / "samples.npz")
         feeds = {spec["name"]: samples[f"input/{spec['name']}"][0] for spec in model_cfg["inputs"]}
         torch.manual_seed(model_cfg["seed"])
-        eager = _resolve_factory(model_cfg["factory"], workdir)(**model_cfg["kwargs"]).eval()
+        eager = resolve_callable(model_cfg["factory"], workdir, "model.factory")(**model_cfg["kwargs"]).eval()
         tensors = [torch.from_numpy(feeds[spec["name"]]) for spec in model_cfg["inputs"]]
 
         def run_eager():

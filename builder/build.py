@@ -77,17 +77,17 @@ def print_plan(plan: Plan, cache: Cache, console: Console) -> None:
         after = ", ".join(sorted(set(node.upstream.values()))) or "-"
         pending = [sid for sid in node.upstream.values() if sid not in digests]
         if pending:
-            console.line(f"  {node.id:<9} after {after:<36} key pending   will run: {', '.join(sorted(set(pending)))} will run first")
+            console.line(f"  {node.id:<13} after {after:<36} key pending   will run: {', '.join(sorted(set(pending)))} will run first")
             continue
         description = describe(node, digests, cache)
         key = step_key(description)
         meta = cache.peek(key)
         if meta is not None:
             digests[node.id] = _digest(meta)
-            console.line(f"  {node.id:<9} after {after:<36} {key}  cached")
+            console.line(f"  {node.id:<13} after {after:<36} {key}  cached")
         else:
             reason = explain(cache.last_description(plan.slot(node)), description)
-            console.line(f"  {node.id:<9} after {after:<36} {key}  will run: {reason}")
+            console.line(f"  {node.id:<13} after {after:<36} {key}  will run: {reason}")
     cache.digests.save()
 
 
@@ -106,6 +106,10 @@ def _report_line(artifact: Path) -> str | None:
         return None
     worst = {name: r["metrics"] for name, r in report["outputs"].items()}
     parts = [f"{name}: rel_l2 {m['rel_l2']:.2e}, cosine {m['min_cosine']:.6f}" for name, m in worst.items()]
+    evaluation = report.get("evaluation")
+    if evaluation:
+        parts.append(f"{evaluation['metric']} {evaluation['artifact_score']:.2f} (source {evaluation['source_score']:.2f})")
     latency = report["latency"]
-    return (f"verify: {'passed' if report['passed'] else 'FAILED'} · " + " · ".join(parts)
+    line = (f"verify: {'passed' if report['passed'] else 'FAILED'} · " + " · ".join(parts)
             + f" · p50 {latency['p50_ms']:.2f} ms, p99 {latency['p99_ms']:.2f} ms")
+    return "\n".join([line] + [f"WARNING: {warning}" for warning in report.get("warnings", [])])

@@ -83,14 +83,17 @@ class Cache:
 
     # -- commit ------------------------------------------------------------------------------
     def new_workdir(self) -> Path:
-        """A private directory a step writes into; `commit` moves it into place."""
+        """A private directory: the step writes its results into `out/` and anything else (tools'
+        temporary files) into `scratch/`, which `commit` deletes before moving the entry into place."""
         parent = self.root / "tmp"
         parent.mkdir(parents=True, exist_ok=True)
         work = parent / f"{os.getpid()}-{uuid.uuid4().hex}"
         (work / "out").mkdir(parents=True)
+        (work / "scratch").mkdir()
         return work
 
     def commit(self, key: str, work: Path, description: dict[str, Any], seconds: float) -> Entry:
+        shutil.rmtree(work / "scratch", ignore_errors=True)
         out = work / "out"
         files = {}
         meta_files = {}

@@ -48,7 +48,34 @@ def _task(cfg) -> None:
     path, packaged = _RECIPES[recipe]
     spec = BuildSpec(recipe=recipe, recipe_path=path, packaged_recipe=packaged, config=config,
                      workdir=Path(hydra_cfg.runtime.cwd))
-    run(spec, Console(), Path(hydra_cfg.runtime.output_dir))
+    try:
+        run(spec, Console(), Path(hydra_cfg.runtime.output_dir))
+    except Exception as exc:
+        if _wants_traceback():
+            raise
+        # Reported here, per job: a sweep goes on with its other jobs and fails at the end.
+        prefix = f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): " if _is_multirun(hydra_cfg) else ""
+        print(f"error: {prefix}{_message(exc)}", file=sys.stderr, flush=True)
+        raise _Reported() from exc
+
+
+class _Reported(Exception):
+    """A job failure that was already printed."""
+
+
+def _is_multirun(hydra_cfg) -> bool:
+    from hydra.types import RunMode
+
+    return hydra_cfg.mode == RunMode.MULTIRUN
+
+
+def _wants_traceback() -> bool:
+    return os.environ.get("MDBUILD_TRACEBACK") == "1" or "traceback=true" in sys.argv[1:]
+
+
+def _message(exc: BaseException) -> str:
+    message = describe_error(exc)
+    return message if _is_user_error(exc) else message + " [traceback=true shows the full trace]"
 
 
 def _reject_unknown_keys(config: dict[str, Any], prefix: str = "") -> None:
@@ -64,7 +91,6 @@ def _reject_unknown_keys(config: dict[str, Any], prefix: str = "") -> None:
 
 def main() -> None:
     argv = sys.argv[1:]
-    wants_traceback = os.environ.get("MDBUILD_TRACEBACK") == "1" or "traceback=true" in argv
     try:
         _register_configs(Path.cwd())
         if not any(arg.lstrip("+").startswith("recipe=") for arg in argv) and not _asks_help(argv):
@@ -79,13 +105,12 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
+    except _Reported:
+        sys.exit(1)
     except BaseException as exc:  # noqa: BLE001 - every failure ends here, as one line
-        if wants_traceback:
+        if _wants_traceback():
             raise
-        message = describe_error(exc)
-        if not _is_user_error(exc):
-            message += " [traceback=true shows the full trace]"
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {_message(exc)}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -71,7 +71,7 @@ def execute(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None
     results: dict[str, StepResult] = {}
     try:
         for index, node in enumerate(plan.steps, 1):
-            label = f"[{index}/{len(plan.steps)}] {node.id:<9}"
+            label = f"[{index}/{len(plan.steps)}] {node.id:<13}"
             description = describe(node, {sid: results[sid].entry.digest for sid in node.upstream.values()}, cache)
             key = step_key(description)
             entry = cache.lookup(key)
@@ -103,7 +103,7 @@ def _run_step(context: StepContext, cache: Cache, console: Console, label: str, 
     started = time.monotonic()
     inputs = {name: context.results[sid].entry.out for name, sid in context.node.upstream.items()}
     try:
-        with console.step(label) as progress, _inside(work):
+        with console.step(label) as progress, _inside(work / "scratch"):
             context.progress = progress
             _resolve(context.node.run)(context, inputs, work / "out")
     except GateFailed as failure:

@@ -34,7 +34,7 @@ def lock_path(spec: BuildSpec) -> Path:
 
 
 def config_hash(spec: BuildSpec) -> str:
-    return sha256_text(canonical_json({key: spec.config[key] for key in ("model", "target", "hardware", "verify")}))
+    return sha256_text(canonical_json(spec.artifact_config))
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """BuildSpec -> DAG of steps. Pure: reads no file contents and imports no ML SDK.
 
-export ──> compile ──> verify ──> package
-reference ─────────────^           ^
-(reference = the source model's outputs on the verification inputs: shared by every target)
+[prune] ─> export ─> [simplify, fp16, ort_quantize ...] ─> compile ─> [nncf_quantize] ─> verify ─> package
+reference (source outputs on the seeded samples and the labelled set) ──────────────────────^
+calibration (data for the quantization steps) ──> the steps that calibrate
+reference and calibration depend only on the recipe: every target of a sweep shares them.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from typing import Any
 
 from backends import get_backend
 from builder import __version__
+from builder.data import data_files
+from builder.errors import MdbuildError
 from builder.sources import factory_libraries, get_source, source_files
 from builder.spec import BuildSpec
+from builder.transforms import resolve_transforms, verification_level
 
 # Keys of the model section that change the exported ONNX graph / the reference outputs.
 _EXPORT_KEYS = ("source", "factory", "kwargs", "seed", "inputs", "outputs", "dims", "opset", "exporter")
@@ -50,39 +54,90 @@ def _pick(section: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
 
 
 def make_plan(spec: BuildSpec) -> Plan:
-    model, target = spec.model, spec.target
+    config, model, target = spec.config, spec.model, spec.target
     source = get_source(model)
     backend = get_backend(target["backend"])
+    transforms = resolve_transforms(config)
     files = source_files(spec)
     code_versions = factory_libraries(model, spec.workdir)
-    export = StepNode(
-        id="export", run=source.export, version=1,
-        config={"model": _pick(model, _EXPORT_KEYS)},
-        files=files, libraries=source.libraries, extra_versions=code_versions, shared=True,
-    )
-    reference = StepNode(
+    steps: list[StepNode] = []
+    by_stage = {stage: [t for t in transforms if t.stage == stage] for stage in ("torch", "onnx", "compiled")}
+
+    def transform_node(transform, upstream: dict[str, str]) -> StepNode:
+        if transform.uses_calibration(config):
+            upstream = {**upstream, "calibration": "calibration"}
+        section = {transform.section: config[transform.section]} if transform.section else {}
+        return StepNode(id=transform.name, run=transform.run, version=transform.version,
+                        config={**section, "model": _pick(model, ("inputs", "outputs", "dims"))},
+                        upstream=upstream, libraries=transform.libraries)
+
+    if any(t.uses_calibration(config) for t in transforms):
+        calibration = config["calibration"]
+        if calibration["source"] is None:
+            raise MdbuildError(
+                f"{'/'.join(t.name for t in transforms if t.calibrated)} needs calibration data and the recipe declares none",
+                "calibration.source", "declare npz, images or factory data; calibration.source=random opts in to "
+                "random inputs, which the report then flags")
+        steps.append(StepNode(
+            id="calibration", run="builder.steps.calibration:run", version=1,
+            config={"calibration": calibration, "model": _pick(model, ("inputs", "dims", "seed"))},
+            files=data_files(spec, "calibration"), libraries=("numpy", "pillow"),
+            extra_versions=_data_code_versions(calibration, spec), shared=True,
+        ))
+    export_upstream: dict[str, str] = {}
+    for transform in by_stage["torch"]:
+        steps.append(StepNode(
+            id=transform.name, run=transform.run, version=transform.version,
+            config={"model": _pick(model, _EXPORT_KEYS), transform.section: config[transform.section]},
+            files=files, libraries=transform.libraries, extra_versions=code_versions, shared=True,
+        ))
+        export_upstream = {"pruned": transform.name}
+    steps.append(StepNode(
+        id="export", run=source.export, version=1, config={"model": _pick(model, _EXPORT_KEYS)},
+        upstream=export_upstream, files=files, libraries=source.libraries, extra_versions=code_versions,
+        shared=not export_upstream,
+    ))
+    evaluation = config["evaluation"]
+    steps.append(StepNode(
         id="reference", run=source.reference, version=1,
-        config={"model": _pick(model, _REFERENCE_KEYS),
-                "verify": _pick(spec.config["verify"], ("samples", "seed"))},
-        files=files, libraries=source.libraries + ("numpy",), extra_versions=code_versions, shared=True,
-    )
-    compile_ = StepNode(
+        config={"model": _pick(model, _REFERENCE_KEYS), "verify": _pick(config["verify"], ("samples", "seed")),
+                "evaluation": evaluation if evaluation["source"] else None},
+        files={**files, **data_files(spec, "evaluation")}, libraries=source.libraries + ("numpy",),
+        extra_versions={**code_versions, **_data_code_versions(evaluation, spec)}, shared=True,
+    ))
+    previous = "export"
+    for transform in by_stage["onnx"]:
+        steps.append(transform_node(transform, {"model": previous}))
+        previous = transform.name
+    steps.append(StepNode(
         id="compile", run="builder.steps.compile:run", version=backend.compile_version,
         config={"target": _pick(target, ("backend", "precision", "graph_optimization")),
-                "hardware": spec.config["hardware"]},
-        upstream={"model": "export"}, libraries=backend.libraries,
-    )
-    verify = StepNode(
+                "hardware": config["hardware"]},
+        upstream={"model": previous}, libraries=backend.libraries,
+    ))
+    previous = "compile"
+    for transform in by_stage["compiled"]:
+        steps.append(transform_node(transform, {"compiled": previous}))
+        previous = transform.name
+    level = verification_level(config, transforms)
+    steps.append(StepNode(
         id="verify", run="builder.steps.verify:run", version=1,
-        config={"target": _pick(target, ("name", "precision")), "verify": spec.config["verify"]},
-        upstream={"compiled": "compile", "reference": "reference"},
+        config={"target": _pick(target, ("name", "precision")), "verify": config["verify"], "level": level,
+                "evaluation": _pick(evaluation, ("metric", "output", "max_drop")) if evaluation["source"] else None},
+        upstream={"compiled": previous, "reference": "reference"},
         libraries=backend.libraries + ("numpy",), host_dependent=True,
-    )
-    package = StepNode(
+    ))
+    steps.append(StepNode(
         id="package", run="builder.steps.package:run", version=1,
-        config={"recipe": spec.recipe, "mdbuild": __version__,
-                **{key: spec.config[key] for key in ("model", "target", "hardware", "verify")}},
-        upstream={"compiled": "compile", "report": "verify", "reference": "reference", "export": "export"},
+        config={"recipe": spec.recipe, "mdbuild": __version__, **spec.artifact_config},
+        upstream={"compiled": previous, "report": "verify", "reference": "reference", "export": "export",
+                  **{t.name: t.name for t in transforms}},
         libraries=("jinja2", "numpy", backend.distribution), host_dependent=True,
-    )
-    return Plan(spec, (export, reference, compile_, verify, package))
+    ))
+    return Plan(spec, tuple(steps))
+
+
+def _data_code_versions(data: dict[str, Any], spec: BuildSpec) -> dict[str, str | None]:
+    if data["source"] != "factory" or not data["factory"]:
+        return {}
+    return factory_libraries({"source": "pytorch", "factory": data["factory"]}, spec.workdir)

@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Any
 
 
+_RUN_ONLY = ("mode", "traceback", "cache", "output", "lock")
+
+
 @dataclass(frozen=True)
 class BuildSpec:
     recipe: str
@@ -22,6 +25,11 @@ class BuildSpec:
     @property
     def target(self) -> dict[str, Any]:
         return self.config["target"]
+
+    @property
+    def artifact_config(self) -> dict[str, Any]:
+        """Everything that shapes the artifact (not how or where mdbuild runs)."""
+        return {key: value for key, value in self.config.items() if key not in _RUN_ONLY}
 
     def resolve_path(self, value: str) -> Path:
         path = Path(value).expanduser()

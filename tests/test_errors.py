@@ -107,7 +107,7 @@ def test_a_killed_build_leaves_no_half_entry(workspace):
     proc = subprocess.Popen([*MDBUILD, "+recipe=cnn", *QUICK], cwd=workspace.root, env=env,
                             stdout=subprocess.PIPE, text=True)
     for line in proc.stdout:
-        if "export    running" in line:
+        if line.split()[1:3] == ["export", "running"]:
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)

@@ -1,6 +1,7 @@
 """Importing mdbuild, --help, planning and a fully cached rebuild import no ML SDK."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -51,13 +52,13 @@ def test_help_plan_and_cached_rebuild_import_no_sdk(workspace):
 def test_plan_prints_keys_cache_state_and_reasons(workspace):
     workspace.recipe("cnn", cnn_recipe())
     before = workspace.run("+recipe=cnn", *QUICK, "mode=plan").stdout
-    assert "export    after -" in before and "will run: never built here" in before
-    assert "verify    after compile, reference" in before and "key pending" in before
+    assert re.search(r"export +after -", before) and "will run: never built here" in before
+    assert re.search(r"verify +after compile, reference", before) and "key pending" in before
     workspace.run("+recipe=cnn", *QUICK)
     after = workspace.run("+recipe=cnn", *QUICK, "mode=plan").stdout.splitlines()[1:]
     assert len(after) == 5 and all(line.rstrip().endswith("cached") for line in after)
     keys = [line.split()[-2] for line in after]
     assert all(len(key) == 64 for key in keys)
     changed = workspace.run("+recipe=cnn", *QUICK, "mode=plan", "verify.samples=3").stdout
-    assert "reference after -" in changed and "config changed: verify.samples" in changed
-    assert "export    after -" in changed and changed.splitlines()[1].rstrip().endswith("cached")
+    assert re.search(r"reference +after -", changed) and "config changed: verify.samples" in changed
+    assert re.search(r"export +after -", changed) and changed.splitlines()[1].rstrip().endswith("cached")

@@ -47,6 +47,7 @@ def reference(ctx, inputs: dict[str, Path], out: Path) -> None:
         import onnxruntime
     except ImportError as exc:
         raise missing_extra("onnxruntime", "onnxruntime", "model.source") from exc
+    from builder.evaluation import evaluate_source
     from builder.steps.reference import save_reference, verification_inputs
 
     options = onnxruntime.SessionOptions()
@@ -54,10 +55,12 @@ def reference(ctx, inputs: dict[str, Path], out: Path) -> None:
     options.log_severity_level = 3
     path = ctx.spec.resolve_path(ctx.spec.model["path"])
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = list(ctx.spec.model["outputs"])
     arrays = verification_inputs(ctx)
     count = len(next(iter(arrays.values())))
     outputs = []
     for index in range(count):
         ctx.progress(f"sample {index + 1}/{count}")
-        outputs.append(session.run(list(ctx.spec.model["outputs"]), {k: v[index] for k, v in arrays.items()}))
+        outputs.append(session.run(names, {k: v[index] for k, v in arrays.items()}))
     save_reference(ctx, out, arrays, outputs)
+    evaluate_source(ctx, out, lambda feeds: dict(zip(names, session.run(names, feeds))))

@@ -7,15 +7,14 @@ inputs. Both construct the model identically (same seed), so random-weight recip
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import re
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 from builder.errors import MdbuildError, missing_extra
+from builder.imports import resolve_callable
 from builder.inputs import dynamic_axes, make_inputs
 
 
@@ -39,7 +38,7 @@ def load_module(ctx) -> Any:
         except Exception as exc:  # torch raises RuntimeError with a C++ trace for a bad file
             raise MdbuildError(f"not a TorchScript file: {path} ({_first_line(exc)})", "model.path",
                                "point model.path at a file written by torch.jit.save") from exc
-    factory = _resolve_factory(model_cfg["factory"], ctx.spec.workdir)
+    factory = resolve_callable(model_cfg["factory"], ctx.spec.workdir, "model.factory")
     try:
         module = factory(**model_cfg["kwargs"])
     except TypeError as exc:
@@ -50,19 +49,13 @@ def load_module(ctx) -> Any:
     return module.eval()
 
 
-def _resolve_factory(path: str, workdir: Path):
-    if str(workdir) not in sys.path:
-        sys.path.insert(0, str(workdir))
-    module_name, _, attribute = path.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-        factory = getattr(module, attribute)
-    except (ImportError, AttributeError) as exc:
-        raise MdbuildError(f"cannot import factory '{path}': {exc}", "model.factory",
-                           "give an import path (package.module.function) importable from this directory") from exc
-    if not callable(factory):
-        raise MdbuildError(f"'{path}' is not callable", "model.factory", "name a function or class that builds the model")
-    return factory
+def load_pruned(ctx, inputs: dict[str, Path]):
+    """The source model, with the pruned weights when the plan prunes before export."""
+    module = load_module(ctx)
+    if "pruned" in inputs:
+        torch = _import_torch()
+        module.load_state_dict(torch.load(str(inputs["pruned"] / "weights.pt"), map_location="cpu", weights_only=True))
+    return module
 
 
 def _load_weights(torch, module, path: Path) -> None:
@@ -93,7 +86,7 @@ def export(ctx, inputs: dict[str, Path], out: Path) -> None:
     import onnx
 
     model_cfg = ctx.spec.model
-    module = load_module(ctx)
+    module = load_pruned(ctx, inputs)
     args = example_inputs(ctx)
     names = [spec["name"] for spec in model_cfg["inputs"]]
     target = out / "model.onnx"
@@ -138,26 +131,33 @@ def _export_error(exc: Exception, model_cfg: dict[str, Any]) -> MdbuildError:
 
 
 def reference(ctx, inputs: dict[str, Path], out: Path) -> None:
+    """The source model's outputs on the seeded samples, and its score on the labelled set."""
     torch = _import_torch()
-    import numpy as np
 
+    from builder.evaluation import evaluate_source
     from builder.steps.reference import save_reference, verification_inputs
 
     module = load_module(ctx)
-    arrays = verification_inputs(ctx)
     names = [spec["name"] for spec in ctx.spec.model["inputs"]]
+
+    def run(feeds):
+        with torch.no_grad():
+            result = module(*(torch.from_numpy(feeds[name]) for name in names))
+        if isinstance(result, torch.Tensor):
+            result = (result,)
+        elif isinstance(result, dict):
+            result = tuple(result.values())
+        return dict(zip(ctx.spec.model["outputs"], (r.detach().numpy() for r in result)))
+
+    arrays = verification_inputs(ctx)
     count = len(next(iter(arrays.values())))
-    outputs: list[list[np.ndarray]] = []
-    with torch.no_grad():
-        for index in range(count):
-            ctx.progress(f"sample {index + 1}/{count}")
-            result = module(*(torch.from_numpy(arrays[name][index]) for name in names))
-            if isinstance(result, torch.Tensor):
-                result = (result,)
-            elif isinstance(result, dict):
-                result = tuple(result.values())
-            outputs.append([r.detach().numpy() for r in result])
+    outputs = []
+    for index in range(count):
+        ctx.progress(f"sample {index + 1}/{count}")
+        result = run({name: arrays[name][index] for name in names})
+        outputs.append([result[name] for name in ctx.spec.model["outputs"] if name in result])
     save_reference(ctx, out, arrays, outputs)
+    evaluate_source(ctx, out, run)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import zlib
 from pathlib import Path
 
 from backends import get_backend
@@ -14,6 +15,7 @@ from builder.render import render
 from builder.steps.compile import RUNTIME_FILE, load_settings
 from builder.steps.reference import REFERENCE_FILE
 from builder.steps.verify import REPORT_FILE
+from builder.transforms.record import RECORD_FILE, read_record
 from builder.versions import host_fingerprint, library_version
 
 MANIFEST_SCHEMA = 1
@@ -26,10 +28,10 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     spec = ctx.spec
     backend = get_backend(spec.target["backend"])
     settings = load_settings(inputs["compiled"])
-    shutil.copytree(inputs["compiled"], out / "model", ignore=shutil.ignore_patterns(RUNTIME_FILE))
-    shutil.copyfile(inputs["report"] / REPORT_FILE, out / REPORT_FILE)
+    shutil.copytree(inputs["compiled"], out / "model", ignore=shutil.ignore_patterns(RUNTIME_FILE, RECORD_FILE))
     shutil.copyfile(inputs["reference"] / REFERENCE_FILE, out / "samples.npz")
-    report = json.loads((out / REPORT_FILE).read_text())
+    report = _final_report(inputs, out / "model")
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))
     model = backend.runtime().load(out / "model", settings)
     tensors = {kind: [{"name": name, "datatype": _V2.get(dtype, dtype), "shape": [-1 if d is None else d for d in dims]}
                       for name, (dtype, dims) in getattr(model, kind).items()] for kind in ("inputs", "outputs")}
@@ -51,7 +53,7 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
         "recipe": spec.recipe,
         "target": spec.target["name"],
         "build_key": ctx.key,
-        "config": {key: spec.config[key] for key in ("model", "target", "hardware", "verify")},
+        "config": spec.artifact_config,
         "steps": {step_id: {"key": result.key, "digest": result.entry.digest, "libraries": result.description["libraries"]}
                   for step_id, result in ctx.results.items()}
                  | {"package": {"key": ctx.key, "libraries": ctx.description["libraries"]}},
@@ -62,6 +64,24 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
         "files": {str(rel): sha256_file(out / rel) for rel in list_files(out)},
     }
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+
+
+def _final_report(inputs: dict[str, Path], model_dir: Path) -> dict:
+    """Verification, plus what the optimization steps did, the model's size, and warnings."""
+    report = json.loads((inputs["report"] / REPORT_FILE).read_text())
+    records = [r for r in (read_record(path) for name, path in inputs.items() if name not in _NOT_STEPS) if r]
+    report["optimizations"] = records
+    raw = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
+    compressed = sum(len(zlib.compress(p.read_bytes(), 6)) for p in model_dir.rglob("*") if p.is_file())
+    report["size"] = {"model_bytes": raw, "compressed_bytes": compressed}
+    report["warnings"] = [
+        f"{r['step']} was calibrated on RANDOM data (calibration.source=random): its int8 accuracy on real inputs is unproven"
+        for r in records if r.get("random_calibration")
+    ]
+    return report
+
+
+_NOT_STEPS = ("compiled", "report", "reference", "export")
 
 
 def _all_libraries(ctx) -> dict[str, str | None]:

@@ -14,13 +14,25 @@ REFERENCE_FILE = "reference.npz"
 
 
 def verification_inputs(ctx) -> dict[str, np.ndarray]:
+    """{input: array (samples, *input shape)}: real samples from the evaluation set when the recipe
+    declares one (random inputs are out of distribution for a trained, quantized model), else seeded
+    random ones."""
     model, verify = ctx.spec.model, ctx.spec.config["verify"]
+    if ctx.spec.config["evaluation"]["source"]:
+        from builder import data
+        from builder.inputs import concrete_shape
+
+        arrays, _ = data.load(ctx.spec, "evaluation")
+        shapes = {i["name"]: concrete_shape(i, model["dims"], n) for n, i in enumerate(model["inputs"])}
+        needed = verify["samples"] * shapes[model["inputs"][0]["name"]][0]
+        if len(next(iter(arrays.values()))) >= needed:
+            return {name: array[:needed].reshape([verify["samples"], *shapes[name]]) for name, array in arrays.items()}
     return make_inputs(model["inputs"], model["dims"], verify["samples"], verify["seed"])
 
 
 def save_reference(ctx, out: Path, arrays: dict[str, np.ndarray], outputs: list[list[np.ndarray]]) -> None:
     names = ctx.spec.model["outputs"]
-    if outputs and len(outputs[0]) != len(names):
+    if outputs and len(outputs[0]) != len(names):  # the model returned more or fewer tensors
         from builder.errors import MdbuildError
 
         raise MdbuildError(f"the model returns {len(outputs[0])} outputs but the recipe names {len(names)}: {names}",

@@ -10,6 +10,7 @@ import numpy as np
 
 from backends import get_backend
 from builder.errors import GateFailed, MdbuildError
+from builder.evaluation import evaluate_artifact
 from builder.latency import measure
 from builder.metrics import compare, judge
 from builder.steps.compile import load_settings
@@ -20,15 +21,19 @@ REPORT_FILE = "report.json"
 _ADVICE = {
     "fp32": "compare with target.graph_optimization=basic, try another model.opset or model.exporter, "
             "and loosen verify.tolerances.fp32 only if the difference is expected",
+    "fp16": "keep the inputs and outputs in fp32 (fp16.keep_io_types=true), or build an fp32 target",
+    "int8": "calibrate on more representative data (calibration.*), try quantization.calibration_method / "
+            "quantization.range_estimator / quantization.preset=mixed, or build an fp16/fp32 target",
+    "pruned": "lower prune.amount, or fine-tune the pruned model and point model.weights at it",
 }
 
 
 def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     target, verify = ctx.spec.target, ctx.spec.config["verify"]
-    precision = target["precision"]
-    tolerance = verify["tolerances"].get(precision)
+    level = ctx.node.config["level"]  # the lossiest of the target precision and the optimization steps
+    tolerance = verify["tolerances"].get(level)
     if tolerance is None:
-        raise MdbuildError(f"no tolerances for precision '{precision}'", f"verify.tolerances.{precision}",
+        raise MdbuildError(f"no tolerances for '{level}'", f"verify.tolerances.{level}",
                            "add max_rel_l2 / min_cosine limits for it")
     backend = get_backend(target["backend"])
     model = backend.runtime().load(inputs["compiled"], load_settings(inputs["compiled"]))
@@ -49,22 +54,31 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     latency = measure(lambda: model.run(first), verify["latency"], batch, ctx.progress)
     failures = [_failure_text(name, check) for name, result in outputs.items()
                 for check in result["checks"] if not check["passed"]]
+    evaluation = evaluate_artifact(inputs["reference"], ctx.spec, model.run, ctx.progress)
+    if evaluation and not evaluation["passed"]:
+        failures.append(f"{evaluation['metric']} on the labelled set fell from {evaluation['source_score']:.2f} to "
+                        f"{evaluation['artifact_score']:.2f} ({evaluation['drop']:.2f} points > evaluation.max_drop "
+                        f"{evaluation['max_drop']:g})")
     report = {
         "passed": not failures,
         "recipe": ctx.spec.recipe,
         "target": target["name"],
         "backend": backend.name,
-        "precision": precision,
+        "precision": target["precision"],
+        "tolerance_level": level,
+        "effective_precision": getattr(model, "effective_precision", target["precision"]),
         "samples": count,
         "tolerance": tolerance,
         "outputs": outputs,
+        "evaluation": evaluation,
         "latency": latency,
         "failures": failures,
     }
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))
     if failures:
-        raise GateFailed("verification failed: " + "; ".join(failures), f"verify.tolerances.{precision}",
-                         _ADVICE.get(precision, f"loosen verify.tolerances.{precision} only if this loss is acceptable"))
+        where = "evaluation.max_drop" if evaluation and not evaluation["passed"] else f"verify.tolerances.{level}"
+        raise GateFailed("verification failed: " + "; ".join(failures), where,
+                         _ADVICE.get(level, f"loosen verify.tolerances.{level} only if this loss is acceptable"))
 
 
 def _batch_size(ctx) -> int:

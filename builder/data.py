@@ -1,0 +1,156 @@
+"""Calibration and evaluation data sets declared in a recipe (`calibration:` / `evaluation:`).
+
+A sample is one model input without its batch dimension. Sources:
+- npz: arrays named after the model inputs (or `inputs`/`x` for a one-input model), labels in
+  `labels`/`y`; a .npy file holds the inputs of a one-input model.
+- images: a folder of .png/.jpg/.bmp files read with the recipe's preprocessing; for evaluation, one
+  sub-folder per class, classes numbered in sorted order of the folder names.
+- factory: the import path of a function returning an array, {input name: array}, or (inputs, labels).
+- random: seeded normal inputs, calibration only, as an explicit opt-in the report shows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from builder.errors import MdbuildError
+from builder.spec import BuildSpec
+
+SOURCES = ("npz", "images", "factory", "random")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def data_files(spec: BuildSpec, section: str) -> dict[str, Path]:
+    """The files a data set's content comes from (hashed into the keys of the steps that use it)."""
+    from builder.sources import local_code
+
+    data = spec.config[section]
+    if data["source"] is None:
+        return {}
+    if data["source"] not in SOURCES or (section == "evaluation" and data["source"] == "random"):
+        choices = [s for s in SOURCES if section == "calibration" or s != "random"]
+        raise MdbuildError(f"unknown data source '{data['source']}'", f"{section}.source", f"choose one of: {', '.join(choices)}")
+    if data["source"] in ("npz", "images"):
+        if not data["path"]:
+            raise MdbuildError(f"a {data['source']} data set needs a path", f"{section}.path", "set it to the file or folder")
+        path = spec.resolve_path(data["path"])
+        if not path.exists():
+            raise MdbuildError(f"not found: {path}", f"{section}.path", "check the path (relative to where mdbuild runs)")
+        return {f"{section}_data": path}
+    if data["source"] == "factory":
+        if not data["factory"]:
+            raise MdbuildError("a factory data set needs an import path", f"{section}.factory", "set it to package.module.function")
+        code = local_code(data["factory"], spec.workdir)
+        return {f"{section}_code": code} if code else {}
+    return {}
+
+
+def load(spec: BuildSpec, section: str) -> tuple[dict[str, Any], Any]:
+    """({input name: array (N, *sample shape)}, labels (N,) or None), at most `samples` samples."""
+    import numpy as np
+
+    data = spec.config[section]
+    names = [i["name"] for i in spec.model["inputs"]]
+    labels = None
+    if data["source"] == "random":
+        from builder.inputs import make_inputs
+
+        if not data["samples"]:
+            raise MdbuildError("random calibration data needs a sample count", f"{section}.samples", "set it, e.g. 32")
+        batched = make_inputs(spec.model["inputs"], {**spec.model["dims"], **_batch_one(spec)}, data["samples"],
+                              spec.model["seed"] + 1)
+        return {name: array[:, 0] for name, array in batched.items()}, None
+    if data["source"] == "npz":
+        arrays, labels = _from_npz(spec.resolve_path(data["path"]), names, section)
+    elif data["source"] == "images":
+        arrays, labels = _from_images(spec.resolve_path(data["path"]), names, data, section)
+    else:
+        arrays, labels = _from_factory(spec, data, names, section)
+    count = min(len(a) for a in arrays.values())
+    if data["samples"]:
+        count = min(count, data["samples"])
+    arrays = {name: np.ascontiguousarray(array[:count]) for name, array in arrays.items()}
+    labels = None if labels is None else np.asarray(labels)[:count]
+    _check_shapes(spec, arrays, section)
+    return arrays, labels
+
+
+def _batch_one(spec: BuildSpec) -> dict[str, int]:
+    """Size 1 for each input's leading dimension when it is dynamic: a sample has no batch."""
+    return {i["shape"][0]: 1 for i in spec.model["inputs"] if i["shape"] and isinstance(i["shape"][0], str)}
+
+
+def _from_npz(path: Path, names: list[str], section: str):
+    import numpy as np
+
+    if path.suffix == ".npy":
+        if len(names) != 1:
+            raise MdbuildError("a .npy file holds one input, the model has several", f"{section}.path", "use an .npz with one array per input")
+        return {names[0]: np.load(path)}, None
+    with np.load(path) as archive:
+        keys = set(archive.files)
+        if set(names) <= keys:
+            arrays = {name: archive[name] for name in names}
+        elif len(names) == 1 and keys & {"inputs", "x"}:
+            arrays = {names[0]: archive["inputs" if "inputs" in keys else "x"]}
+        else:
+            raise MdbuildError(f"{path.name} has arrays {sorted(keys)}; expected {names}", f"{section}.path",
+                               "name the arrays after the model inputs (or inputs/x for a one-input model)")
+        labels = archive["labels"] if "labels" in keys else (archive["y"] if "y" in keys else None)
+    return arrays, labels
+
+
+def _from_images(folder: Path, names: list[str], data: dict[str, Any], section: str):
+    import numpy as np
+
+    from builder.preprocess import load_image
+
+    if len(names) != 1:
+        raise MdbuildError("an image folder feeds a one-input model", f"{section}.source", "use npz or factory data")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[: data["samples"] or None]
+    if not files:
+        raise MdbuildError(f"no {'/'.join(IMAGE_SUFFIXES)} files under {folder}", f"{section}.path", "point it at a folder of images")
+    arrays = {names[0]: np.stack([load_image(p, data["preprocess"]) for p in files])}
+    if section != "evaluation":
+        return arrays, None
+    classes = sorted({p.parent.name for p in files})
+    if any(p.parent == folder for p in files):
+        raise MdbuildError("evaluation images must sit in one sub-folder per class", f"{section}.path",
+                           "arrange them as PATH/<class>/<image>")
+    return arrays, [classes.index(p.parent.name) for p in files]
+
+
+def _from_factory(spec: BuildSpec, data: dict[str, Any], names: list[str], section: str):
+    import numpy as np
+
+    from builder.imports import resolve_callable
+
+    result = resolve_callable(data["factory"], spec.workdir, f"{section}.factory")(**data["kwargs"])
+    labels = None
+    if isinstance(result, tuple) and len(result) == 2:
+        result, labels = result
+    if isinstance(result, dict):
+        missing = set(names) - set(result)
+        if missing:
+            raise MdbuildError(f"the factory returned no arrays for inputs {sorted(missing)}", f"{section}.factory",
+                               "return {input name: array} for every model input")
+        return {name: np.asarray(result[name]) for name in names}, labels
+    if len(names) != 1:
+        raise MdbuildError("the factory returned one array, the model has several inputs", f"{section}.factory",
+                           "return {input name: array}")
+    return {names[0]: np.asarray(result)}, labels
+
+
+def _check_shapes(spec: BuildSpec, arrays: dict[str, Any], section: str) -> None:
+    import numpy as np
+
+    from builder.inputs import concrete_shape
+
+    for index, spec_ in enumerate(spec.model["inputs"]):
+        expected = concrete_shape(spec_, {**spec.model["dims"], **_batch_one(spec)}, index)[1:]
+        array = arrays[spec_["name"]]
+        if list(array.shape[1:]) != expected:
+            raise MdbuildError(f"samples of input '{spec_['name']}' have shape {list(array.shape[1:])}; the model "
+                               f"takes {expected} (a sample has no batch dimension)", f"{section}", "fix the data or its preprocessing")
+        arrays[spec_["name"]] = array.astype(np.dtype(spec_["dtype"]), copy=False)

@@ -1,0 +1,24 @@
+"""Import a user's function by its dotted path, from the directory mdbuild runs in."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from builder.errors import MdbuildError
+
+
+def resolve_callable(path: str, workdir: Path, key: str) -> Callable[..., Any]:
+    if str(workdir) not in sys.path:
+        sys.path.insert(0, str(workdir))
+    module_name, _, attribute = path.rpartition(".")
+    try:
+        target = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise MdbuildError(f"cannot import '{path}': {exc}", key,
+                           "give an import path (package.module.function) importable from this directory") from exc
+    if not callable(target):
+        raise MdbuildError(f"'{path}' is not callable", key, "name a function or class")
+    return target

@@ -1,0 +1,36 @@
+"""The calibration set, loaded and preprocessed once per recipe (calibration.npz), shared by every
+quantization step. Random data only when the recipe opts in with calibration.source=random."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from builder import data
+
+CALIBRATION_FILE = "calibration.npz"
+
+
+def run(ctx, inputs: dict[str, Path], out: Path) -> None:
+    source = ctx.spec.config["calibration"]["source"]
+    ctx.progress(f"loading calibration data ({source})")
+    arrays, _ = data.load(ctx.spec, "calibration")
+    with open(out / CALIBRATION_FILE, "wb") as handle:
+        np.savez(handle, **arrays)
+    count = len(next(iter(arrays.values())))
+    (out / "calibration.json").write_text(json.dumps({"source": source, "samples": count, "random": source == "random"}))
+
+
+def load_calibration(directory: Path) -> tuple[dict[str, np.ndarray], dict]:
+    with np.load(directory / CALIBRATION_FILE) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    return arrays, json.loads((directory / "calibration.json").read_text())
+
+
+def batches(arrays: dict[str, np.ndarray]):
+    """Each calibration sample as a batch of one, {input name: array}."""
+    count = len(next(iter(arrays.values())))
+    for index in range(count):
+        yield {name: array[index : index + 1] for name, array in arrays.items()}

@@ -1,0 +1,20 @@
+"""fp16 conversion of the ONNX graph (ONNX Runtime targets); inputs and outputs stay float32 unless
+fp16.keep_io_types=false."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from builder.transforms.record import write_record
+
+
+def run(ctx, inputs: dict[str, Path], out: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(inputs["model"] / "model.onnx"))
+    keep_io = ctx.spec.config["fp16"]["keep_io_types"]
+    ctx.progress("converting initializers and ops to float16")
+    converted = convert_float_to_float16(model, keep_io_types=keep_io, disable_shape_infer=False)
+    onnx.save(converted, str(out / "model.onnx"))
+    write_record(out, "fp16", keep_io_types=keep_io)

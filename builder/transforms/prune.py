@@ -1,0 +1,34 @@
+"""Global unstructured magnitude pruning of the PyTorch model's Conv and Linear weights, before
+export. Writes the pruned state_dict (weights.pt) that the export step loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from builder.errors import MdbuildError
+from builder.transforms.record import write_record
+
+
+def run(ctx, inputs: dict[str, Path], out: Path) -> None:
+    import torch
+    from torch.nn.utils import prune
+
+    from builder.sources.pytorch import load_module
+
+    amount = ctx.spec.config["prune"]["amount"]
+    if not 0.0 < amount < 1.0:
+        raise MdbuildError(f"pruning amount {amount} is not a fraction", "prune.amount", "choose a value between 0 and 1, e.g. 0.3")
+    module = load_module(ctx)
+    layers = [(m, "weight") for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Linear))]
+    if not layers:
+        raise MdbuildError("the model has no Conv or Linear layers to prune", "optimize", "remove 'prune' from optimize")
+    ctx.progress(f"pruning {amount:.0%} of {len(layers)} weight tensors")
+    prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=amount)
+    for layer, name in layers:
+        prune.remove(layer, name)
+    pruned = sum(int((layer.weight == 0).sum()) for layer, _ in layers)
+    prunable = sum(layer.weight.numel() for layer, _ in layers)
+    total = sum(p.numel() for p in module.parameters())
+    torch.save(module.state_dict(), out / "weights.pt")
+    write_record(out, "prune", amount=amount, layers=len(layers), zero_weights=pruned,
+                 sparsity_prunable=pruned / prunable, sparsity_total=pruned / total)
