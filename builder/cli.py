@@ -40,6 +40,7 @@ def _task(cfg) -> None:
     from builder.build import run
     from builder.progress import Console
     from builder.spec import BuildSpec
+    from builder.sweep import job_result, write_result
 
     hydra_cfg = HydraConfig.get()
     recipe = hydra_cfg.runtime.choices.get("recipe")
@@ -48,15 +49,20 @@ def _task(cfg) -> None:
     path, packaged = _RECIPES[recipe]
     spec = BuildSpec(recipe=recipe, recipe_path=path, packaged_recipe=packaged, config=config,
                      workdir=Path(hydra_cfg.runtime.cwd))
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        run(spec, Console(), Path(hydra_cfg.runtime.output_dir))
+        artifact = run(spec, Console(), run_dir)
     except Exception as exc:
+        if _is_multirun(hydra_cfg):
+            write_result(run_dir, job_result(spec, None, run_dir, _message(exc)))
         if _wants_traceback():
             raise
         # Reported here, per job: a sweep goes on with its other jobs and fails at the end.
         prefix = f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): " if _is_multirun(hydra_cfg) else ""
         print(f"error: {prefix}{_message(exc)}", file=sys.stderr, flush=True)
         raise _Reported() from exc
+    if _is_multirun(hydra_cfg) and artifact is not None:
+        write_result(run_dir, job_result(spec, artifact, run_dir, None))
 
 
 class _Reported(Exception):

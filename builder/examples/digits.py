@@ -29,12 +29,17 @@ def splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
         raise missing_extra("scikit-learn", "examples", "model.factory") from exc
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
-    order = np.random.default_rng(SEED).permutation(len(images))
-    train_end = int(TRAIN * len(order))
-    calibration_end = train_end + int(CALIBRATION * len(order))
-    parts = {"train": order[:train_end], "calibration": order[train_end:calibration_end],
-             "evaluation": order[calibration_end:]}
-    return {name: (images[index], digits.target[index].astype(np.int64)) for name, index in parts.items()}
+    return {name: (images[index], digits.target[index].astype(np.int64))
+            for name, index in split_indices(len(images)).items()}
+
+
+def split_indices(count: int) -> dict[str, np.ndarray]:
+    """Disjoint index sets covering every image once, in a seeded random order."""
+    order = np.random.default_rng(SEED).permutation(count)
+    train_end = int(TRAIN * count)
+    calibration_end = train_end + int(CALIBRATION * count)
+    return {"train": order[:train_end], "calibration": order[train_end:calibration_end],
+            "evaluation": order[calibration_end:]}
 
 
 def build_cnn():

@@ -1,0 +1,77 @@
+"""Shared by the benchmark scripts: run mdbuild, and time candidates fairly on a shared machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def mdbuild(args: list[str], cwd: Path, cache: Path) -> tuple[float, str]:
+    """(wall seconds, stdout) of one mdbuild run; exits on failure."""
+    env = {**os.environ, "MDBUILD_CACHE_DIR": str(cache)}
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "builder", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.exit(f"build failed:\n{proc.stdout}\n{proc.stderr}")
+    return seconds, proc.stdout
+
+
+def artifacts(stdout: str) -> list[Path]:
+    return [Path(line.split("artifact: ", 1)[1]) for line in stdout.splitlines() if line.startswith("artifact: ")]
+
+
+def load_artifact(artifact: Path):
+    """(the artifact's model loaded as serve.py loads it, its first verification sample)."""
+    import numpy as np
+
+    from backends import get_backend
+
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    model = get_backend(manifest["runtime"]["backend"]).runtime().load(artifact / "model", manifest["runtime"])
+    samples = np.load(artifact / "samples.npz")
+    feeds = {spec["name"]: samples[f"input/{spec['name']}"][0] for spec in manifest["config"]["model"]["inputs"]}
+    return model, feeds, manifest
+
+
+def torch_eager(manifest: dict, feeds: dict, workdir: Path) -> Callable[[], None]:
+    """The source model in torch eager fp32, built as the recipe builds it, on the same inputs."""
+    import torch
+
+    from builder.imports import resolve_callable
+
+    model_cfg = manifest["config"]["model"]
+    torch.manual_seed(model_cfg["seed"])
+    eager = resolve_callable(model_cfg["factory"], workdir, "model.factory")(**model_cfg["kwargs"]).eval()
+    tensors = [torch.from_numpy(feeds[spec["name"]]) for spec in model_cfg["inputs"]]
+
+    def run() -> None:
+        with torch.inference_mode():
+            eager(*tensors)
+
+    return run
+
+
+def p50_interleaved(runners: dict[str, Callable[[], object]], rounds: int, per_round: int = 20) -> dict[str, float]:
+    """Median latency (ms) of each candidate, alternating blocks of runs so that load from other
+    tenants of the machine falls on all of them alike."""
+    for run in runners.values():
+        for _ in range(10):
+            run()
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            for _ in range(per_round):
+                begin = time.perf_counter()
+                run()
+                samples[name].append((time.perf_counter() - begin) * 1e3)
+    return {name: statistics.median(values) for name, values in samples.items()}
