@@ -101,7 +101,7 @@ def make_plan(spec: BuildSpec) -> Plan:
     steps.append(StepNode(
         id="reference", run=source.reference, version=1,
         config={"model": _pick(model, _REFERENCE_KEYS), "verify": _pick(config["verify"], ("samples", "seed")),
-                "evaluation": evaluation if evaluation["source"] else None},
+                "evaluation": {k: v for k, v in evaluation.items() if k != "max_drop"} if evaluation["source"] else None},
         files={**files, **data_files(spec, "evaluation")}, libraries=source.libraries + ("numpy",),
         extra_versions={**code_versions, **_data_code_versions(evaluation, spec)}, shared=True,
     ))

@@ -3,6 +3,7 @@ gates, calibration data, and the sweep summary."""
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -209,3 +210,18 @@ def test_digits_training_is_deterministic_and_splits_do_not_overlap():
     assert [len(part) for part in indices.values()] == [1078, 179, 540]
     first, second = digits.trained_cnn().state_dict(), digits.trained_cnn().state_dict()
     assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_a_sweep_over_precisions_by_override(workspace):
+    result = workspace.run("-m", "+recipe=digits", *QUICK, "target=openvino_fp32", "target.precision=fp32,fp16",
+                           "hardware.performance_hint=throughput", "hardware.streams=2")
+    artifacts = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("artifact: ")]
+    runtimes = [read_json(Path(a) / "manifest.json")["runtime"] for a in artifacts]
+    assert [r["inference_precision"] for r in runtimes] == ["f32", "f16"]
+    assert all(r["performance_hint"] == "throughput" and r["streams"] == 2 for r in runtimes)
+    assert _steps(result, "export") == ["running", "cached"]
+
+
+def test_int8_precision_without_a_quantization_step_is_refused(workspace):
+    result = workspace.run("+recipe=digits", "target=openvino_fp32", "target.precision=int8", "mode=plan", check=False)
+    assert "target.steps: target openvino_fp32 is int8 but runs no quantization step" in result.stderr
