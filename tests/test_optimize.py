@@ -225,3 +225,10 @@ def test_a_sweep_over_precisions_by_override(workspace):
 def test_int8_precision_without_a_quantization_step_is_refused(workspace):
     result = workspace.run("+recipe=digits", "target=openvino_fp32", "target.precision=int8", "mode=plan", check=False)
     assert "target.steps: target openvino_fp32 is int8 but runs no quantization step" in result.stderr
+
+
+def test_a_pluggable_metric(workspace):
+    result = workspace.run("+recipe=digits", *QUICK, "target=openvino_fp32", "evaluation.metric=tinynets.top2")
+    evaluation = read_json(result.artifact / "report.json")["evaluation"]
+    assert evaluation["metric"] == "tinynets.top2" and evaluation["source_score"] >= 98.5
+    assert evaluation["artifact_score"] == evaluation["source_score"]
