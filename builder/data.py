@@ -26,6 +26,8 @@ def data_files(spec: BuildSpec, section: str) -> dict[str, Path]:
     from builder.sources import local_code
 
     data = spec.config[section]
+    if section == "serving":  # the labels file of the image route
+        return {"labels": _existing(spec, data["labels"], "serving.labels")} if data["labels"] else {}
     if data["source"] is None:
         return {}
     if data["source"] not in SOURCES or (section == "evaluation" and data["source"] == "random"):
@@ -34,16 +36,20 @@ def data_files(spec: BuildSpec, section: str) -> dict[str, Path]:
     if data["source"] in ("npz", "images"):
         if not data["path"]:
             raise MdbuildError(f"a {data['source']} data set needs a path", f"{section}.path", "set it to the file or folder")
-        path = spec.resolve_path(data["path"])
-        if not path.exists():
-            raise MdbuildError(f"not found: {path}", f"{section}.path", "check the path (relative to where mdbuild runs)")
-        return {f"{section}_data": path}
+        return {f"{section}_data": _existing(spec, data["path"], f"{section}.path")}
     if data["source"] == "factory":
         if not data["factory"]:
             raise MdbuildError("a factory data set needs an import path", f"{section}.factory", "set it to package.module.function")
         code = local_code(data["factory"], spec.workdir)
         return {f"{section}_code": code} if code else {}
     return {}
+
+
+def _existing(spec: BuildSpec, value: str, key: str) -> Path:
+    path = spec.resolve_path(value)
+    if not path.exists():
+        raise MdbuildError(f"not found: {path}", key, "check the path (relative to where mdbuild runs)")
+    return path
 
 
 def load(spec: BuildSpec, section: str) -> tuple[dict[str, Any], Any]:
@@ -64,7 +70,7 @@ def load(spec: BuildSpec, section: str) -> tuple[dict[str, Any], Any]:
     if data["source"] == "npz":
         arrays, labels = _from_npz(spec.resolve_path(data["path"]), names, section)
     elif data["source"] == "images":
-        arrays, labels = _from_images(spec.resolve_path(data["path"]), names, data, section)
+        arrays, labels = _from_images(spec.resolve_path(data["path"]), names, data, spec.config["preprocess"], section)
     else:
         arrays, labels = _from_factory(spec, data, names, section)
     count = min(len(a) for a in arrays.values())
@@ -101,17 +107,17 @@ def _from_npz(path: Path, names: list[str], section: str):
     return arrays, labels
 
 
-def _from_images(folder: Path, names: list[str], data: dict[str, Any], section: str):
+def _from_images(folder: Path, names: list[str], data: dict[str, Any], preprocess: dict[str, Any], section: str):
     import numpy as np
 
-    from builder.preprocess import load_image
+    from builder.serving.preprocess import load_image
 
     if len(names) != 1:
         raise MdbuildError("an image folder feeds a one-input model", f"{section}.source", "use npz or factory data")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[: data["samples"] or None]
     if not files:
         raise MdbuildError(f"no {'/'.join(IMAGE_SUFFIXES)} files under {folder}", f"{section}.path", "point it at a folder of images")
-    arrays = {names[0]: np.stack([load_image(p, data["preprocess"]) for p in files])}
+    arrays = {names[0]: np.stack([load_image(p, preprocess) for p in files])}
     if section != "evaluation":
         return arrays, None
     classes = sorted({p.parent.name for p in files})

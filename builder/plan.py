@@ -80,7 +80,8 @@ def make_plan(spec: BuildSpec) -> Plan:
                 "random inputs, which the report then flags")
         steps.append(StepNode(
             id="calibration", run="builder.steps.calibration:run", version=1,
-            config={"calibration": calibration, "model": _pick(model, ("inputs", "dims", "seed"))},
+            config={"calibration": calibration, "model": _pick(model, ("inputs", "dims", "seed")),
+                    "preprocess": config["preprocess"] if calibration["source"] == "images" else None},
             files=data_files(spec, "calibration"), libraries=("numpy", "pillow"),
             extra_versions=_data_code_versions(calibration, spec), shared=True,
         ))
@@ -101,7 +102,8 @@ def make_plan(spec: BuildSpec) -> Plan:
     steps.append(StepNode(
         id="reference", run=source.reference, version=1,
         config={"model": _pick(model, _REFERENCE_KEYS), "verify": _pick(config["verify"], ("samples", "seed")),
-                "evaluation": {k: v for k, v in evaluation.items() if k != "max_drop"} if evaluation["source"] else None},
+                "evaluation": {k: v for k, v in evaluation.items() if k != "max_drop"} if evaluation["source"] else None,
+                "preprocess": config["preprocess"] if evaluation["source"] == "images" else None},
         files={**files, **data_files(spec, "evaluation")}, libraries=source.libraries + ("numpy",),
         extra_versions={**code_versions, **_data_code_versions(evaluation, spec)}, shared=True,
     ))
@@ -132,7 +134,8 @@ def make_plan(spec: BuildSpec) -> Plan:
         config={"recipe": spec.recipe, "mdbuild": __version__, **spec.artifact_config},
         upstream={"compiled": previous, "report": "verify", "reference": "reference", "export": "export",
                   **{t.name: t.name for t in transforms}},
-        libraries=("jinja2", "numpy", backend.distribution), host_dependent=True,
+        files=data_files(spec, "serving"), libraries=("jinja2", "numpy", "pillow", backend.distribution),
+        host_dependent=True,
     ))
     return Plan(spec, tuple(steps))
 

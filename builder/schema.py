@@ -87,7 +87,6 @@ class DataConfig:
     factory: Optional[str] = None
     kwargs: Dict[str, Any] = field(default_factory=dict)
     samples: Optional[int] = None  # at most this many, in a stable order; null: all (random: required)
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
 
 @dataclass
@@ -95,6 +94,20 @@ class EvaluationConfig(DataConfig):
     metric: str = "top1"  # built in: top1; else the import path of fn(outputs, labels) -> score
     output: Optional[str] = None  # the model output the metric reads (default: the first)
     max_drop: float = 1.0  # points the artifact may lose against the source model
+
+
+@dataclass
+class ServingConfig:
+    """Defaults of the generated serve.py (its command line overrides the batching and size ones)."""
+
+    max_batch_size: int = 1  # dynamic batching: most rows per batch; 1 switches it off
+    max_queue_delay_ms: float = 2.0
+    max_body_bytes: int = 67108864
+    allow_nonfinite: bool = False  # NaN / Inf in float inputs answer 400 unless true
+    labels: Optional[str] = None  # a text file, one class name per line: enables POST .../classify for images
+    top_k: int = 5
+    scores: str = "softmax"  # softmax | raw
+    output: Optional[str] = None  # the output classified (default: the first)
 
 
 @dataclass
@@ -180,6 +193,9 @@ class BuildConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     fp16: Fp16Config = field(default_factory=Fp16Config)
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    # One image preprocessing for calibration, evaluation and the server's image route.
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
     calibration: DataConfig = field(default_factory=DataConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)

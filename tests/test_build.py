@@ -15,7 +15,8 @@ def test_build_writes_a_complete_artifact(workspace):
     artifact = result.artifact
     assert artifact.parent == workspace.root / "artifacts"
     assert artifact.name.startswith("cnn-onnxruntime_fp32-")
-    for name in ("model/model.onnx", "manifest.json", "requirements.txt", "serve.py", "README.md",
+    for name in ("model_repository/cnn/1/model.onnx", "model_repository/cnn/config.pbtxt", "manifest.json",
+                 "requirements.txt", "serve.py", "serving/server.py", "serving/runtime.py", "README.md",
                  "report.json", "report.md", "samples.npz"):
         assert (artifact / name).is_file(), name
 

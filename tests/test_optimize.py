@@ -53,10 +53,10 @@ def test_the_sweep_exports_once_and_calibrates_once(digits_sweep):
 def test_artifacts_hold_the_backends_model_formats(digits_sweep):
     workspace, _ = digits_sweep
     artifacts = {p.name.rsplit("-", 1)[0]: p for p in (workspace.root / "artifacts").iterdir()}
-    assert (artifacts["digits-openvino_fp32"] / "model" / "model.xml").is_file()
-    assert (artifacts["digits-openvino_fp32"] / "model" / "model.bin").is_file()
-    fp32_bin = (artifacts["digits-openvino_fp32"] / "model" / "model.bin").stat().st_size
-    fp16_bin = (artifacts["digits-openvino_fp16"] / "model" / "model.bin").stat().st_size
+    assert (artifacts["digits-openvino_fp32"] / "model_repository" / "digits" / "1" / "model.xml").is_file()
+    assert (artifacts["digits-openvino_fp32"] / "model_repository" / "digits" / "1" / "model.bin").is_file()
+    fp32_bin = (artifacts["digits-openvino_fp32"] / "model_repository" / "digits" / "1" / "model.bin").stat().st_size
+    fp16_bin = (artifacts["digits-openvino_fp16"] / "model_repository" / "digits" / "1" / "model.bin").stat().st_size
     assert fp16_bin < 0.6 * fp32_bin
     runtime = read_json(artifacts["digits-openvino_fp16"] / "manifest.json")["runtime"]
     assert runtime["inference_precision"] == "f16" and runtime["performance_hint"] == "latency"
@@ -68,7 +68,7 @@ def test_artifacts_hold_the_backends_model_formats(digits_sweep):
     assert record["calibration_samples"] == 179 and not record["random_calibration"] and int8["warnings"] == []
     import onnx
 
-    graph = onnx.load(str(artifacts["digits-onnxruntime_int8"] / "model" / "model.onnx")).graph
+    graph = onnx.load(str(artifacts["digits-onnxruntime_int8"] / "model_repository" / "digits" / "1" / "model.onnx")).graph
     assert any("QuantizeLinear" in node.op_type or "QLinear" in node.op_type for node in graph.node)
 
 
@@ -104,7 +104,8 @@ def test_the_served_openvino_artifact_answers_like_the_report(digits_sweep, tmp_
         sys.path.insert(0, str(workspace.root.parents[2]))
         from backends.openvino.runtime import load
 
-        expected = load(artifact / "model", read_json(artifact / "manifest.json")["runtime"]).run({"image": sample})
+        runtime = read_json(artifact / "manifest.json")["runtime"]
+        expected = load(artifact / runtime["model_dir"], runtime).run({"image": sample})
         np.testing.assert_array_equal(np.asarray(answer["outputs"][0]["data"], np.float32).reshape(expected["logits"].shape),
                                       expected["logits"])
     finally:
@@ -181,7 +182,7 @@ def test_calibration_from_an_image_folder_and_npz(workspace):
     for index in range(6):
         Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(folder / f"{index}.png")
     preprocess = {"resize": 20, "center_crop": 16, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
-    workspace.recipe("cnn", {**cnn_recipe(), "calibration": {"source": "images", "path": "calib", "preprocess": preprocess}})
+    workspace.recipe("cnn", {**cnn_recipe(), "preprocess": preprocess, "calibration": {"source": "images", "path": "calib"}})
     images = workspace.run("+recipe=cnn", *QUICK, "target=onnxruntime_int8")
     record = read_json(images.artifact / "report.json")["optimizations"][0]
     assert record["calibration_samples"] == 6 and record["calibration_source"] == "images"

@@ -6,6 +6,8 @@ import importlib.util
 import json
 import shutil
 import zlib
+
+import numpy as np
 from pathlib import Path
 
 from backends import get_backend
@@ -14,7 +16,8 @@ from builder.hashing import list_files, sha256_file
 from builder.render import render
 from builder.steps.compile import RUNTIME_FILE, load_settings
 from builder.steps.reference import REFERENCE_FILE
-from builder.steps.verify import REPORT_FILE
+from builder.steps.verify import OUTPUTS_FILE, REPORT_FILE
+from builder.triton import config_pbtxt
 from builder.transforms.record import RECORD_FILE, read_record
 from builder.versions import host_fingerprint, library_version
 
@@ -27,26 +30,31 @@ _V2 = {"float32": "FP32", "float16": "FP16", "float64": "FP64", "int64": "INT64"
 def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     spec = ctx.spec
     backend = get_backend(spec.target["backend"])
-    settings = load_settings(inputs["compiled"])
-    shutil.copytree(inputs["compiled"], out / "model", ignore=shutil.ignore_patterns(RUNTIME_FILE, RECORD_FILE))
-    shutil.copyfile(inputs["reference"] / REFERENCE_FILE, out / "samples.npz")
-    report = _final_report(inputs, out / "model")
+    model_dir = Path("model_repository") / spec.recipe / "1"  # also a Triton model repository
+    settings = {**load_settings(inputs["compiled"]), "model_dir": str(model_dir)}
+    shutil.copytree(inputs["compiled"], out / model_dir, ignore=shutil.ignore_patterns(RUNTIME_FILE, RECORD_FILE))
+    _write_samples(inputs, out / "samples.npz")
+    report = _final_report(inputs, out / model_dir)
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))
-    model = backend.runtime().load(out / "model", settings)
+    model = backend.runtime().load(out / model_dir, settings)
+    serving = spec.config["serving"]
+    (out / model_dir.parent / "config.pbtxt").write_text(
+        config_pbtxt(spec.recipe, backend.name, model.inputs, model.outputs, settings, serving))
+    _write_server(ctx, backend, out)
+    if serving["labels"]:
+        shutil.copyfile(ctx.node.files["labels"], out / "labels.txt")
     tensors = {kind: [{"name": name, "datatype": _V2.get(dtype, dtype), "shape": [-1 if d is None else d for d in dims]}
                       for name, (dtype, dims) in getattr(model, kind).items()] for kind in ("inputs", "outputs")}
     values = {
         "mdbuild_version": __version__, "recipe": spec.recipe, "target": spec.target["name"],
         "backend": backend.name, "precision": spec.target["precision"], "build_key": ctx.key,
-        "report": report, "host": host_fingerprint(), **tensors,
-        "example_request": json.dumps(_example_request(tensors["inputs"])),
+        "report": report, "host": host_fingerprint(), "model_dir": str(model_dir), "labels": bool(serving["labels"]),
+        **tensors, "example_request": json.dumps(_example_request(tensors["inputs"])),
     }
-    runtime_source = Path(importlib.util.find_spec(backend.runtime_module).origin).read_text()
-    (out / "serve.py").write_text(render("serve.py.j2", runtime_source=runtime_source, **values))
     (out / "README.md").write_text(render("README.md.j2", **values))
     (out / "report.md").write_text(render("report.md.j2", **values))
-    requirements = [f"numpy=={library_version('numpy')}", f"{backend.distribution}=={library_version(backend.distribution)}"]
-    (out / "requirements.txt").write_text("\n".join(requirements) + "\n")
+    requirements = ["numpy", backend.distribution] + (["pillow"] if serving["labels"] else [])
+    (out / "requirements.txt").write_text("".join(f"{name}=={library_version(name)}\n" for name in requirements))
     manifest = {
         "schema": MANIFEST_SCHEMA,
         "mdbuild": __version__,
@@ -66,6 +74,29 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
 
 
+def _write_samples(inputs: dict[str, Path], path: Path) -> None:
+    """The verification inputs, the source model's outputs and the artifact's own (for --selftest)."""
+    with np.load(inputs["reference"] / REFERENCE_FILE) as reference, np.load(inputs["report"] / OUTPUTS_FILE) as outputs:
+        arrays = {key: reference[key] for key in reference.files}
+        arrays.update({f"artifact/{name}": outputs[name] for name in outputs.files})
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def _write_server(ctx, backend, out: Path) -> None:
+    """serve.py and the serving package beside it: the server modules and the backend's runtime."""
+    package = out / "serving"
+    package.mkdir()
+    for source in sorted(_SERVING.glob("*.py")):
+        shutil.copyfile(source, package / source.name)
+    shutil.copyfile(importlib.util.find_spec(backend.runtime_module).origin, package / "runtime.py")
+    serving = ctx.spec.config["serving"]
+    defaults = {key: serving[key] for key in ("max_batch_size", "max_queue_delay_ms", "max_body_bytes",
+                                              "allow_nonfinite", "top_k", "scores")}
+    (out / "serve.py").write_text(render("serve.py.j2", mdbuild_version=__version__, recipe=ctx.spec.recipe,
+                                         target=ctx.spec.target["name"], build_key=ctx.key, defaults=defaults))
+
+
 def _final_report(inputs: dict[str, Path], model_dir: Path) -> dict:
     """Verification, plus what the optimization steps did, the model's size, and warnings."""
     report = json.loads((inputs["report"] / REPORT_FILE).read_text())
@@ -82,6 +113,7 @@ def _final_report(inputs: dict[str, Path], model_dir: Path) -> dict:
 
 
 _NOT_STEPS = ("compiled", "report", "reference", "export")
+_SERVING = Path(__file__).resolve().parents[1] / "serving"
 
 
 def _all_libraries(ctx) -> dict[str, str | None]:

@@ -1,0 +1,2 @@
+"""The serving runtime shipped inside every artifact (copied to <artifact>/serving/): stdlib, numpy,
+the backend's runtime and, for image inputs, Pillow. Nothing here may import mdbuild itself."""

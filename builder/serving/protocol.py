@@ -1,0 +1,152 @@
+"""KServe v2 / Open Inference Protocol REST bodies: JSON tensors and the binary tensor data
+extension (Inference-Header-Content-Length, binary_data / binary_data_size parameters)."""
+
+import json
+
+import numpy as np
+
+DATATYPES = {
+    "FP32": "float32", "FP16": "float16", "FP64": "float64", "INT64": "int64", "INT32": "int32",
+    "INT16": "int16", "INT8": "int8", "UINT8": "uint8", "BOOL": "bool",
+}
+V2_NAMES = {dtype: name for name, dtype in DATATYPES.items()}
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+class RequestError(Exception):
+    """The client's request is wrong: answered with `status` and this message; `kind` labels the
+    error in the metrics."""
+
+    def __init__(self, message, status=400, kind="bad_request"):
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+def split_body(body, header_length):
+    """(the JSON request, the binary tail) of a request body."""
+    if header_length is None:
+        return _json(body), b""
+    try:
+        size = int(header_length)
+    except ValueError:
+        raise RequestError(f"{HEADER_LENGTH} is not a number", kind="bad_binary") from None
+    if not 0 <= size <= len(body):
+        raise RequestError(f"{HEADER_LENGTH} is {size} but the body has {len(body)} bytes", kind="bad_binary")
+    return _json(body[:size]), body[size:]
+
+
+def _json(data):
+    try:
+        request = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(f"the body is not valid JSON: {exc}", kind="bad_json") from None
+    if not isinstance(request, dict):
+        raise RequestError('the body must be a JSON object with an "inputs" list', kind="bad_json")
+    return request
+
+
+def decode_inputs(request, binary, model_inputs, allow_nonfinite):
+    """{name: array} from the request's inputs, checked against the model's {name: (dtype, dims)}."""
+    tensors = request.get("inputs")
+    if not isinstance(tensors, list):
+        raise RequestError('the body must be a JSON object with an "inputs" list')
+    feeds, offset = {}, 0
+    for tensor in tensors:
+        if not isinstance(tensor, dict):
+            raise RequestError("each entry of inputs must be an object with name, shape, datatype and data")
+        name = tensor.get("name")
+        if name not in model_inputs:
+            raise RequestError(f"unknown input {name!r}; this model takes {sorted(model_inputs)}", kind="bad_input")
+        if name in feeds:
+            raise RequestError(f"input {name!r} is given twice", kind="bad_input")
+        dtype, dims = model_inputs[name]
+        shape = _check_header(name, tensor, dtype, dims)
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            array, offset = _from_binary(name, binary, offset, size, dtype, shape)
+        else:
+            array = _from_json(name, tensor.get("data"), dtype, shape)
+        if not allow_nonfinite and array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise RequestError(f"input {name!r} holds NaN or Inf values, which this model does not accept", kind="bad_input")
+        feeds[name] = array
+    if offset != len(binary):
+        raise RequestError(f"{len(binary) - offset} bytes of binary data belong to no input", kind="bad_binary")
+    missing = sorted(set(model_inputs) - set(feeds))
+    if missing:
+        raise RequestError(f"missing inputs {missing}", kind="bad_input")
+    return feeds
+
+
+def _check_header(name, tensor, dtype, dims):
+    expected_type = V2_NAMES.get(dtype, dtype)
+    if tensor.get("datatype") != expected_type:
+        raise RequestError(f"input {name!r} has datatype {tensor.get('datatype')!r}; expected {expected_type}", kind="bad_input")
+    shape = tensor.get("shape")
+    if (not isinstance(shape, list) or len(shape) != len(dims)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
+            or any(d is not None and d != s for d, s in zip(dims, shape))):
+        wanted = ["-1" if d is None else str(d) for d in dims]
+        raise RequestError(f"input {name!r} has shape {shape}; expected [{', '.join(wanted)}] (-1: any size)", kind="bad_input")
+    return shape
+
+
+def _from_binary(name, binary, offset, size, dtype, shape):
+    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if not isinstance(size, int) or size != expected:
+        raise RequestError(f"input {name!r}: binary_data_size is {size!r}; shape {shape} of {dtype} needs {expected}",
+                           kind="bad_binary")
+    if offset + size > len(binary):
+        raise RequestError(f"input {name!r}: the binary data ends after {len(binary) - offset} of its {size} bytes",
+                           kind="bad_binary")
+    array = np.frombuffer(binary, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
+    return array, offset + size
+
+
+def _from_json(name, data, dtype, shape):
+    if not isinstance(data, list):
+        raise RequestError(f"input {name!r}: data must be a list (or use binary_data_size)", kind="bad_input")
+    try:
+        array = np.asarray(data, dtype=dtype)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise RequestError(f"input {name!r}: data is not a list of {V2_NAMES.get(dtype, dtype)} values ({exc})",
+                           kind="bad_input") from None
+    if array.size != int(np.prod(shape)):
+        raise RequestError(f"input {name!r}: {array.size} values do not fill shape {shape}", kind="bad_input")
+    return array.reshape(shape)
+
+
+def requested_outputs(request, model_outputs):
+    """[(name, binary?)] in the order the client asked for (all outputs when it did not say)."""
+    default_binary = bool((request.get("parameters") or {}).get("binary_data_output", False))
+    wanted = request.get("outputs")
+    if wanted is None:
+        return [(name, default_binary) for name in model_outputs]
+    if not isinstance(wanted, list) or not all(isinstance(o, dict) for o in wanted):
+        raise RequestError('"outputs" must be a list of objects with a name')
+    unknown = [o.get("name") for o in wanted if o.get("name") not in model_outputs]
+    if unknown:
+        raise RequestError(f"unknown outputs {unknown}; this model has {sorted(model_outputs)}", kind="bad_input")
+    return [(o["name"], bool((o.get("parameters") or {}).get("binary_data", default_binary))) for o in wanted]
+
+
+def encode_response(model_name, request_id, results, outputs):
+    """(body, headers): JSON, or JSON header + binary tail when any output is asked for in binary."""
+    described, blobs = [], []
+    for name, binary in outputs:
+        value = np.ascontiguousarray(results[name])
+        entry = {"name": name, "datatype": V2_NAMES.get(str(value.dtype), str(value.dtype)), "shape": list(value.shape)}
+        if binary:
+            blob = value.tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = value.reshape(-1).tolist()
+        described.append(entry)
+    answer = {"model_name": model_name, "model_version": "1", "outputs": described}
+    if request_id is not None:
+        answer["id"] = request_id
+    header = json.dumps(answer).encode("utf-8")
+    if not blobs:
+        return header, {"Content-Type": "application/json"}
+    return header + b"".join(blobs), {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))}

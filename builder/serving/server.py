@@ -1,0 +1,315 @@
+"""The artifact's HTTP server: KServe v2 REST (JSON and binary tensors), image classification for
+recipes with preprocessing and labels, dynamic batching, Prometheus metrics, bearer-token auth,
+integrity check against the manifest, graceful SIGTERM, and a self-test of the stored samples."""
+
+import argparse
+import hashlib
+import hmac
+import io
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+
+from . import protocol
+from .batching import Batcher
+from .metrics import Metrics
+from .protocol import RequestError
+
+IDLE_TIMEOUT_S = 60.0
+
+
+class Service:
+    """The model behind the routes: inference (batched or not), metadata, classification."""
+
+    def __init__(self, model, manifest, settings, labels):
+        self.model = model
+        self.manifest = manifest
+        self.name = manifest["recipe"]
+        self.settings = settings
+        self.labels = labels
+        self.metrics = Metrics(self.name)
+        batching = settings["max_batch_size"] > 1 and all(dims and dims[0] is None for _, dims in model.inputs.values())
+        self.batcher = Batcher(model.run, settings["max_batch_size"], settings["max_queue_delay_ms"] / 1e3,
+                               self.metrics.batch) if batching else None
+
+    def run(self, feeds):
+        if self.batcher is not None:
+            return self.batcher.run(feeds)
+        self.metrics.batch(len(next(iter(feeds.values()))))
+        return self.model.run(feeds)
+
+    def infer(self, body, header_length):
+        request, binary = protocol.split_body(body, header_length)
+        feeds = protocol.decode_inputs(request, binary, self.model.inputs, self.settings["allow_nonfinite"])
+        outputs = protocol.requested_outputs(request, self.model.outputs)
+        results = self.run(feeds)
+        return protocol.encode_response(self.name, request.get("id"), results, outputs)
+
+    def classify(self, body, query):
+        if not self.labels or len(self.model.inputs) != 1:
+            raise RequestError("this model takes no images: its recipe declares no serving.labels", status=404, kind="not_found")
+        from PIL import Image, UnidentifiedImageError
+
+        from .preprocess import load_image
+
+        try:
+            top_k = int(query.get("top_k", [self.settings["top_k"]])[0])
+        except ValueError:
+            raise RequestError("top_k must be a whole number") from None
+        try:
+            pixels = load_image(io.BytesIO(body), self.manifest["config"]["preprocess"])
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise RequestError(f"the body is not a PNG or JPEG image this server can read ({exc})", kind="bad_image") from None
+        (name, (dtype, dims)), = self.model.inputs.items()
+        if list(pixels.shape) != [d for d in dims[1:]]:
+            raise RequestError(f"the preprocessed image has shape {list(pixels.shape)}; the model takes {dims[1:]}",
+                               kind="bad_image")
+        output = self.manifest["config"]["serving"].get("output") or next(iter(self.model.outputs))
+        scores = self.run({name: pixels[None].astype(dtype)})[output][0].astype(np.float64).reshape(-1)
+        if self.settings["scores"] == "softmax":
+            scores = np.exp(scores - scores.max())
+            scores /= scores.sum()
+        best = np.argsort(-scores)[: max(1, top_k)]
+        predictions = [{"index": int(i), "label": self.labels[i] if i < len(self.labels) else str(i),
+                        "score": float(scores[i])} for i in best]
+        return json.dumps({"model_name": self.name, "predictions": predictions}).encode(), {"Content-Type": "application/json"}
+
+    def metadata(self):
+        def describe(tensors):
+            return [{"name": n, "datatype": protocol.V2_NAMES.get(t, t), "shape": [-1 if d is None else d for d in dims]}
+                    for n, (t, dims) in tensors.items()]
+
+        return {"name": self.name, "versions": ["1"], "platform": self.manifest["runtime"]["backend"],
+                "inputs": describe(self.model.inputs), "outputs": describe(self.model.outputs)}
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = False  # server_close() waits for requests in flight
+    block_on_close = True
+
+    def __init__(self, address, service, token):
+        self.service = service
+        self.token = token
+        self.idle = set()
+        self.idle_lock = threading.Lock()
+        self.stopping = False
+        super().__init__(address, Handler)
+
+    def stop(self):
+        """Stop accepting, drop idle keep-alive connections, let requests in flight finish."""
+        self.stopping = True
+        self.shutdown()
+        with self.idle_lock:
+            for connection in list(self.idle):
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "mdbuild-serve"
+    sys_version = ""
+    timeout = IDLE_TIMEOUT_S
+    disable_nagle_algorithm = True  # headers and body leave at once: no 40 ms delayed-ACK stall per request
+
+    def handle_one_request(self):
+        # Between requests a keep-alive connection is idle: SIGTERM may close it at once.
+        with self.server.idle_lock:
+            self.server.idle.add(self.connection)
+        try:
+            self.raw_requestline = self.rfile.readline(65537)
+        except (OSError, ValueError):
+            self.raw_requestline = b""
+        finally:
+            with self.server.idle_lock:
+                self.server.idle.discard(self.connection)
+        if not self.raw_requestline or self.server.stopping and not self.raw_requestline.strip():
+            self.close_connection = True
+            return
+        if len(self.raw_requestline) > 65536:
+            self.send_error(414)
+            return
+        if not self.parse_request():
+            return
+        self._serve()
+        self.wfile.flush()
+        if self.server.stopping:
+            self.close_connection = True
+
+    def log_message(self, fmt, *args):  # the access log below replaces http.server's own lines
+        pass
+
+    def _serve(self):
+        service = self.server.service
+        started = time.perf_counter()
+        service.metrics.started()
+        status, kind, route, sent = 500, None, "other", 0
+        url = urlsplit(self.path)
+        try:
+            route, body, headers = self._route(service, url)
+            status = 200
+        except RequestError as exc:
+            status, kind = exc.status, exc.kind
+            body, headers = json.dumps({"error": str(exc)}).encode(), {"Content-Type": "application/json"}
+        except Exception as exc:  # a fault of the server or runtime, never of the request
+            kind = "internal"
+            body, headers = json.dumps({"error": f"internal error: {exc}"}).encode(), {"Content-Type": "application/json"}
+        try:
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+            sent = len(body)
+        except OSError:
+            kind = kind or "disconnected"
+        seconds = time.perf_counter() - started
+        service.metrics.finished(route, status, seconds, kind)
+        sys.stderr.write(json.dumps({
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "client": self.client_address[0], "method": self.command,
+            "path": url.path, "status": status, "error": kind, "ms": round(seconds * 1e3, 3),
+            "bytes_in": int(self.headers.get("Content-Length") or 0), "bytes_out": sent,
+        }) + "\n")
+
+    def _route(self, service, url):
+        path = url.path.rstrip("/")
+        model_path = f"/v2/models/{service.name}"
+        if self.command == "GET" and path == "/v2/health/live":
+            return "health", b'{"live": true}', {"Content-Type": "application/json"}
+        if self.command == "GET" and path in ("/v2/health/ready", model_path + "/ready"):
+            return "health", b'{"ready": true}', {"Content-Type": "application/json"}
+        self._authorize()
+        if self.command == "GET" and path == "/metrics":
+            return "metrics", service.metrics.render().encode(), {"Content-Type": "text/plain; version=0.0.4"}
+        if self.command == "GET" and path == "/v2":
+            meta = {"name": "mdbuild-serve", "version": service.manifest["mdbuild"], "extensions": ["binary_tensor_data"]}
+            return "metadata", json.dumps(meta).encode(), {"Content-Type": "application/json"}
+        if self.command == "GET" and path in (model_path, model_path + "/versions/1"):
+            return "metadata", json.dumps(service.metadata()).encode(), {"Content-Type": "application/json"}
+        if self.command == "POST" and path in (model_path + "/infer", model_path + "/versions/1/infer"):
+            return "infer", *service.infer(self._body(service), self.headers.get(protocol.HEADER_LENGTH))
+        if self.command == "POST" and path == model_path + "/classify":
+            return "classify", *service.classify(self._body(service), parse_qs(url.query))
+        raise RequestError(f"no route {self.command} {url.path}; the model is at {model_path}", status=404, kind="not_found")
+
+    def do_GET(self):
+        self._serve()
+
+    def do_POST(self):
+        self._serve()
+
+    def _authorize(self):
+        token = self.server.token
+        if token and not hmac.compare_digest(self.headers.get("Authorization", ""), f"Bearer {token}"):
+            raise RequestError("missing or wrong bearer token (Authorization: Bearer <token>)", status=401, kind="unauthorized")
+
+    def _body(self, service):
+        length = self.headers.get("Content-Length")
+        if length is None:
+            self.close_connection = True
+            raise RequestError("a Content-Length header is required", status=411, kind="no_length")
+        try:
+            length = int(length)
+        except ValueError:
+            self.close_connection = True
+            raise RequestError("Content-Length is not a number", kind="bad_length") from None
+        if length < 0 or length > service.settings["max_body_bytes"]:
+            self.close_connection = True
+            raise RequestError(f"the body of {length} bytes exceeds the limit of {service.settings['max_body_bytes']}",
+                               status=413, kind="too_large")
+        body = self.rfile.read(length)
+        if len(body) != length:
+            self.close_connection = True
+            raise RequestError(f"the body ended after {len(body)} of {length} bytes", kind="truncated")
+        return body
+
+
+def check_files(here, manifest):
+    """Names the first file that does not match the manifest's sha256, or None."""
+    for rel, digest in sorted(manifest["files"].items()):
+        path = here / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        sha = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(chunk)
+        if sha.hexdigest() != digest:
+            return f"{rel} does not match the manifest's sha256"
+    return None
+
+
+def selftest(here, model, tolerance):
+    """Reruns the stored verification samples; True when every output still matches the build's."""
+    samples = np.load(here / "samples.npz")
+    names = [key.split("/", 1)[1] for key in samples.files if key.startswith("artifact/")]
+    inputs = {key.split("/", 1)[1]: samples[key] for key in samples.files if key.startswith("input/")}
+    count = len(next(iter(inputs.values())))
+    ok = True
+    for name in names:
+        expected = samples[f"artifact/{name}"].astype(np.float64)
+        actual = np.stack([model.run({k: v[i] for k, v in inputs.items()}, [name])[name] for i in range(count)]).astype(np.float64)
+        rel = float(np.linalg.norm(actual - expected) / (np.linalg.norm(expected) or 1.0))
+        passed = bool(np.isfinite(actual).all() and rel <= tolerance)
+        ok &= passed
+        print(f"selftest {name}: rel_l2 {rel:.3g} against the build's outputs (limit {tolerance:g}): {'ok' if passed else 'MISMATCH'}")
+    return ok
+
+
+def parse_args(argv, defaults):
+    parser = argparse.ArgumentParser(description="Serve the model over the KServe v2 REST protocol.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument("--max-batch-size", type=int, default=defaults["max_batch_size"],
+                        help=f"dynamic batching: most rows per batch, 1 switches it off (recipe: {defaults['max_batch_size']})")
+    parser.add_argument("--max-queue-delay-ms", type=float, default=defaults["max_queue_delay_ms"],
+                        help=f"dynamic batching: longest wait for a batch to fill (recipe: {defaults['max_queue_delay_ms']})")
+    parser.add_argument("--max-body-bytes", type=int, default=defaults["max_body_bytes"], help="largest request body")
+    parser.add_argument("--token", default=os.environ.get("MDBUILD_SERVE_TOKEN"),
+                        help="require 'Authorization: Bearer TOKEN' (default: $MDBUILD_SERVE_TOKEN; health stays open)")
+    parser.add_argument("--selftest", action="store_true", help="rerun the stored verification samples and exit")
+    parser.add_argument("--selftest-tolerance", type=float, default=1e-3, help="largest relative L2 error of --selftest")
+    return parser.parse_args(argv)
+
+
+def main(here, load, defaults, argv=None):
+    args = parse_args(argv, defaults)
+    manifest = json.loads((here / "manifest.json").read_text())
+    problem = check_files(here, manifest)
+    if problem:
+        print(f"refusing to start: {problem}; the artifact was modified or damaged after the build", file=sys.stderr)
+        return 2
+    model = load(here / manifest["runtime"]["model_dir"], manifest["runtime"])
+    if args.selftest:
+        return 0 if selftest(here, model, args.selftest_tolerance) else 1
+    labels_path = here / "labels.txt"
+    labels = labels_path.read_text().splitlines() if labels_path.is_file() else None
+    settings = {**defaults, "max_batch_size": args.max_batch_size, "max_queue_delay_ms": args.max_queue_delay_ms,
+                "max_body_bytes": args.max_body_bytes}
+    service = Service(model, manifest, settings, labels)
+    httpd = Server((args.host, args.port), service, args.token)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=httpd.stop, daemon=True).start())
+    host, port = httpd.server_address[:2]
+    print(f"serving {service.name} on http://{host}:{port}/v2/models/{service.name}", flush=True)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()
+        if service.batcher is not None:
+            service.batcher.close()
+    return 0
