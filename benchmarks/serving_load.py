@@ -65,6 +65,22 @@ def load(port: int, path: str, body: bytes, headers: dict, clients: int, seconds
             "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], "requests": len(latencies)}
 
 
+def batch_ceiling(model, feeds, seconds: float = 3.0) -> dict[int, float]:
+    """Images per second of the raw runtime at batch 1, 4, 8 and 16: the most batching can gain."""
+    import numpy as np
+
+    rates = {}
+    for size in (1, 4, 8, 16):
+        batch = {name: np.repeat(value, size, axis=0) for name, value in feeds.items()}
+        model.run(batch)
+        runs, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            model.run(batch)
+            runs += 1
+        rates[size] = runs * size / (time.perf_counter() - started)
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--recipe", default="resnet50")
@@ -99,14 +115,18 @@ def main() -> None:
             finally:
                 proc.terminate()
                 proc.wait()
-            proc, port = start(artifact, "--max-batch-size", "16", "--max-queue-delay-ms", "5")
-            try:
-                r = load(port, path, body, headers, 16, args.seconds)
-                print(f"  c=16 batching<=16 {r['throughput']:7.1f} req/s  p50 {r['p50']:7.2f}  p99 {r['p99']:7.2f} ms  "
-                      f"-> {r['throughput'] / unbatched:.2f}x of no batching (goal >= 1.3)")
-            finally:
-                proc.terminate()
-                proc.wait()
+            ceiling = batch_ceiling(model, feeds)
+            print("  in-process images/s by batch size: " + ", ".join(f"{b}: {v:.1f}" for b, v in ceiling.items())
+                  + f"  (best batch gain over batch 1: {max(ceiling.values()) / ceiling[1]:.2f}x: what batching can win here)")
+            for size in (8, 16):
+                proc, port = start(artifact, "--max-batch-size", str(size), "--max-queue-delay-ms", "5")
+                try:
+                    r = load(port, path, body, headers, 16, args.seconds)
+                    print(f"  c=16 batching<={size:<2} {r['throughput']:7.1f} req/s  p50 {r['p50']:7.2f}  p99 {r['p99']:7.2f} ms"
+                          f"  -> {r['throughput'] / unbatched:.2f}x of no batching (goal >= 1.3)")
+                finally:
+                    proc.terminate()
+                    proc.wait()
 
 
 if __name__ == "__main__":

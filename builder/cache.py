@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 from builder.hashing import DigestMemo, digest_tree, list_files, sha256_file, sha256_text
 
 _ENTRY_FORMAT = 1
+_HOST = socket.gethostname().replace("-", "_") or "host"
 
 
 def default_cache_dir() -> Path:
@@ -87,7 +89,7 @@ class Cache:
         temporary files) into `scratch/`, which `commit` deletes before moving the entry into place."""
         parent = self.root / "tmp"
         parent.mkdir(parents=True, exist_ok=True)
-        work = parent / f"{os.getpid()}-{uuid.uuid4().hex}"
+        work = parent / f"{_HOST}-{os.getpid()}-{uuid.uuid4().hex}"
         (work / "out").mkdir(parents=True)
         (work / "scratch").mkdir()
         return work
@@ -130,12 +132,14 @@ class Cache:
         if not parent.is_dir():
             return
         for work in parent.iterdir():
-            pid = work.name.split("-", 1)[0]
-            if pid.isdigit() and not _process_alive(int(pid)):
+            host, _, rest = work.name.partition("-")
+            pid = rest.split("-", 1)[0]
+            # Only this host's: a cache directory may be shared with other machines.
+            if host == _HOST and pid.isdigit() and not _process_alive(int(pid)):
                 shutil.rmtree(work, ignore_errors=True)
 
     def _discard(self, entry_dir: Path) -> None:
-        trash = self.root / "tmp" / f"{os.getpid()}-discard-{uuid.uuid4().hex}"
+        trash = self.root / "tmp" / f"{_HOST}-{os.getpid()}-discard-{uuid.uuid4().hex}"
         trash.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(entry_dir, trash)

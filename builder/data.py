@@ -120,8 +120,8 @@ def _from_images(folder: Path, names: list[str], data: dict[str, Any], preproces
     arrays = {names[0]: np.stack([load_image(p, preprocess) for p in files])}
     if section != "evaluation":
         return arrays, None
-    classes = sorted({p.parent.name for p in files})
-    if any(p.parent == folder for p in files):
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    if any(p.parent == folder for p in files) or any(p.parent.parent != folder for p in files):
         raise MdbuildError("evaluation images must sit in one sub-folder per class", f"{section}.path",
                            "arrange them as PATH/<class>/<image>")
     return arrays, [classes.index(p.parent.name) for p in files]

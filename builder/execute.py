@@ -48,7 +48,7 @@ def describe(node: StepNode, upstream_digests: dict[str, str], cache: Cache) -> 
     """Everything the step's output depends on; its sha256 is the step's key."""
     inputs = {name: upstream_digests[step_id] for name, step_id in node.upstream.items()}
     for name, path in node.files.items():
-        inputs[name] = cache.digests.path(path, "*.py" if name == "factory_code" else "*")
+        inputs[name] = cache.digests.path(path, "*.py" if name.endswith("_code") else "*")
     description = {
         "step": node.id,
         "run": node.run,

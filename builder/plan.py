@@ -8,6 +8,7 @@ reference and calibration depend only on the recipe: every target of a sweep sha
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ from backends import get_backend
 from builder import __version__
 from builder.data import data_files
 from builder.errors import MdbuildError
-from builder.sources import factory_libraries, get_source, source_files
+from builder import serving as serving_package
+from builder.resources import resource_dir
+from builder.sources import factory_libraries, get_source, local_code, source_files
 from builder.spec import BuildSpec
 from builder.transforms import resolve_transforms, verification_level
 
@@ -104,7 +107,7 @@ def make_plan(spec: BuildSpec) -> Plan:
         config={"model": _pick(model, _REFERENCE_KEYS), "verify": _pick(config["verify"], ("samples", "seed")),
                 "evaluation": {k: v for k, v in evaluation.items() if k != "max_drop"} if evaluation["source"] else None,
                 "preprocess": config["preprocess"] if evaluation["source"] == "images" else None},
-        files={**files, **data_files(spec, "evaluation")}, libraries=source.libraries + ("numpy",),
+        files={**files, **data_files(spec, "evaluation"), **_metric_code(spec)}, libraries=source.libraries + ("numpy",),
         extra_versions={**code_versions, **_data_code_versions(evaluation, spec)}, shared=True,
     ))
     previous = "export"
@@ -126,7 +129,7 @@ def make_plan(spec: BuildSpec) -> Plan:
         id="verify", run="builder.steps.verify:run", version=1,
         config={"target": _pick(target, ("name", "precision")), "verify": config["verify"], "level": level,
                 "evaluation": _pick(evaluation, ("metric", "output", "max_drop")) if evaluation["source"] else None},
-        upstream={"compiled": previous, "reference": "reference"},
+        upstream={"compiled": previous, "reference": "reference"}, files=_metric_code(spec),
         libraries=backend.libraries + ("numpy",), host_dependent=True,
     ))
     steps.append(StepNode(
@@ -134,10 +137,26 @@ def make_plan(spec: BuildSpec) -> Plan:
         config={"recipe": spec.recipe, "mdbuild": __version__, **spec.artifact_config},
         upstream={"compiled": previous, "report": "verify", "reference": "reference", "export": "export",
                   **{t.name: t.name for t in transforms}},
-        files=data_files(spec, "serving"), libraries=("jinja2", "numpy", "pillow", backend.distribution),
+        files={**data_files(spec, "serving"), **_shipped_code(backend)},
+        libraries=("jinja2", "numpy", "pillow", backend.distribution),
         host_dependent=True,
     ))
     return Plan(spec, tuple(steps))
+
+
+def _shipped_code(backend) -> dict[str, Path]:
+    """The code the package step copies into the artifact: the server, the runtime, the templates."""
+    return {"serving_code": Path(serving_package.__file__).parent,
+            "runtime_code": Path(importlib.util.find_spec(backend.runtime_module).origin),
+            "templates": resource_dir("templates")}
+
+
+def _metric_code(spec: BuildSpec) -> dict[str, Path]:
+    evaluation = spec.config["evaluation"]
+    if not evaluation["source"] or evaluation["metric"] == "top1":
+        return {}
+    code = local_code(evaluation["metric"], spec.workdir)
+    return {"metric_code": code} if code else {}
 
 
 def _data_code_versions(data: dict[str, Any], spec: BuildSpec) -> dict[str, str | None]:

@@ -53,11 +53,14 @@ def test_touching_a_file_without_changing_it_keeps_the_entry(tmp_path):
 
 def test_workdirs_of_dead_builds_are_removed(tmp_path):
     cache = Cache(tmp_path)
-    dead = tmp_path / "tmp" / "999999999-deadbeef"
-    (dead / "out").mkdir(parents=True)
     alive = cache.new_workdir()
+    host = alive.name.split("-")[0]
+    dead = tmp_path / "tmp" / f"{host}-999999999-deadbeef"
+    elsewhere = tmp_path / "tmp" / "otherhost-999999999-deadbeef"  # a machine sharing the cache directory
+    for work in (dead, elsewhere):
+        (work / "out").mkdir(parents=True)
     cache.clean_stale_workdirs()
-    assert not dead.exists() and alive.exists()
+    assert not dead.exists() and alive.exists() and elsewhere.exists()
 
 
 def test_disabled_cache_stores_nothing(tmp_path):

@@ -142,6 +142,41 @@ def test_malformed_binary_payloads_get_400(server, case, message):
     assert status == 400 and message in json.loads(data)["error"]
 
 
+@pytest.mark.parametrize("body", [
+    {"inputs": [{"name": ["image"], "shape": [1], "datatype": "FP32", "data": [1]}]},
+    {"inputs": [{"name": "extra", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4], "parameters": [1]}]},
+    {"inputs": [], "parameters": "x"},
+    {"inputs": [{"name": "extra", "shape": [2**54, 4], "datatype": "FP32", "data": []}]},
+    {"inputs": [{"name": "image", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768},
+                {"name": "extra", "shape": [2, 4], "datatype": "FP32", "data": [0.0] * 8}]},
+    {"inputs": [], "outputs": [{"name": {"x": 1}}]},
+])
+def test_malformed_json_structures_get_400(server, body):
+    status, _, data = server.request("POST", "/v2/models/heads/infer", json.dumps(body).encode())
+    assert status == 400, data
+
+
+def test_a_rejected_request_does_not_desync_the_connection(heads):
+    served = Served(heads, "--token", "t")
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+        connection.request("POST", "/v2/models/heads/infer", body=b'{"inputs": []}')  # 401: body never read
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 401
+        connection.close()
+        connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+        connection.request("GET", "/v2/health/live")
+        assert connection.getresponse().status == 200
+        oversized = socket.create_connection(("127.0.0.1", served.port))
+        oversized.sendall(b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n")
+        assert b" 414 " in oversized.recv(4096).split(b"\r\n")[0]
+        oversized.close()
+        assert served.request("GET", "/v2/health/live")[0] == 200
+    finally:
+        served.stop()
+
+
 def test_nan_inputs_are_refused(server):
     feeds = feeds_for(1)
     feeds["extra"][0, 1] = np.nan

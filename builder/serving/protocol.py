@@ -2,6 +2,7 @@
 extension (Inference-Header-Content-Length, binary_data / binary_data_size parameters)."""
 
 import json
+import math
 
 import numpy as np
 
@@ -56,13 +57,13 @@ def decode_inputs(request, binary, model_inputs, allow_nonfinite):
         if not isinstance(tensor, dict):
             raise RequestError("each entry of inputs must be an object with name, shape, datatype and data")
         name = tensor.get("name")
-        if name not in model_inputs:
+        if not isinstance(name, str) or name not in model_inputs:
             raise RequestError(f"unknown input {name!r}; this model takes {sorted(model_inputs)}", kind="bad_input")
         if name in feeds:
             raise RequestError(f"input {name!r} is given twice", kind="bad_input")
         dtype, dims = model_inputs[name]
         shape = _check_header(name, tensor, dtype, dims)
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        size = _parameters(tensor).get("binary_data_size")
         if size is not None:
             array, offset = _from_binary(name, binary, offset, size, dtype, shape)
         else:
@@ -70,12 +71,24 @@ def decode_inputs(request, binary, model_inputs, allow_nonfinite):
         if not allow_nonfinite and array.dtype.kind == "f" and not np.isfinite(array).all():
             raise RequestError(f"input {name!r} holds NaN or Inf values, which this model does not accept", kind="bad_input")
         feeds[name] = array
+    leading = {array.shape[0] for name, array in feeds.items() if model_inputs[name][1] and model_inputs[name][1][0] is None}
+    if len(leading) > 1:
+        raise RequestError(f"the inputs disagree on the batch size (first dimension): {sorted(leading)}", kind="bad_input")
     if offset != len(binary):
         raise RequestError(f"{len(binary) - offset} bytes of binary data belong to no input", kind="bad_binary")
     missing = sorted(set(model_inputs) - set(feeds))
     if missing:
         raise RequestError(f"missing inputs {missing}", kind="bad_input")
     return feeds
+
+
+def _parameters(entry):
+    parameters = entry.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise RequestError('"parameters" must be a JSON object')
+    return parameters
 
 
 def _check_header(name, tensor, dtype, dims):
@@ -92,14 +105,14 @@ def _check_header(name, tensor, dtype, dims):
 
 
 def _from_binary(name, binary, offset, size, dtype, shape):
-    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    expected = math.prod(shape) * np.dtype(dtype).itemsize
     if not isinstance(size, int) or size != expected:
         raise RequestError(f"input {name!r}: binary_data_size is {size!r}; shape {shape} of {dtype} needs {expected}",
                            kind="bad_binary")
     if offset + size > len(binary):
         raise RequestError(f"input {name!r}: the binary data ends after {len(binary) - offset} of its {size} bytes",
                            kind="bad_binary")
-    array = np.frombuffer(binary, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
+    array = np.frombuffer(binary, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)
     return array, offset + size
 
 
@@ -111,23 +124,23 @@ def _from_json(name, data, dtype, shape):
     except (TypeError, ValueError, OverflowError) as exc:
         raise RequestError(f"input {name!r}: data is not a list of {V2_NAMES.get(dtype, dtype)} values ({exc})",
                            kind="bad_input") from None
-    if array.size != int(np.prod(shape)):
+    if array.size != math.prod(shape):
         raise RequestError(f"input {name!r}: {array.size} values do not fill shape {shape}", kind="bad_input")
     return array.reshape(shape)
 
 
 def requested_outputs(request, model_outputs):
     """[(name, binary?)] in the order the client asked for (all outputs when it did not say)."""
-    default_binary = bool((request.get("parameters") or {}).get("binary_data_output", False))
+    default_binary = bool(_parameters(request).get("binary_data_output", False))
     wanted = request.get("outputs")
     if wanted is None:
         return [(name, default_binary) for name in model_outputs]
     if not isinstance(wanted, list) or not all(isinstance(o, dict) for o in wanted):
         raise RequestError('"outputs" must be a list of objects with a name')
-    unknown = [o.get("name") for o in wanted if o.get("name") not in model_outputs]
+    unknown = [o.get("name") for o in wanted if not isinstance(o.get("name"), str) or o.get("name") not in model_outputs]
     if unknown:
         raise RequestError(f"unknown outputs {unknown}; this model has {sorted(model_outputs)}", kind="bad_input")
-    return [(o["name"], bool((o.get("parameters") or {}).get("binary_data", default_binary))) for o in wanted]
+    return [(o["name"], bool(_parameters(o).get("binary_data", default_binary))) for o in wanted]
 
 
 def encode_response(model_name, request_id, results, outputs):

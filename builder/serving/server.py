@@ -54,8 +54,11 @@ class Service:
         return protocol.encode_response(self.name, request.get("id"), results, outputs)
 
     def classify(self, body, query):
-        if not self.labels or len(self.model.inputs) != 1:
+        if not self.labels:
             raise RequestError("this model takes no images: its recipe declares no serving.labels", status=404, kind="not_found")
+        if len(self.model.inputs) != 1:
+            raise RequestError("the image route serves one-input models; this one takes "
+                               f"{sorted(self.model.inputs)}: use /infer", status=404, kind="not_found")
         from PIL import Image, UnidentifiedImageError
 
         from .preprocess import load_image
@@ -69,7 +72,7 @@ class Service:
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             raise RequestError(f"the body is not a PNG or JPEG image this server can read ({exc})", kind="bad_image") from None
         (name, (dtype, dims)), = self.model.inputs.items()
-        if list(pixels.shape) != [d for d in dims[1:]]:
+        if len(pixels.shape) != len(dims) - 1 or any(d is not None and d != p for d, p in zip(dims[1:], pixels.shape)):
             raise RequestError(f"the preprocessed image has shape {list(pixels.shape)}; the model takes {dims[1:]}",
                                kind="bad_image")
         output = self.manifest["config"]["serving"].get("output") or next(iter(self.model.outputs))
@@ -95,24 +98,41 @@ class Server(ThreadingHTTPServer):
     daemon_threads = False  # server_close() waits for requests in flight
     block_on_close = True
 
-    def __init__(self, address, service, token):
+    def __init__(self, address, service, token, grace_s=30.0):
         self.service = service
         self.token = token
-        self.idle = set()
+        self.grace_s = grace_s
+        self.idle = set()  # keep-alive connections waiting for their next request
+        self.open = set()  # every connection
         self.idle_lock = threading.Lock()
         self.stopping = False
         super().__init__(address, Handler)
 
     def stop(self):
-        """Stop accepting, drop idle keep-alive connections, let requests in flight finish."""
-        self.stopping = True
-        self.shutdown()
+        """Stop accepting, drop idle keep-alive connections, let requests in flight finish; after
+        the grace period, close what is still open (a client that never finishes its request)."""
         with self.idle_lock:
-            for connection in list(self.idle):
-                try:
-                    connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            self.stopping = True
+            idle = list(self.idle)
+        self.shutdown()
+        _close(idle)
+        deadline = time.monotonic() + self.grace_s
+        while time.monotonic() < deadline:
+            with self.idle_lock:
+                if not self.open:
+                    return
+                _close(list(self.idle))
+            time.sleep(0.05)
+        with self.idle_lock:
+            _close(list(self.open))
+
+
+def _close(connections):
+    for connection in connections:
+        try:
+            connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -122,9 +142,22 @@ class Handler(BaseHTTPRequestHandler):
     timeout = IDLE_TIMEOUT_S
     disable_nagle_algorithm = True  # headers and body leave at once: no 40 ms delayed-ACK stall per request
 
+    def setup(self):
+        super().setup()
+        with self.server.idle_lock:
+            self.server.open.add(self.connection)
+
+    def finish(self):
+        with self.server.idle_lock:
+            self.server.open.discard(self.connection)
+        super().finish()
+
     def handle_one_request(self):
         # Between requests a keep-alive connection is idle: SIGTERM may close it at once.
         with self.server.idle_lock:
+            if self.server.stopping:
+                self.close_connection = True
+                return
             self.server.idle.add(self.connection)
         try:
             self.raw_requestline = self.rfile.readline(65537)
@@ -133,10 +166,11 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             with self.server.idle_lock:
                 self.server.idle.discard(self.connection)
-        if not self.raw_requestline or self.server.stopping and not self.raw_requestline.strip():
+        if not self.raw_requestline:
             self.close_connection = True
             return
         if len(self.raw_requestline) > 65536:
+            self.requestline, self.request_version, self.command = "", "", ""
             self.send_error(414)
             return
         if not self.parse_request():
@@ -154,6 +188,7 @@ class Handler(BaseHTTPRequestHandler):
         started = time.perf_counter()
         service.metrics.started()
         status, kind, route, sent = 500, None, "other", 0
+        self.body_read = False
         url = urlsplit(self.path)
         try:
             route, body, headers = self._route(service, url)
@@ -164,6 +199,8 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # a fault of the server or runtime, never of the request
             kind = "internal"
             body, headers = json.dumps({"error": f"internal error: {exc}"}).encode(), {"Content-Type": "application/json"}
+        if not self.body_read and self.headers.get("Content-Length", "0") != "0":
+            self.close_connection = True  # an unread body would be taken for the next request
         try:
             self.send_response(status)
             for key, value in headers.items():
@@ -181,7 +218,7 @@ class Handler(BaseHTTPRequestHandler):
         sys.stderr.write(json.dumps({
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "client": self.client_address[0], "method": self.command,
             "path": url.path, "status": status, "error": kind, "ms": round(seconds * 1e3, 3),
-            "bytes_in": int(self.headers.get("Content-Length") or 0), "bytes_out": sent,
+            "bytes_in": self.headers.get("Content-Length"), "bytes_out": sent,
         }) + "\n")
 
     def _route(self, service, url):
@@ -231,6 +268,7 @@ class Handler(BaseHTTPRequestHandler):
             raise RequestError(f"the body of {length} bytes exceeds the limit of {service.settings['max_body_bytes']}",
                                status=413, kind="too_large")
         body = self.rfile.read(length)
+        self.body_read = True
         if len(body) != length:
             self.close_connection = True
             raise RequestError(f"the body ended after {len(body)} of {length} bytes", kind="truncated")

@@ -55,16 +55,17 @@ def resolve_transforms(config: dict[str, Any]) -> list[Transform]:
     """The recipe's steps then the target's, checked against the target and the source."""
     backend, source = config["target"]["backend"], config["model"]["source"]
     declared = [("optimize", name) for name in config["optimize"]] + [("target.steps", n) for n in config["target"]["steps"]]
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     chosen = []
     for key, name in declared:
         if name not in TRANSFORMS:
             raise MdbuildError(f"unknown optimization step '{name}'", key, f"choose from: {', '.join(TRANSFORMS)}")
         transform = TRANSFORMS[name]
         if name in seen:
-            raise MdbuildError(f"step '{name}' is listed twice (the target {config['target']['name']} already runs it)",
-                               key, f"remove '{name}' from optimize")
-        seen.add(name)
+            where = "optimize" if seen[name] == key else f"{key} of target {config['target']['name']}"
+            raise MdbuildError(f"step '{name}' is listed twice (also in {where})", "optimize",
+                               f"remove the second '{name}' from optimize")
+        seen[name] = key
         if transform.serves and backend not in transform.serves:
             raise MdbuildError(f"step '{name}' does not apply to target {config['target']['name']} ({backend})", key,
                                f"'{name}' serves {', '.join(transform.serves)} targets; remove it or choose such a target")
