@@ -42,10 +42,11 @@ def write_summary(sweep_dir: Path) -> list[Path]:
     rows = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{RESULT_FILE}"), key=lambda p: int(p.parent.name))]
     if not rows:
         return []
-    written = [sweep_dir / "summary.json", sweep_dir / "summary.md", sweep_dir / "summary.html"]
+    written = [sweep_dir / "summary.json", sweep_dir / "summary.md", sweep_dir / "summary.html", sweep_dir / "summary.svg"]
     written[0].write_text(json.dumps(rows, indent=2))
     written[1].write_text(_markdown(rows))
     written[2].write_text(_html(rows))
+    written[3].write_text(_plot(rows))
     return written
 
 
@@ -77,6 +78,7 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     lines += ["| " + " | ".join(_cell(row, key) for key, _ in _COLUMNS) + " |" for row in rows]
     failed = [row for row in rows if row["error"]]
     lines += [""] + [f"- {row['target']}: {row['error']}" for row in failed]
+    lines += ["", "![accuracy versus p50 latency](summary.svg)"]
     return "\n".join(lines) + "\n"
 
 
@@ -95,7 +97,7 @@ def _plot(rows: list[dict[str, Any]]) -> str:
     points = [(r["p50_ms"], r["score"] if r["score"] is not None else r["min_cosine"], r) for r in rows
               if r["p50_ms"] is not None and (r["score"] is not None or r["min_cosine"] is not None)]
     if not points:
-        return "<p>No job produced latency and accuracy figures to plot.</p>"
+        return "<svg xmlns='http://www.w3.org/2000/svg' width='400' height='40'><text x='10' y='25'>No job produced latency and accuracy figures to plot.</text></svg>"
     width, height, pad = 640, 360, 60
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     x0, x1 = 0.0, max(xs) * 1.1

@@ -83,6 +83,7 @@ def test_the_sweep_summary_tables_and_plots_every_job(digits_sweep):
     assert "| target | precision | accuracy |" in markdown and "openvino_int8 | int8" in markdown
     page = (sweep / "summary.html").read_text()
     assert page.count("<circle") == 5 and "p50 latency (ms)" in page
+    assert (sweep / "summary.svg").read_text().count("<circle") == 5 and "(summary.svg)" in markdown
 
 
 def test_the_served_openvino_artifact_answers_like_the_report(digits_sweep, tmp_path):
