@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
-SOURCES = ("pytorch", "torchscript", "onnx")
+SOURCES = ("pytorch", "torchscript", "tensorflow", "onnx")
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
 
 

@@ -40,6 +40,8 @@ SOURCES = {
                       ("torch", "onnx"), "torch", "torch"),
     "torchscript": Source("torchscript", "builder.sources.pytorch:export", "builder.sources.pytorch:reference",
                           ("torch", "onnx"), "torch", "torch"),
+    "tensorflow": Source("tensorflow", "builder.sources.tensorflow:export", "builder.sources.tensorflow:reference",
+                         ("tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "onnx"), "tensorflow", "tensorflow"),
     "onnx": Source("onnx", "builder.sources.onnx:export", "builder.sources.onnx:reference",
                    ("onnx", "onnxruntime"), "onnxruntime", "onnxruntime"),
 }
@@ -56,7 +58,11 @@ def source_files(spec: BuildSpec) -> dict[str, Path]:
     """The files whose content the export and reference depend on, by input name."""
     model = spec.model
     files: dict[str, Path] = {}
-    if model["source"] == "pytorch":
+    if model["source"] == "tensorflow" and model.get("factory"):
+        code = local_code(model["factory"], spec.workdir)
+        if code is not None:
+            files["factory_code"] = code
+    elif model["source"] == "pytorch":
         if not model.get("factory"):
             raise MdbuildError("a pytorch source needs a factory", "model.factory",
                                "set it to an import path such as torchvision.models.resnet50")
@@ -75,7 +81,7 @@ def source_files(spec: BuildSpec) -> dict[str, Path]:
 
 def factory_libraries(model: dict[str, Any], workdir: Path) -> dict[str, str | None]:
     """The installed distribution providing a factory (e.g. torchvision), whose version matters."""
-    if model["source"] != "pytorch" or not model.get("factory"):
+    if model["source"] not in ("pytorch", "tensorflow") or not model.get("factory"):
         return {}
     located = _locate(model["factory"], workdir)
     return {located[1]: metadata.version(located[1])} if located[1] else {}

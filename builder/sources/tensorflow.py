@@ -1,0 +1,137 @@
+"""TensorFlow sources: a Keras model from a factory by import path (e.g. a Keras application with
+seeded random weights), a Keras file (.keras / .h5) or a SavedModel directory, exported with
+tf2onnx. The ONNX outputs are renamed to the recipe's output names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from builder.errors import MdbuildError, missing_extra
+from builder.imports import resolve_callable
+
+
+def _import_tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    try:
+        import tensorflow as tf
+    except ImportError as exc:
+        raise missing_extra("tensorflow", "tensorflow", "model.source") from exc
+    return tf
+
+
+def load_model(ctx) -> Any:
+    """A callable Keras model, or a SavedModel's serving signature."""
+    tf = _import_tf()
+    model_cfg = ctx.spec.model
+    tf.keras.utils.set_random_seed(model_cfg["seed"])
+    if model_cfg.get("factory"):
+        try:
+            return resolve_callable(model_cfg["factory"], ctx.spec.workdir, "model.factory")(**model_cfg["kwargs"])
+        except TypeError as exc:
+            raise MdbuildError(f"the factory rejected its arguments: {exc}", "model.kwargs",
+                               "pass only keyword arguments the factory accepts") from exc
+    path = ctx.spec.resolve_path(model_cfg["path"])
+    try:
+        if path.is_dir():
+            return _SavedModel(tf.saved_model.load(str(path)))
+        return tf.keras.models.load_model(str(path), compile=False)
+    except Exception as exc:  # TF raises many types for a bad file
+        raise MdbuildError(f"cannot load a TensorFlow model from {path} ({str(exc).splitlines()[0][:200]})", "model.path",
+                           "give a SavedModel directory or a .keras / .h5 file") from exc
+
+
+class _SavedModel:
+    """A SavedModel's serving signature; holds the loaded object, which owns the variables."""
+
+    def __init__(self, loaded):
+        self.loaded = loaded
+        self.signature = loaded.signatures["serving_default"]
+
+    def __call__(self, **tensors):
+        return self.signature(**tensors)
+
+
+def _signature(tf, model_cfg: dict[str, Any]) -> tuple:
+    return tuple(tf.TensorSpec([None if isinstance(d, str) else d for d in spec["shape"]], spec["dtype"], name=spec["name"])
+                 for spec in model_cfg["inputs"])
+
+
+def export(ctx, inputs: dict[str, Path], out: Path) -> None:
+    tf = _import_tf()
+    import onnx
+    import tf2onnx
+
+    model_cfg = ctx.spec.model
+    model = load_model(ctx)
+    ctx.progress(f"tf2onnx (opset {model_cfg['opset']})")
+    signature = _signature(tf, model_cfg)
+    try:
+        if isinstance(model, tf.keras.Model):
+            proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=model_cfg["opset"])
+        else:  # a SavedModel signature: wrapped in a tf.function returning its outputs in key order
+            names = [spec["name"] for spec in model_cfg["inputs"]]
+
+            def ordered(*tensors):
+                result = model(**dict(zip(names, tensors)))
+                return [result[key] for key in sorted(result)]
+
+            function = tf.function(ordered, input_signature=signature)
+            proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=model_cfg["opset"])
+    except Exception as exc:  # tf2onnx raises plain Exceptions for unsupported ops
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = next((line for line in reversed(lines) if "Error" in line), lines[0] if lines else type(exc).__name__)
+        raise MdbuildError(f"tf2onnx failed: {detail[:300]}", "model.source",
+                           "try another model.opset, or run with traceback=true for the converter's error") from exc
+    _rename_outputs(proto, list(model_cfg["outputs"]))
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(out / "model.onnx"))
+
+
+def _rename_outputs(proto, names: list[str]) -> None:
+    """tf2onnx names outputs after Keras layers; the recipe's names are what every step uses."""
+    from onnx import helper
+
+    outputs = list(proto.graph.output)
+    if len(outputs) != len(names):
+        raise MdbuildError(f"the model has {len(outputs)} outputs but the recipe names {len(names)}: {names}",
+                           "model.outputs", f"list {len(outputs)} names")
+    for output, name in zip(outputs, names):
+        if output.name != name:
+            proto.graph.node.append(helper.make_node("Identity", [output.name], [name]))
+            output.name = name
+
+
+def reference(ctx, inputs: dict[str, Path], out: Path) -> None:
+    """The source model's outputs on the seeded samples, and its score on the labelled set."""
+    tf = _import_tf()
+
+    from builder.evaluation import evaluate_source
+    from builder.steps.reference import save_reference, verification_inputs
+
+    model = load_model(ctx)
+    names = [spec["name"] for spec in ctx.spec.model["inputs"]]
+    outputs_named = list(ctx.spec.model["outputs"])
+
+    def run(feeds):
+        if isinstance(model, tf.keras.Model):
+            result = model([tf.constant(feeds[n]) for n in names] if len(names) > 1 else tf.constant(feeds[names[0]]),
+                           training=False)
+        else:
+            result = model(**{n: tf.constant(feeds[n]) for n in names})
+        if isinstance(result, dict):
+            result = [result[k] for k in sorted(result)]
+        elif not isinstance(result, (list, tuple)):
+            result = [result]
+        return dict(zip(outputs_named, (r.numpy() for r in result)))
+
+    arrays = verification_inputs(ctx)
+    count = len(next(iter(arrays.values())))
+    outputs = []
+    for index in range(count):
+        ctx.progress(f"sample {index + 1}/{count}")
+        result = run({name: arrays[name][index] for name in names})
+        outputs.append([result[name] for name in outputs_named if name in result])
+    save_reference(ctx, out, arrays, outputs)
+    evaluate_source(ctx, out, run)
