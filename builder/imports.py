@@ -22,3 +22,13 @@ def resolve_callable(path: str, workdir: Path, key: str) -> Callable[..., Any]:
     if not callable(target):
         raise MdbuildError(f"'{path}' is not callable", key, "name a function or class")
     return target
+
+
+def build_from_factory(model: dict[str, Any], workdir: Path) -> Any:
+    """The recipe's model.factory called with model.kwargs."""
+    factory = resolve_callable(model["factory"], workdir, "model.factory")
+    try:
+        return factory(**model["kwargs"])
+    except TypeError as exc:
+        raise MdbuildError(f"the factory rejected its arguments: {exc}", "model.kwargs",
+                           "pass only keyword arguments the factory accepts") from exc

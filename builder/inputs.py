@@ -50,6 +50,3 @@ def make_inputs(specs: list[dict[str, Any]], dims: dict[str, int], samples: int,
             arrays[spec["name"]] = rng.integers(spec["low"], spec["high"], shape).astype(dtype)
     return arrays
 
-
-def sample(arrays: dict[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
-    return {name: array[index] for name, array in arrays.items()}

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import MdbuildError, missing_extra
-from builder.imports import resolve_callable
+from builder.imports import build_from_factory
 from builder.inputs import dynamic_axes, make_inputs
 
 
@@ -38,12 +38,7 @@ def load_module(ctx) -> Any:
         except Exception as exc:  # torch raises RuntimeError with a C++ trace for a bad file
             raise MdbuildError(f"not a TorchScript file: {path} ({_first_line(exc)})", "model.path",
                                "point model.path at a file written by torch.jit.save") from exc
-    factory = resolve_callable(model_cfg["factory"], ctx.spec.workdir, "model.factory")
-    try:
-        module = factory(**model_cfg["kwargs"])
-    except TypeError as exc:
-        raise MdbuildError(f"the factory rejected its arguments: {exc}", "model.kwargs",
-                           "pass only keyword arguments the factory accepts") from exc
+    module = build_from_factory(model_cfg, ctx.spec.workdir)
     if model_cfg.get("weights"):
         _load_weights(torch, module, ctx.spec.resolve_path(model_cfg["weights"]))
     return module.eval()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import MdbuildError, missing_extra
-from builder.imports import resolve_callable
+from builder.imports import build_from_factory
 
 
 def _import_tf():
@@ -27,11 +27,7 @@ def load_model(ctx) -> Any:
     model_cfg = ctx.spec.model
     tf.keras.utils.set_random_seed(model_cfg["seed"])
     if model_cfg.get("factory"):
-        try:
-            return resolve_callable(model_cfg["factory"], ctx.spec.workdir, "model.factory")(**model_cfg["kwargs"])
-        except TypeError as exc:
-            raise MdbuildError(f"the factory rejected its arguments: {exc}", "model.kwargs",
-                               "pass only keyword arguments the factory accepts") from exc
+        return build_from_factory(model_cfg, ctx.spec.workdir)
     path = ctx.spec.resolve_path(model_cfg["path"])
     try:
         if path.is_dir():
