@@ -81,20 +81,14 @@ def print_plan(plan: Plan, cache: Cache, console: Console) -> None:
             continue
         description = describe(node, digests, cache)
         key = step_key(description)
-        meta = cache.peek(key)
-        if meta is not None:
-            digests[node.id] = _digest(meta)
+        digest = cache.peek_digest(key)
+        if digest is not None:
+            digests[node.id] = digest
             console.line(f"  {node.id:<13} after {after:<36} {key}  cached")
         else:
             reason = explain(cache.last_description(plan.slot(node)), description)
             console.line(f"  {node.id:<13} after {after:<36} {key}  will run: {reason}")
     cache.digests.save()
-
-
-def _digest(meta: dict) -> str:
-    from builder.hashing import digest_tree
-
-    return digest_tree({rel: info["sha256"] for rel, info in meta["files"].items()})
 
 
 def _report_line(artifact: Path) -> str | None:

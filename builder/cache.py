@@ -83,6 +83,11 @@ class Cache:
         except (OSError, ValueError):
             return None
 
+    def peek_digest(self, key: str) -> str | None:
+        """The output digest of an entry, unverified (plan mode must not re-hash every model)."""
+        meta = self.peek(key)
+        return None if meta is None else digest_tree({rel: info["sha256"] for rel, info in meta["files"].items()})
+
     # -- commit ------------------------------------------------------------------------------
     def new_workdir(self) -> Path:
         """A private directory: the step writes its results into `out/` and anything else (tools'

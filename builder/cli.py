@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from builder.errors import MdbuildError
+from builder.errors import MdbuildError, first_line
 from builder.recipes import DEFAULT_RECIPE, recipe_files
 from builder.resources import resource_dir
 from builder.schema import BuildConfig, declared_keys, section_schema
@@ -29,7 +29,7 @@ def _register_configs(workdir: Path) -> None:
         try:
             node = OmegaConf.load(path)
         except Exception as exc:  # yaml errors carry the line and column
-            raise MdbuildError(f"cannot parse recipe: {_first_line(exc)}", str(path), "fix the YAML syntax") from exc
+            raise MdbuildError(f"cannot parse recipe: {first_line(exc)}", str(path), "fix the YAML syntax") from exc
         store.store(group="recipe", name=name, node=node, package="_global_")
 
 
@@ -180,7 +180,7 @@ def describe_error(exc: BaseException) -> str:
     from omegaconf.errors import OmegaConfBaseException
 
     deepest = [item for item in chain if isinstance(item, OmegaConfBaseException)]
-    first = _first_line(deepest[0] if deepest else chain[0])
+    first = first_line(deepest[0] if deepest else chain[0])
     if full_key:
         return f"{full_key.group(1)}: {first}"
     return first
@@ -202,8 +202,3 @@ def _chain(exc: BaseException) -> list[BaseException]:
             break
         chain.append(nxt)
     return chain
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__

@@ -26,6 +26,12 @@ class GateFailed(MdbuildError):
     """Verification found the artifact outside its tolerances; the report is kept for inspection."""
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (SDK errors carry pages of context)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
 def missing_extra(package: str, extra: str, where: str) -> MdbuildError:
     return MdbuildError(
         f"the Python package '{package}' is not installed",

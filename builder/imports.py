@@ -7,7 +7,15 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from builder.errors import MdbuildError
+from builder.errors import MdbuildError, missing_extra
+
+
+def import_sdk(module: str, extra: str, where: str) -> Any:
+    """Import an ML SDK where it is used, or fail naming the pip extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise missing_extra(module, extra, where) from exc
 
 
 def resolve_callable(path: str, workdir: Path, key: str) -> Callable[..., Any]:

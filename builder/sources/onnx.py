@@ -6,7 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from builder.errors import MdbuildError, missing_extra
+from builder.errors import MdbuildError, first_line
+from builder.imports import import_sdk
 
 
 def export(ctx, inputs: dict[str, Path], out: Path) -> None:
@@ -17,7 +18,7 @@ def export(ctx, inputs: dict[str, Path], out: Path) -> None:
         model = onnx.load(str(path), load_external_data=True)
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises DecodeError, ValidationError, OSError...
-        raise MdbuildError(f"not a valid ONNX model: {path} ({str(exc).splitlines()[0][:200]})", "model.path",
+        raise MdbuildError(f"not a valid ONNX model: {path} ({first_line(exc, 200)})", "model.path",
                            "point model.path at a .onnx file that onnx.checker accepts") from exc
     declared = [spec["name"] for spec in ctx.spec.model["inputs"]]
     initializers = {init.name for init in model.graph.initializer}
@@ -43,10 +44,7 @@ def _has_external_data(path: Path) -> bool:
 
 
 def reference(ctx, inputs: dict[str, Path], out: Path) -> None:
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise missing_extra("onnxruntime", "onnxruntime", "model.source") from exc
+    onnxruntime = import_sdk("onnxruntime", "onnxruntime", "model.source")
     from builder.evaluation import evaluate_source
     from builder.steps.reference import save_reference, verification_inputs
 

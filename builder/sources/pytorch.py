@@ -13,22 +13,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from builder.errors import MdbuildError, missing_extra
-from builder.imports import build_from_factory
+from builder.errors import MdbuildError, first_line
+from builder.imports import build_from_factory, import_sdk
 from builder.inputs import dynamic_axes, make_inputs
-
-
-def _import_torch():
-    try:
-        import torch
-    except ImportError as exc:
-        raise missing_extra("torch", "torch", "model.source") from exc
-    return torch
 
 
 def load_module(ctx) -> Any:
     """The source model in eval mode, built the same way for export and for reference."""
-    torch = _import_torch()
+    torch = import_sdk("torch", "torch", "model.source")
     model_cfg = ctx.spec.model
     torch.manual_seed(model_cfg["seed"])
     if model_cfg["source"] == "torchscript":
@@ -36,7 +28,7 @@ def load_module(ctx) -> Any:
         try:
             return torch.jit.load(str(path), map_location="cpu").eval()
         except Exception as exc:  # torch raises RuntimeError with a C++ trace for a bad file
-            raise MdbuildError(f"not a TorchScript file: {path} ({_first_line(exc)})", "model.path",
+            raise MdbuildError(f"not a TorchScript file: {path} ({first_line(exc)})", "model.path",
                                "point model.path at a file written by torch.jit.save") from exc
     module = build_from_factory(model_cfg, ctx.spec.workdir)
     if model_cfg.get("weights"):
@@ -48,7 +40,7 @@ def load_pruned(ctx, inputs: dict[str, Path]):
     """The source model, with the pruned weights when the plan prunes before export."""
     module = load_module(ctx)
     if "pruned" in inputs:
-        torch = _import_torch()
+        torch = import_sdk("torch", "torch", "model.source")
         module.load_state_dict(torch.load(str(inputs["pruned"] / "weights.pt"), map_location="cpu", weights_only=True))
     return module
 
@@ -57,7 +49,7 @@ def _load_weights(torch, module, path: Path) -> None:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
-        raise MdbuildError(f"cannot load checkpoint {path} with weights_only=True ({_first_line(exc)})",
+        raise MdbuildError(f"cannot load checkpoint {path} with weights_only=True ({first_line(exc)})",
                            "model.weights", "save a plain state_dict with torch.save(model.state_dict(), path)") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -70,14 +62,14 @@ def _load_weights(torch, module, path: Path) -> None:
 
 
 def example_inputs(ctx) -> tuple:
-    torch = _import_torch()
+    torch = import_sdk("torch", "torch", "model.source")
     model_cfg = ctx.spec.model
     arrays = make_inputs(model_cfg["inputs"], model_cfg["dims"], 1, model_cfg["seed"])
     return tuple(torch.from_numpy(arrays[spec["name"]][0]) for spec in model_cfg["inputs"])
 
 
 def export(ctx, inputs: dict[str, Path], out: Path) -> None:
-    torch = _import_torch()
+    torch = import_sdk("torch", "torch", "model.source")
     import onnx
 
     model_cfg = ctx.spec.model
@@ -121,13 +113,13 @@ def _export_error(exc: Exception, model_cfg: dict[str, Any]) -> MdbuildError:
     root = exc
     while root.__cause__ is not None:
         root = root.__cause__
-    return MdbuildError(f"torch.onnx.export failed: {_first_line(root)}", "model.factory",
+    return MdbuildError(f"torch.onnx.export failed: {first_line(root)}", "model.factory",
                         "run with traceback=true for the exporter's full error")
 
 
 def reference(ctx, inputs: dict[str, Path], out: Path) -> None:
     """The source model's outputs on the seeded samples, and its score on the labelled set."""
-    torch = _import_torch()
+    torch = import_sdk("torch", "torch", "model.source")
 
     from builder.evaluation import evaluate_source
     from builder.steps.reference import save_reference, verification_inputs
@@ -153,7 +145,3 @@ def reference(ctx, inputs: dict[str, Path], out: Path) -> None:
         outputs.append([result[name] for name in ctx.spec.model["outputs"] if name in result])
     save_reference(ctx, out, arrays, outputs)
     evaluate_source(ctx, out, run)
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

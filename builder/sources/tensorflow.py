@@ -8,17 +8,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from builder.errors import MdbuildError, missing_extra
-from builder.imports import build_from_factory
+from builder.errors import MdbuildError, first_line
+from builder.imports import build_from_factory, import_sdk
 
 
 def _import_tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-    try:
-        import tensorflow as tf
-    except ImportError as exc:
-        raise missing_extra("tensorflow", "tensorflow", "model.source") from exc
-    return tf
+    return import_sdk("tensorflow", "tensorflow", "model.source")
 
 
 def load_model(ctx) -> Any:
@@ -34,7 +30,7 @@ def load_model(ctx) -> Any:
             return _SavedModel(tf.saved_model.load(str(path)))
         return tf.keras.models.load_model(str(path), compile=False)
     except Exception as exc:  # TF raises many types for a bad file
-        raise MdbuildError(f"cannot load a TensorFlow model from {path} ({str(exc).splitlines()[0][:200]})", "model.path",
+        raise MdbuildError(f"cannot load a TensorFlow model from {path} ({first_line(exc, 200)})", "model.path",
                            "give a SavedModel directory or a .keras / .h5 file") from exc
 
 
