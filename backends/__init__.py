@@ -21,11 +21,13 @@ class Backend:
     compile_function: str  # "module:function" that writes the compiled model
     compile_version: int
     libraries: tuple[str, ...]  # distributions whose versions go into compile/verify keys
+    converter: str | None = None  # framework targets: the ONNX converter's distribution (= its module)
 
     def require(self, where: str) -> None:
-        """Fail with the pip extra to install when the SDK cannot be imported here."""
-        if not importable(self.package) or library_version(self.distribution) is None:
-            raise missing_extra(self.distribution, self.extra, where)
+        """Fail with the pip extra to install when the SDK (or its converter) cannot be imported here."""
+        for package, distribution in ((self.package, self.distribution), (self.converter, self.converter)):
+            if package and (not importable(package) or library_version(distribution) is None):
+                raise missing_extra(distribution, self.extra, where)
 
     def compile(self, *args, **kwargs):
         module, function = self.compile_function.split(":")
@@ -35,10 +37,23 @@ class Backend:
         return importlib.import_module(self.runtime_module)
 
 
-_BACKENDS = ("onnxruntime", "openvino")
+_BACKENDS = ("onnxruntime", "openvino", "pytorch", "tensorflow")
+# Targets that cannot be built, with the reason (README "ONNX -> MindSpore" has the commands and errors).
+_UNAVAILABLE = {
+    "mindspore": MdbuildError(
+        "no installable converter turns ONNX into MindSpore: mindconverter 1.7.0 (its last release) pins "
+        "networkx==2.5, which torch and nncf exclude, and rejects every operator of current ONNX exports; "
+        "mindspore-lite's converter has no wheel for this Python; MindSpore 2.10 only exports ONNX",
+        "target.backend",
+        "deploy MindSpore models with target=onnxruntime_*, openvino_*, pytorch or tensorflow "
+        "(model.source=mindspore is supported)",
+    ),
+}
 
 
 def get_backend(name: str) -> Backend:
+    if name in _UNAVAILABLE:
+        raise _UNAVAILABLE[name]
     if name not in _BACKENDS:
         raise MdbuildError(
             f"unknown backend '{name}'", "target.backend", f"choose one of: {', '.join(_BACKENDS)}"

@@ -18,6 +18,7 @@ from builder.lock import check_lock, write_lock
 from builder.plan import Plan, make_plan
 from builder.progress import Console
 from builder.reasons import explain
+from builder.signature import with_signature
 from builder.sources import get_source
 from builder.spec import BuildSpec
 from builder.validate import validate
@@ -38,10 +39,10 @@ def open_cache(spec: BuildSpec) -> Iterator[Cache]:
 
 
 def run(spec: BuildSpec, console: Console, run_dir: Path | None = None) -> Path | None:
-    validate(spec)
-    plan = make_plan(spec)
     with open_cache(spec) as cache:
-        return _run_mode(plan, cache, console, run_dir)
+        spec = with_signature(spec, cache)
+        validate(spec)
+        return _run_mode(make_plan(spec), cache, console, run_dir)
 
 
 def _run_mode(plan: Plan, cache: Cache, console: Console, run_dir: Path | None) -> Path | None:

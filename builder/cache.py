@@ -153,22 +153,25 @@ class Cache:
         shutil.rmtree(trash, ignore_errors=True)
 
     # -- why a step is not cached ------------------------------------------------------------
-    def _slot_path(self, slot: str) -> Path:
-        return self.root / "slots" / f"{sha256_text(slot)}.json"
-
     def last_description(self, slot: str) -> dict[str, Any] | None:
+        return self.read_record("slots", sha256_text(slot))
+
+    def remember(self, slot: str, description: dict[str, Any]) -> None:
+        if self.enabled:
+            self.write_record("slots", sha256_text(slot), description)
+
+    # -- small JSON records (miss reasons, model signatures) ------------------------------------
+    def read_record(self, kind: str, name: str) -> Any:
         try:
-            return json.loads(self._slot_path(slot).read_text())
+            return json.loads((self.root / kind / f"{name}.json").read_text())
         except (OSError, ValueError):
             return None
 
-    def remember(self, slot: str, description: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        path = self._slot_path(slot)
+    def write_record(self, kind: str, name: str, value: Any) -> None:
+        path = self.root / kind / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(description, sort_keys=True))
+        tmp.write_text(json.dumps(value, sort_keys=True))
         os.replace(tmp, path)
 
 

@@ -4,16 +4,19 @@ work directory and commit it atomically. Steps only write files; everything else
 from __future__ import annotations
 
 import importlib
+import multiprocessing
 import os
+import pickle
 import shutil
+import signal
 import time
-from contextlib import contextmanager
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from builder.cache import Cache, Entry
-from builder.errors import GateFailed
+from builder.errors import GateFailed, MdbuildError
 from builder.hashing import canonical_json, sha256_text
 from builder.plan import Plan, StepNode
 from builder.progress import Console
@@ -84,7 +87,7 @@ def execute(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None
                 continue
             reason = explain(cache.last_description(plan.slot(node)), description)
             started = time.monotonic()
-            context = StepContext(plan.spec, node, key, description, results, lambda _: None)
+            context = StepContext(plan.spec, node, key, description, results, _silent)
             entry = _run_step(context, cache, console, label, reason, failure_dir)
             cache.remember(plan.slot(node), description)
             results[node.id] = StepResult(node, key, description, entry, False, time.monotonic() - started)
@@ -92,6 +95,10 @@ def execute(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None
     finally:
         cache.digests.save()
     return results
+
+
+def _silent(_message: str) -> None:
+    """A step's progress callback until its process installs the real one."""
 
 
 def _run_step(context: StepContext, cache: Cache, console: Console, label: str, reason: str,
@@ -103,9 +110,8 @@ def _run_step(context: StepContext, cache: Cache, console: Console, label: str, 
     started = time.monotonic()
     inputs = {name: context.results[sid].entry.out for name, sid in context.node.upstream.items()}
     try:
-        with console.step(label) as progress, _inside(work / "scratch"):
-            context.progress = progress
-            _resolve(context.node.run)(context, inputs, work / "out")
+        with console.step(label) as progress:
+            _run_isolated(context, inputs, work, progress)
     except GateFailed as failure:
         kept = _keep(work / "out", failure_dir)
         cache.abandon(work)
@@ -118,20 +124,79 @@ def _run_step(context: StepContext, cache: Cache, console: Console, label: str, 
     return cache.commit(context.key, work, context.description, time.monotonic() - started)
 
 
+def _run_isolated(context: StepContext, inputs: dict[str, Path], work: Path, progress: Callable[[str], None]) -> None:
+    """Runs the step in a fresh interpreter. SDKs do not always coexist in one process (TensorFlow
+    loaded before PyTorch's Triton or before MindSpore crashes the interpreter), they hold on to memory,
+    and a crash inside one must not take the build down: it becomes a one-line error instead."""
+    spawn = multiprocessing.get_context("spawn")
+    receiver, sender = spawn.Pipe(duplex=False)
+    child = spawn.Process(target=_step_process, args=(context, inputs, work, sender), daemon=True)
+    child.start()
+    sender.close()
+    outcome = None
+    try:
+        while outcome is None:
+            try:
+                kind, payload = receiver.recv()
+            except EOFError:
+                break
+            if kind == "progress":
+                progress(payload)
+            else:
+                outcome = (kind, payload)
+        child.join()
+    except BaseException:
+        child.terminate()
+        child.join()
+        raise
+    finally:
+        receiver.close()
+    if outcome is None:
+        raise MdbuildError(f"the step's process died ({_exit_description(child.exitcode)}) without an error message",
+                           context.node.id, "rerun with traceback=true; the SDK's own output above says more")
+    if outcome[0] == "error":
+        raise outcome[1]
+
+
+def _step_process(context: StepContext, inputs: dict[str, Path], work: Path, sender) -> None:
+    """Child side: tools that write scratch files into the current directory write them into the
+    step's own; progress and the outcome go back through the pipe."""
+    os.chdir(work / "scratch")
+    context.progress = lambda message: sender.send(("progress", message))
+    try:
+        _resolve(context.node.run)(context, inputs, work / "out")
+    except BaseException as exc:  # noqa: BLE001 - handed to the parent, which raises it
+        sender.send(("error", _portable(exc)))
+    else:
+        sender.send(("done", None))
+    finally:
+        sender.close()
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """The exception as the parent will raise it, carrying the child's traceback for traceback=true."""
+    trace = "".join(traceback.format_exception(exc))
+    try:
+        copy = pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - SDK exceptions are not always picklable
+        copy = RuntimeError(f"{type(exc).__name__}: {exc}")
+    if not isinstance(copy, MdbuildError):
+        copy.add_note(f"in the step's process:\n{trace}")
+    return copy
+
+
+def _exit_description(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
 def _resolve(path: str) -> Callable[..., None]:
     module, function = path.split(":")
     return getattr(importlib.import_module(module), function)
-
-
-@contextmanager
-def _inside(directory: Path) -> Iterator[None]:
-    """Tools that write scratch files into the current directory write them into the step's own."""
-    previous = os.getcwd()
-    os.chdir(directory)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
 
 
 def _keep(out: Path, failure_dir: Path | None) -> Path | None:

@@ -34,7 +34,8 @@ class ModelConfig:
     weights: Optional[str] = None
     path: Optional[str] = None
     seed: int = 0
-    inputs: List[InputSpec] = MISSING
+    # Empty: read from the model file (TensorFlow SavedModel / .keras / .h5 only).
+    inputs: List[InputSpec] = field(default_factory=list)
     outputs: List[str] = field(default_factory=lambda: ["output"])
     # Concrete sizes for dynamic dimensions when exporting and verifying.
     dims: Dict[str, int] = field(default_factory=dict)

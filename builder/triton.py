@@ -1,5 +1,6 @@
 """A Triton Inference Server model repository for the artifact: config.pbtxt beside the version
-folder that holds the model, for Triton's onnxruntime or openvino backend."""
+folder that holds the model, for Triton's onnxruntime, openvino or tensorflow backend. Triton has no
+backend for a torch.export ExportedProgram or for MindSpore: those artifacts get no config.pbtxt."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ from typing import Any
 
 _TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int64": "TYPE_INT64",
           "int32": "TYPE_INT32", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
-_BACKENDS = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+_BACKENDS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorflow": "tensorflow"}
+_PLATFORMS = {"tensorflow": "tensorflow_savedmodel"}
+
+
+def serves(backend: str) -> bool:
+    return backend in _BACKENDS
 
 
 def config_pbtxt(name: str, backend: str, inputs: dict[str, tuple[str, list]], outputs: dict[str, tuple[str, list]],
@@ -25,7 +31,10 @@ def config_pbtxt(name: str, backend: str, inputs: dict[str, tuple[str, list]], o
             lines.append(f'  {{ name: "{tensor}" data_type: {_TYPES[dtype]} dims: [ {shape} ] }}{comma}')
         return lines + ["]"]
 
-    lines = [f'name: "{name}"', f'backend: "{_BACKENDS[backend]}"', f"max_batch_size: {max_batch}"]
+    lines = [f'name: "{name}"', f'backend: "{_BACKENDS[backend]}"']
+    if backend in _PLATFORMS:
+        lines += [f'platform: "{_PLATFORMS[backend]}"']
+    lines += [f"max_batch_size: {max_batch}"]
     lines += tensors("input", inputs) + tensors("output", outputs)
     lines += ["instance_group [ { kind: KIND_CPU count: 1 } ]"]
     if batched and serving["max_batch_size"] > 1:
@@ -37,6 +46,8 @@ def config_pbtxt(name: str, backend: str, inputs: dict[str, tuple[str, list]], o
 
 
 def _parameters(backend: str, runtime: dict[str, Any]) -> dict[str, str]:
+    if backend == "tensorflow":
+        return {}
     if backend == "onnxruntime":
         params = {"inter_op_thread_count": str(runtime["inter_op_threads"])}
         if runtime["intra_op_threads"]:

@@ -110,5 +110,13 @@ def onnx_recipe(path: Path) -> dict:
     }}
 
 
+def python(code: str, cwd: Path) -> None:
+    """Runs a snippet in a fresh interpreter: TensorFlow and MindSpore models are made there, because
+    loading TensorFlow first and then PyTorch's Triton or MindSpore crashes one process."""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(TESTS.parent), "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())

@@ -1,25 +1,27 @@
-"""TensorFlow sources: a Keras application by factory (every CPU target), a .keras file and a
-SavedModel directory, exported with tf2onnx and verified against TensorFlow's own outputs."""
+"""TensorFlow sources: a Keras application by factory (every float CPU target), .keras and .h5 files
+(their input signature read from the model) and a SavedModel directory, exported with tf2onnx and
+verified against TensorFlow's own outputs."""
 
 import json
 
 import numpy as np
 import pytest
 
-from conftest import QUICK, read_json
+from conftest import QUICK, python, read_json
 
 pytestmark = pytest.mark.tensorflow
 FLOAT_TARGETS = ["onnxruntime_fp32", "openvino_fp32", "openvino_fp16"]
+TINY_KERAS = """
+import keras
+keras.utils.set_random_seed(0)
+inputs = keras.Input((8, 8, 3), name="pixels")
+hidden = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+model = keras.Model(inputs, keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(hidden)))
+"""
 
 
-def _tiny_keras():
-    import keras
-
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((8, 8, 3), name="pixels")
-    hidden = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
-    outputs = keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(hidden))
-    return keras.Model(inputs, outputs)
+def save_tiny_keras(workspace, name: str) -> None:
+    python(TINY_KERAS + f"model.save({name!r})", workspace.root)
 
 
 def _recipe(**model) -> dict:
@@ -28,7 +30,7 @@ def _recipe(**model) -> dict:
 
 
 def test_keras_file(workspace):
-    _tiny_keras().save(workspace.root / "tiny.keras")
+    save_tiny_keras(workspace, "tiny.keras")
     workspace.recipe("k", _recipe(path="tiny.keras"))
     artifact = workspace.run("+recipe=k", *QUICK).artifact
     report = read_json(artifact / "report.json")
@@ -37,22 +39,35 @@ def test_keras_file(workspace):
     assert manifest["libraries"]["tf2onnx"] and manifest["libraries"]["keras"]
 
 
+@pytest.mark.parametrize("file", ["tiny.h5", "tiny.keras"])
+def test_input_signature_read_from_the_model(workspace, file):
+    save_tiny_keras(workspace, file)
+    recipe = _recipe(path=file)
+    del recipe["model"]["inputs"], recipe["model"]["dims"]
+    workspace.recipe("r", recipe)
+    artifact = workspace.run("+recipe=r", *QUICK).artifact
+    assert read_json(artifact / "report.json")["passed"]
+    assert read_json(artifact / "manifest.json")["config"]["model"]["inputs"] == [
+        {"name": "pixels", "shape": ["batch", 8, 8, 3], "dtype": "float32", "low": 0, "high": 100}]
+    with np.load(artifact / "samples.npz") as samples:
+        assert samples["input/pixels"].shape[1:] == (1, 8, 8, 3)  # each verification sample: batch 1
+    assert len(list((workspace.cache / "signatures").glob("*.json"))) == 1  # read once, then remembered
+    assert workspace.run("+recipe=r", *QUICK).ran() == []
+
+
 def test_saved_model_directory(workspace):
-    import tensorflow as tf
-
-    model = _tiny_keras()
-
-    class Serving(tf.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model  # tracked, so its variables are saved
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32, name="pixels")])
-        def __call__(self, pixels):
-            return {"scores": self.model(pixels, training=False)}
-
-    module = Serving(model)
-    tf.saved_model.save(module, str(workspace.root / "saved"), signatures=module.__call__)
+    python(TINY_KERAS + """
+import tensorflow as tf
+class Serving(tf.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model  # tracked, so its variables are saved
+    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32, name="pixels")])
+    def __call__(self, pixels):
+        return {"scores": self.model(pixels, training=False)}
+module = Serving(model)
+tf.saved_model.save(module, "saved", signatures=module.__call__)
+""", workspace.root)
     workspace.recipe("s", _recipe(path="saved"))
     artifact = workspace.run("+recipe=s", *QUICK, "target=openvino_fp32").artifact
     assert read_json(artifact / "report.json")["passed"]
@@ -63,6 +78,12 @@ def test_not_a_tensorflow_model(workspace):
     workspace.recipe("j", _recipe(path="junk.keras"))
     result = workspace.run("+recipe=j", *QUICK, check=False)
     assert result.code == 1 and "model.path: cannot load a TensorFlow model" in result.stderr
+    recipe = _recipe(path="junk.keras")
+    del recipe["model"]["inputs"]
+    workspace.recipe("j", recipe)
+    result = workspace.run("+recipe=j", *QUICK, check=False)
+    assert result.code == 1 and "model.path: cannot read the input signature of" in result.stderr
+    assert not (workspace.cache / "signatures").exists() or not list((workspace.cache / "signatures").iterdir())
 
 
 @pytest.mark.slow

@@ -41,7 +41,9 @@ SOURCES = {
     "torchscript": Source("torchscript", "builder.sources.pytorch:export", "builder.sources.pytorch:reference",
                           ("torch", "onnx"), "torch", "torch"),
     "tensorflow": Source("tensorflow", "builder.sources.tensorflow:export", "builder.sources.tensorflow:reference",
-                         ("tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "onnx"), "tensorflow", "tensorflow"),
+                         ("tensorflow", "keras", "tf2onnx", "onnx"), "tensorflow", "tensorflow"),
+    "mindspore": Source("mindspore", "builder.sources.mindspore:export", "builder.sources.mindspore:reference",
+                        ("mindspore", "onnx"), "mindspore", "mindspore"),
     "onnx": Source("onnx", "builder.sources.onnx:export", "builder.sources.onnx:reference",
                    ("onnx", "onnxruntime"), "onnxruntime", "onnxruntime"),
 }
@@ -54,6 +56,9 @@ def get_source(model: dict[str, Any]) -> Source:
     return SOURCES[name]
 
 
+_FACTORY_SOURCES = {"pytorch": "torchvision.models.resnet50", "mindspore": "builder.examples.lenet.lenet5"}
+
+
 def source_files(spec: BuildSpec) -> dict[str, Path]:
     """The files whose content the export and reference depend on, by input name."""
     model = spec.model
@@ -62,10 +67,10 @@ def source_files(spec: BuildSpec) -> dict[str, Path]:
         code = local_code(model["factory"], spec.workdir)
         if code is not None:
             files["factory_code"] = code
-    elif model["source"] == "pytorch":
+    elif model["source"] in _FACTORY_SOURCES:
         if not model.get("factory"):
-            raise MdbuildError("a pytorch source needs a factory", "model.factory",
-                               "set it to an import path such as torchvision.models.resnet50")
+            raise MdbuildError(f"a {model['source']} source needs a factory", "model.factory",
+                               f"set it to an import path such as {_FACTORY_SOURCES[model['source']]}")
         code = local_code(model["factory"], spec.workdir)
         if code is not None:
             files["factory_code"] = code
@@ -81,7 +86,7 @@ def source_files(spec: BuildSpec) -> dict[str, Path]:
 
 def factory_libraries(model: dict[str, Any], workdir: Path) -> dict[str, str | None]:
     """The installed distribution providing a factory (e.g. torchvision), whose version matters."""
-    if model["source"] not in ("pytorch", "tensorflow") or not model.get("factory"):
+    if model["source"] not in ("pytorch", "tensorflow", "mindspore") or not model.get("factory"):
         return {}
     located = _locate(model["factory"], workdir)
     return {located[1]: metadata.version(located[1])} if located[1] else {}

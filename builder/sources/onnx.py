@@ -45,8 +45,7 @@ def _has_external_data(path: Path) -> bool:
 
 def reference(ctx, inputs: dict[str, Path], out: Path) -> None:
     onnxruntime = import_sdk("onnxruntime", "onnxruntime", "model.source")
-    from builder.evaluation import evaluate_source
-    from builder.steps.reference import save_reference, verification_inputs
+    from builder.steps.reference import record_reference
 
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -54,11 +53,4 @@ def reference(ctx, inputs: dict[str, Path], out: Path) -> None:
     path = ctx.spec.resolve_path(ctx.spec.model["path"])
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = list(ctx.spec.model["outputs"])
-    arrays = verification_inputs(ctx)
-    count = len(next(iter(arrays.values())))
-    outputs = []
-    for index in range(count):
-        ctx.progress(f"sample {index + 1}/{count}")
-        outputs.append(session.run(names, {k: v[index] for k, v in arrays.items()}))
-    save_reference(ctx, out, arrays, outputs)
-    evaluate_source(ctx, out, lambda feeds: dict(zip(names, session.run(names, feeds))))
+    record_reference(ctx, out, lambda feeds: dict(zip(names, session.run(names, feeds))))

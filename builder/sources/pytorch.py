@@ -121,8 +121,7 @@ def reference(ctx, inputs: dict[str, Path], out: Path) -> None:
     """The source model's outputs on the seeded samples, and its score on the labelled set."""
     torch = import_sdk("torch", "torch", "model.source")
 
-    from builder.evaluation import evaluate_source
-    from builder.steps.reference import save_reference, verification_inputs
+    from builder.steps.reference import record_reference
 
     module = load_module(ctx)
     names = [spec["name"] for spec in ctx.spec.model["inputs"]]
@@ -136,12 +135,4 @@ def reference(ctx, inputs: dict[str, Path], out: Path) -> None:
             result = tuple(result.values())
         return dict(zip(ctx.spec.model["outputs"], (r.detach().numpy() for r in result)))
 
-    arrays = verification_inputs(ctx)
-    count = len(next(iter(arrays.values())))
-    outputs = []
-    for index in range(count):
-        ctx.progress(f"sample {index + 1}/{count}")
-        result = run({name: arrays[name][index] for name in names})
-        outputs.append([result[name] for name in ctx.spec.model["outputs"] if name in result])
-    save_reference(ctx, out, arrays, outputs)
-    evaluate_source(ctx, out, run)
+    record_reference(ctx, out, run)

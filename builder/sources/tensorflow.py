@@ -99,8 +99,7 @@ def reference(ctx, inputs: dict[str, Path], out: Path) -> None:
     """The source model's outputs on the seeded samples, and its score on the labelled set."""
     tf = _import_tf()
 
-    from builder.evaluation import evaluate_source
-    from builder.steps.reference import save_reference, verification_inputs
+    from builder.steps.reference import record_reference
 
     model = load_model(ctx)
     names = [spec["name"] for spec in ctx.spec.model["inputs"]]
@@ -118,12 +117,24 @@ def reference(ctx, inputs: dict[str, Path], out: Path) -> None:
             result = [result]
         return dict(zip(outputs_named, (r.numpy() for r in result)))
 
-    arrays = verification_inputs(ctx)
-    count = len(next(iter(arrays.values())))
-    outputs = []
-    for index in range(count):
-        ctx.progress(f"sample {index + 1}/{count}")
-        result = run({name: arrays[name][index] for name in names})
-        outputs.append([result[name] for name in outputs_named if name in result])
-    save_reference(ctx, out, arrays, outputs)
-    evaluate_source(ctx, out, run)
+    record_reference(ctx, out, run)
+
+
+def read_signature(path: Path) -> list[dict[str, Any]]:
+    """[{name, shape (None for dynamic sizes), dtype}] of a SavedModel's serving signature or a Keras
+    model's inputs."""
+    tf = _import_tf()
+    if path.is_dir():
+        _, specs = tf.saved_model.load(str(path)).signatures["serving_default"].structured_input_signature
+        tensors = [(name, spec.shape.as_list(), spec.dtype.name) for name, spec in sorted(specs.items())]
+    else:
+        model = tf.keras.models.load_model(str(path), compile=False)
+        tensors = [(tensor.name, list(tensor.shape), str(tf.as_dtype(tensor.dtype).name)) for tensor in model.inputs]
+    return [{"name": name, "shape": shape, "dtype": dtype} for name, shape, dtype in tensors]
+
+
+if __name__ == "__main__":  # python -m builder.sources.tensorflow MODEL ANSWER.json (see builder.signature)
+    import json
+    import sys
+
+    Path(sys.argv[2]).write_text(json.dumps(read_signature(Path(sys.argv[1]))))

@@ -17,7 +17,7 @@ from builder.render import render
 from builder.steps.compile import RUNTIME_FILE, load_settings
 from builder.steps.reference import REFERENCE_FILE
 from builder.steps.verify import OUTPUTS_FILE, REPORT_FILE
-from builder.triton import config_pbtxt
+from builder.triton import config_pbtxt, serves
 from builder.transforms.record import RECORD_FILE, read_record
 from builder.versions import host_fingerprint, library_version
 
@@ -38,8 +38,9 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))
     model = backend.runtime().load(out / model_dir, settings)
     serving = spec.config["serving"]
-    (out / model_dir.parent / "config.pbtxt").write_text(
-        config_pbtxt(spec.recipe, backend.name, model.inputs, model.outputs, settings, serving))
+    if serves(backend.name):
+        (out / model_dir.parent / "config.pbtxt").write_text(
+            config_pbtxt(spec.recipe, backend.name, model.inputs, model.outputs, settings, serving))
     _write_server(ctx, backend, out)
     if serving["labels"]:
         shutil.copyfile(ctx.node.files["labels"], out / "labels.txt")

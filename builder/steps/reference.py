@@ -30,6 +30,23 @@ def verification_inputs(ctx) -> dict[str, np.ndarray]:
     return make_inputs(model["inputs"], model["dims"], verify["samples"], verify["seed"])
 
 
+def record_reference(ctx, out: Path, run) -> None:
+    """Runs the source model (`run`: {input: array} -> {output: array}) on the verification samples,
+    saves its outputs, and scores it on the labelled set when the recipe declares one."""
+    from builder.evaluation import evaluate_source
+
+    arrays = verification_inputs(ctx)
+    names = ctx.spec.model["outputs"]
+    count = len(next(iter(arrays.values())))
+    outputs = []
+    for index in range(count):
+        ctx.progress(f"sample {index + 1}/{count}")
+        result = run({name: array[index] for name, array in arrays.items()})
+        outputs.append([result[name] for name in names if name in result])
+    save_reference(ctx, out, arrays, outputs)
+    evaluate_source(ctx, out, run)
+
+
 def save_reference(ctx, out: Path, arrays: dict[str, np.ndarray], outputs: list[list[np.ndarray]]) -> None:
     names = ctx.spec.model["outputs"]
     if outputs and len(outputs[0]) != len(names):  # the model returned more or fewer tensors

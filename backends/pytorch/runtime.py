@@ -1,0 +1,34 @@
+"""Loads and runs a PyTorch artifact (an ExportedProgram). Standalone on purpose (numpy + torch only): the
+build's verification imports it, and the generated serve.py embeds this same source, so the served
+model runs exactly as it was verified."""
+
+import numpy as np
+import torch
+
+
+class LoadedModel:
+    """A compiled model ready to run: `inputs` / `outputs` describe its tensors as
+    {name: (dtype, shape with None for dynamic sizes)}; `run` maps input arrays to output arrays."""
+
+    def __init__(self, model_path, settings):
+        if settings.get("intra_op_threads"):
+            torch.set_num_threads(int(settings["intra_op_threads"]))
+        self.module = torch.export.load(str(model_path)).module()
+        self.inputs = {name: (dtype, dims) for name, dtype, dims in settings["inputs"]}
+        self.outputs = {name: (dtype, dims) for name, dtype, dims in settings["outputs"]}
+
+    def run(self, feeds, output_names=None):
+        names = list(output_names or self.outputs)
+        arguments = [torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in self.inputs]
+        with torch.inference_mode():
+            result = self.module(*arguments)
+        if isinstance(result, torch.Tensor):
+            result = (result,)
+        values = dict(zip(self.outputs, result))
+        return {name: values[name].numpy() for name in names}
+
+
+def load(model_dir, settings):
+    from pathlib import Path
+
+    return LoadedModel(Path(model_dir) / settings["model_file"], settings)

@@ -1,0 +1,64 @@
+"""ONNX -> TensorFlow: onnx2tf converts the graph to a SavedModel (NCHW inputs kept as the recipe
+declares them), which is then re-signed so that its serving signature carries the recipe's output
+names (onnx2tf names them output_0, output_1, ...). The SavedModel is also what Triton's TensorFlow
+backend loads (model.savedmodel)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from backends.onnx_graph import converter_record, signature
+from builder.errors import MdbuildError, first_line
+
+MODEL_DIR = "model.savedmodel"
+SIGNATURE = "serving_default"
+
+
+def compile_model(onnx_path: Path, target: dict[str, Any], hardware: dict[str, Any], out: Path) -> dict[str, Any]:
+    import onnx
+    import onnx2tf
+    import tensorflow as tf
+
+    tensors = signature(onnx.load(str(onnx_path), load_external_data=False))
+    converted = Path("onnx2tf").resolve()  # the step's scratch directory: onnx2tf also writes .tflite files there
+    try:
+        onnx2tf.convert(
+            input_onnx_file_path=str(onnx_path),
+            output_folder_path=str(converted),
+            output_signaturedefs=True,
+            keep_ncw_or_nchw_or_ncdhw_input_names=[name for name, _, dims in tensors["inputs"] if len(dims) >= 3],
+            non_verbose=True,
+        )
+        loaded = tf.saved_model.load(str(converted))
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - onnx2tf exits on unsupported graphs
+        raise MdbuildError(f"onnx2tf cannot convert this model: {first_line(exc)}", "target.backend",
+                           "build an ONNX Runtime or OpenVINO target, or change the model.opset") from exc
+    function = loaded.signatures[SIGNATURE]
+    produced = sorted(function.structured_outputs, key=_output_index)
+    if len(produced) != len(tensors["outputs"]):
+        raise MdbuildError(f"onnx2tf produced {len(produced)} outputs, the ONNX model has {len(tensors['outputs'])}",
+                           "target.backend", "build an ONNX Runtime or OpenVINO target")
+    renamed = dict(zip((name for name, _, _ in tensors["outputs"]), produced))
+    specs = [tf.TensorSpec(dims, dtype, name=name) for name, dtype, dims in tensors["inputs"]]
+
+    @tf.function(input_signature=specs)
+    def serve(*arguments):
+        result = function(**{spec.name: value for spec, value in zip(specs, arguments)})
+        return {name: result[key] for name, key in renamed.items()}
+
+    tf.saved_model.save(loaded, str(out / MODEL_DIR), signatures={SIGNATURE: serve})
+    return {
+        "model_file": MODEL_DIR,
+        "inputs": tensors["inputs"],
+        "outputs": tensors["outputs"],
+        "intra_op_threads": hardware["intra_op_threads"],
+        "inter_op_threads": hardware["inter_op_threads"],
+        "converter": converter_record("onnx2tf", format="SavedModel", layout="NCHW inputs kept"),
+    }
+
+
+def _output_index(key: str) -> int:
+    match = re.search(r"(\d+)$", key)
+    return int(match.group(1)) if match else 0
