@@ -22,6 +22,7 @@ class Backend:
     compile_version: int
     libraries: tuple[str, ...]  # distributions whose versions go into compile/verify keys
     converter: str | None = None  # framework targets: the ONNX converter's distribution (= its module)
+    isolated: bool = False  # its steps run in their own process (see builder.execute)
 
     def require(self, where: str) -> None:
         """Fail with the pip extra to install when the SDK (or its converter) cannot be imported here."""

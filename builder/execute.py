@@ -111,7 +111,7 @@ def _run_step(context: StepContext, cache: Cache, console: Console, label: str, 
     inputs = {name: context.results[sid].entry.out for name, sid in context.node.upstream.items()}
     try:
         with console.step(label) as progress:
-            _run_isolated(context, inputs, work, progress)
+            (_run_isolated if context.node.isolated else _run_here)(context, inputs, work, progress)
     except GateFailed as failure:
         kept = _keep(work / "out", failure_dir)
         cache.abandon(work)
@@ -124,10 +124,25 @@ def _run_step(context: StepContext, cache: Cache, console: Console, label: str, 
     return cache.commit(context.key, work, context.description, time.monotonic() - started)
 
 
+def _run_here(context: StepContext, inputs: dict[str, Path], work: Path, progress: Callable[[str], None]) -> None:
+    """Runs the step in this process, in its scratch directory (tools that write scratch files into
+    the current directory write them there)."""
+    previous = os.getcwd()
+    os.chdir(work / "scratch")
+    context.progress = progress
+    try:
+        _resolve(context.node.run)(context, inputs, work / "out")
+    except SystemExit as exc:
+        raise _portable(exc, context.node.id) from exc
+    finally:
+        os.chdir(previous)
+
+
 def _run_isolated(context: StepContext, inputs: dict[str, Path], work: Path, progress: Callable[[str], None]) -> None:
-    """Runs the step in a fresh interpreter. SDKs do not always coexist in one process (TensorFlow
-    loaded before PyTorch's Triton or before MindSpore crashes the interpreter), they hold on to memory,
-    and a crash inside one must not take the build down: it becomes a one-line error instead."""
+    """Runs the step in a fresh interpreter, for steps that load TensorFlow: loaded before PyTorch's
+    Triton or before MindSpore, it crashes the interpreter (measured: `import tensorflow, torchvision`
+    is a SIGSEGV), so this process never loads it. A crash inside the child becomes a one-line error.
+    Other steps run in-process: a fresh interpreter per step costs a torch import (seconds) each."""
     spawn = multiprocessing.get_context("spawn")
     receiver, sender = spawn.Pipe(duplex=False)
     child = spawn.Process(target=_step_process, args=(context, inputs, work, sender), daemon=True)
@@ -166,16 +181,20 @@ def _step_process(context: StepContext, inputs: dict[str, Path], work: Path, sen
     try:
         _resolve(context.node.run)(context, inputs, work / "out")
     except BaseException as exc:  # noqa: BLE001 - handed to the parent, which raises it
-        sender.send(("error", _portable(exc)))
+        sender.send(("error", _portable(exc, context.node.id)))
     else:
         sender.send(("done", None))
     finally:
         sender.close()
 
 
-def _portable(exc: BaseException) -> BaseException:
-    """The exception as the parent will raise it, carrying the child's traceback for traceback=true."""
+def _portable(exc: BaseException, step: str) -> BaseException:
+    """The exception as the parent will raise it, carrying the child's traceback for traceback=true.
+    An SDK calling sys.exit() inside a step fails the step; it does not end the build quietly."""
     trace = "".join(traceback.format_exception(exc))
+    if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+        detail = type(exc).__name__ + (f" {exc.code}" if isinstance(exc, SystemExit) else "")
+        return MdbuildError(f"the step's process stopped ({detail})", step, "rerun with traceback=true; the SDK's own output above says why")
     try:
         copy = pickle.loads(pickle.dumps(exc))
     except Exception:  # noqa: BLE001 - SDK exceptions are not always picklable

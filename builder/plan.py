@@ -40,6 +40,7 @@ class StepNode:
     extra_versions: dict[str, str | None] = field(default_factory=dict)
     host_dependent: bool = False
     shared: bool = False  # the same for every target of the recipe (slot ignores the target)
+    isolated: bool = False  # runs in a fresh process (it loads TensorFlow; see builder.execute)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def make_plan(spec: BuildSpec) -> Plan:
     steps.append(StepNode(
         id="export", run=source.export, version=1, config={"model": _pick(model, _EXPORT_KEYS)},
         upstream=export_upstream, files=files, libraries=source.libraries, extra_versions=code_versions,
-        shared=not export_upstream,
+        shared=not export_upstream, isolated=source.isolated,
     ))
     evaluation = config["evaluation"]
     steps.append(StepNode(
@@ -109,6 +110,7 @@ def make_plan(spec: BuildSpec) -> Plan:
                 "preprocess": config["preprocess"] if evaluation["source"] == "images" else None},
         files={**files, **data_files(spec, "evaluation"), **_metric_code(spec)}, libraries=source.libraries + ("numpy",),
         extra_versions={**code_versions, **_data_code_versions(evaluation, spec)}, shared=True,
+        isolated=source.isolated,
     ))
     previous = "export"
     for transform in by_stage["onnx"]:
@@ -118,7 +120,7 @@ def make_plan(spec: BuildSpec) -> Plan:
         id="compile", run="builder.steps.compile:run", version=backend.compile_version,
         config={"target": _pick(target, ("backend", "precision", "graph_optimization")),
                 "hardware": config["hardware"]},
-        upstream={"model": previous}, libraries=backend.libraries,
+        upstream={"model": previous}, libraries=backend.libraries, isolated=backend.isolated,
     ))
     previous = "compile"
     for transform in by_stage["compiled"]:
@@ -130,7 +132,7 @@ def make_plan(spec: BuildSpec) -> Plan:
         config={"target": _pick(target, ("name", "precision")), "verify": config["verify"], "level": level,
                 "evaluation": _pick(evaluation, ("metric", "output", "max_drop")) if evaluation["source"] else None},
         upstream={"compiled": previous, "reference": "reference"}, files=_metric_code(spec),
-        libraries=backend.libraries + ("numpy",), host_dependent=True,
+        libraries=backend.libraries + ("numpy",), host_dependent=True, isolated=backend.isolated,
     ))
     steps.append(StepNode(
         id="package", run="builder.steps.package:run", version=1,
@@ -139,7 +141,7 @@ def make_plan(spec: BuildSpec) -> Plan:
                   **{t.name: t.name for t in transforms}},
         files={**data_files(spec, "serving"), **_shipped_code(backend)},
         libraries=("jinja2", "numpy", "pillow", backend.distribution),
-        host_dependent=True,
+        host_dependent=True, isolated=backend.isolated,
     ))
     return Plan(spec, tuple(steps))
 

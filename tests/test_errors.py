@@ -101,6 +101,27 @@ def test_failed_gate_fails_the_build_and_keeps_the_report(workspace):
     assert workspace.run("+recipe=cnn", *QUICK).ran() == ["verify", "package"]
 
 
+def test_a_step_that_exits_fails_the_build_with_one_line(workspace):
+    workspace.recipe("cnn", cnn_recipe(factory="tinynets.exits", kwargs={}))
+    result = workspace.run("+recipe=cnn", *QUICK, check=False)
+    assert result.code == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: export: the step's process stopped (SystemExit 3)")
+    assert workspace.cache_entries() == [] and not (workspace.root / "artifacts").exists()
+
+
+@pytest.mark.tensorflow
+def test_a_crash_in_an_isolated_step_fails_the_build_with_one_line(workspace):
+    """TensorFlow steps run in their own process: a segfault there is an error, not a dead build."""
+    (workspace.root / "crashers.py").write_text("import ctypes\n\ndef segfault():\n    ctypes.string_at(0)\n")
+    workspace.recipe("tf", {"model": {"source": "tensorflow", "factory": "crashers.segfault",
+                                      "inputs": [{"name": "x", "shape": [1, 4]}]}})
+    result = workspace.run("+recipe=tf", *QUICK, check=False)
+    assert result.code == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: export: the step's process died (signal SIGSEGV) without an error message"), result.stderr
+    assert workspace.cache_entries() == [] and not (workspace.root / "artifacts").exists()
+
+
 def test_a_killed_build_leaves_no_half_entry(workspace):
     workspace.recipe("cnn", cnn_recipe())
     env = {**os.environ, "MDBUILD_CACHE_DIR": str(workspace.cache), "PYTHONPATH": str(workspace.root)}

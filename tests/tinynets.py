@@ -63,3 +63,8 @@ def top2(outputs, labels) -> float:
 
     best_two = np.argsort(outputs, axis=-1)[:, -2:]
     return float(np.mean([label in row for row, label in zip(best_two, labels)]) * 100.0)
+
+
+def exits() -> nn.Module:
+    """A factory that ends the process, as some converters do on unsupported input."""
+    raise SystemExit(3)

@@ -11,4 +11,5 @@ BACKEND = Backend(
     compile_version=1,
     libraries=("tensorflow", "onnx2tf", "onnx"),
     converter="onnx2tf",
+    isolated=True,
 )

@@ -29,6 +29,7 @@ class Source:
     libraries: tuple[str, ...]
     package: str  # what must be importable to export and run it
     extra: str
+    isolated: bool = False  # its steps run in their own process (see builder.execute)
 
     def require(self) -> None:
         if not importable(self.package):
@@ -41,7 +42,7 @@ SOURCES = {
     "torchscript": Source("torchscript", "builder.sources.pytorch:export", "builder.sources.pytorch:reference",
                           ("torch", "onnx"), "torch", "torch"),
     "tensorflow": Source("tensorflow", "builder.sources.tensorflow:export", "builder.sources.tensorflow:reference",
-                         ("tensorflow", "keras", "tf2onnx", "onnx"), "tensorflow", "tensorflow"),
+                         ("tensorflow", "keras", "tf2onnx", "onnx"), "tensorflow", "tensorflow", isolated=True),
     "mindspore": Source("mindspore", "builder.sources.mindspore:export", "builder.sources.mindspore:reference",
                         ("mindspore", "onnx"), "mindspore", "mindspore"),
     "onnx": Source("onnx", "builder.sources.onnx:export", "builder.sources.onnx:reference",
