@@ -68,22 +68,28 @@ def test_operator_the_exporter_cannot_handle(workspace):
     assert_nothing_left(workspace)
 
 
-def test_backend_package_not_installed(workspace, tmp_path):
+@pytest.mark.parametrize(("hidden", "args", "where", "extra"), [
+    ("onnxruntime", ["+recipe=cnn"], "target.backend", "onnxruntime"),
+    ("onnx2torch", ["+recipe=cnn", "target=pytorch"], "target.backend", "torch"),
+    ("onnx2tf", ["+recipe=cnn", "target=tensorflow"], "target.backend", "tensorflow"),
+    ("mindspore", ["+recipe=lenet_mindspore"], "model.source", "mindspore"),
+])
+def test_a_missing_package_names_its_extra(workspace, tmp_path, hidden, args, where, extra):
     hide = tmp_path / "hide"
     hide.mkdir()
-    (hide / "sitecustomize.py").write_text(textwrap.dedent("""
+    (hide / "sitecustomize.py").write_text(textwrap.dedent(f"""
         import sys
-        class HideOnnxRuntime:
+        class Hide:
             def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "onnxruntime":
-                    raise ModuleNotFoundError("No module named 'onnxruntime'")
-        sys.meta_path.insert(0, HideOnnxRuntime())
+                if name.split(".")[0] == {hidden!r}:
+                    raise ModuleNotFoundError("No module named {hidden!r}")
+        sys.meta_path.insert(0, Hide())
     """))
     workspace.recipe("cnn", cnn_recipe())
-    result = workspace.run("+recipe=cnn", check=False, env={"PYTHONPATH": str(hide)})
+    result = workspace.run(*args, check=False, env={"PYTHONPATH": str(hide)})
     assert result.code == 1
-    assert "target.backend: the Python package 'onnxruntime' is not installed" in result.stderr
-    assert "pip install 'mdbuild[onnxruntime]'" in result.stderr
+    assert f"{where}: the Python package '{hidden}' is not installed" in result.stderr
+    assert f"pip install 'mdbuild[{extra}]'" in result.stderr
     assert_nothing_left(workspace)
 
 

@@ -2,8 +2,12 @@
 (numpy + tensorflow only): the build's verification imports it, and the generated serve.py embeds
 this same source, so the served model runs exactly as it was verified."""
 
-import numpy as np
-import tensorflow as tf
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, not its errors
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 
 class LoadedModel:
