@@ -3,6 +3,7 @@
 verified against TensorFlow's own outputs."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,15 +88,21 @@ def test_not_a_tensorflow_model(workspace):
 
 
 @pytest.mark.slow
-def test_mobilenet_v2_on_the_float_cpu_targets(workspace):
+@pytest.mark.torch
+def test_mobilenet_v2_on_the_float_cpu_targets_and_to_pytorch_and_tensorflow(workspace):
     # int8 is left out on purpose: on seeded random weights and random calibration data the int8
     # artifacts do not match the source (rel L2 0.25 ORT, 1.0 OpenVINO) and the gate rightly fails them.
-    result = workspace.run("-m", "+recipe=mobilenet_v2", *QUICK, "target=" + ",".join(FLOAT_TARGETS))
+    targets = FLOAT_TARGETS + ["pytorch", "tensorflow"]
+    result = workspace.run("-m", "+recipe=mobilenet_v2", *QUICK, "target=" + ",".join(targets))
     sweep = next((workspace.root / "mdbuild-outputs" / "sweeps").glob("*/*"))
     rows = json.loads((sweep / "summary.json").read_text())
-    assert [row["target"] for row in rows] == FLOAT_TARGETS and all(row["passed"] for row in rows)
+    assert [row["target"] for row in rows] == targets and all(row["passed"] for row in rows)
     exports = [line.split()[2] for line in result.stdout.splitlines()
                if line.startswith("[") and line.split()[1] == "export" and line.split()[2] in ("running", "cached")]
-    assert exports == ["running"] + ["cached"] * 2
+    assert exports == ["running"] + ["cached"] * (len(targets) - 1)
     samples = np.load(f"{rows[0]['artifact']}/samples.npz")
     assert samples["input/input"].shape[-1] == 3  # NHWC, as Keras takes it
+    # TensorFlow -> PyTorch: onnx2torch's Squeeze-13 reads its axes at run time, which torch.export
+    # cannot capture, so this module ships as TorchScript, and the manifest says so.
+    pytorch = read_json(Path(rows[3]["artifact"]) / "manifest.json")["runtime"]
+    assert pytorch["model_file"] == "model.pt" and pytorch["converter"]["format"].startswith("TorchScript (torch.export:")

@@ -1,46 +1,45 @@
-"""ONNX -> PyTorch: onnx2torch rebuilds the graph as a torch.fx module, which torch.export turns into
-an ExportedProgram (model.pt2) with a dynamic batch dimension where the ONNX graph has one.
+"""ONNX -> PyTorch: onnx2torch rebuilds the graph as a torch.fx module, saved as a `torch.export`
+ExportedProgram (model.pt2, dynamic batch where the ONNX graph has one), or as TorchScript
+(model.pt) when torch.export cannot capture it.
 
-An ExportedProgram rather than TorchScript: torch 2.14 deprecates torch.jit.load. The example batch
-is 2, because torch.export specializes sizes 0 and 1 to constants (measured: exporting onnx2torch's
-SqueezeNet with a batch-1 example fails with "Constraints violated (batch)")."""
+The ExportedProgram comes first: torch 2.14 deprecates torch.jit. Its example batch is 2, because
+torch.export specializes sizes 0 and 1 to constants (measured: onnx2torch's SqueezeNet exported with
+a batch-1 example fails with "Constraints violated (batch)"). onnx2torch reads the axes of
+Squeeze-13 and the pads of Pad from tensors at run time, which torch.export cannot capture
+("Could not extract specialized integer from data-dependent expression", measured on Keras
+MobileNetV2): such modules are traced to TorchScript instead, and the trace, taken at batch 1, is
+checked at batch 3; where it does not hold, the artifact declares a fixed batch of 1."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from backends.onnx_graph import converter_record, example_inputs, fold_weight_identities, signature
 from builder.errors import MdbuildError, first_line
 
-MODEL_FILE = "model.pt2"
 _FALLBACK_OPSET = 17  # the newest opset whose operators onnx2torch 1.5 implements
 
 
 def compile_model(onnx_path: Path, target: dict[str, Any], hardware: dict[str, Any], out: Path) -> dict[str, Any]:
     import onnx
-    import torch
 
     model = onnx.load(str(onnx_path))
     folded = fold_weight_identities(model)
     tensors = signature(model)
     module, opset = _convert(model)
-    dynamic = all(dims and dims[0] is None for _, _, dims in tensors["inputs"])
-    example = tuple(torch.from_numpy(array) for array in example_inputs(tensors["inputs"], 2 if dynamic else 1))
-    shapes = tuple({0: torch.export.Dim.DYNAMIC} if dynamic else None for _ in example)
     try:
-        program = torch.export.export(module, example, dynamic_shapes=shapes, strict=False)
-    except Exception as exc:  # noqa: BLE001 - torch.export raises many kinds
-        raise MdbuildError(f"torch.export cannot export the converted module: {first_line(exc)}", "target.backend",
-                           "build an ONNX Runtime or OpenVINO target") from exc
-    torch.export.save(program, str(out / MODEL_FILE))
+        model_file, how = _save_exported_program(module, tensors, out), "torch.export ExportedProgram"
+    except Exception as exc:  # noqa: BLE001 - torch.export raises many kinds; TorchScript is the fallback
+        model_file, how = _save_torchscript(module, tensors, out), f"TorchScript (torch.export: {first_line(exc, 160)})"
     return {
-        "model_file": MODEL_FILE,
+        "model_file": model_file,
         "inputs": tensors["inputs"],
         "outputs": tensors["outputs"],
         "intra_op_threads": hardware["intra_op_threads"],
-        "converter": converter_record("onnx2torch", format="torch.export ExportedProgram",
-                                      folded_weight_identities=folded, opset=opset),
+        "converter": converter_record("onnx2torch", format=how, folded_weight_identities=folded, opset=opset),
     }
 
 
@@ -68,3 +67,48 @@ def _convert(model) -> tuple:
 def _unconvertible(exc: BaseException) -> MdbuildError:
     return MdbuildError(f"onnx2torch cannot convert this model: {first_line(exc)}", "target.backend",
                         "build an ONNX Runtime or OpenVINO target, or change the model.opset")
+
+
+def _batched(tensors: dict[str, list]) -> bool:
+    return all(dims and dims[0] is None for _, _, dims in tensors["inputs"])
+
+
+def _save_exported_program(module, tensors: dict[str, list], out: Path) -> str:
+    import torch
+
+    dynamic = _batched(tensors)
+    example = tuple(torch.from_numpy(array) for array in example_inputs(tensors["inputs"], 2 if dynamic else 1))
+    shapes = tuple({0: torch.export.Dim.DYNAMIC} if dynamic else None for _ in example)
+    program = torch.export.export(module, example, dynamic_shapes=shapes, strict=False)
+    torch.export.save(program, str(out / "model.pt2"))
+    return "model.pt2"
+
+
+def _save_torchscript(module, tensors: dict[str, list], out: Path) -> str:
+    import torch
+
+    example = tuple(torch.from_numpy(array) for array in example_inputs(tensors["inputs"], 1))
+    with torch.inference_mode():
+        traced = torch.jit.trace(module, example, check_trace=False)
+    if _batched(tensors) and not _trace_holds(module, traced, tensors["inputs"]):
+        for _, _, dims in tensors["inputs"] + tensors["outputs"]:
+            if dims and dims[0] is None:
+                dims[0] = 1
+    traced.save(str(out / "model.pt"))
+    return "model.pt"
+
+
+def _trace_holds(module, traced, inputs: list) -> bool:
+    """Whether the trace (taken at batch 1) still matches the module at batch 3."""
+    import torch
+
+    example = [torch.from_numpy(array) for array in example_inputs(inputs, 3)]
+    try:
+        with torch.inference_mode():
+            expected, actual = module(*example), traced(*example)
+    except RuntimeError:
+        return False
+    expected = expected if isinstance(expected, (tuple, list)) else (expected,)
+    actual = actual if isinstance(actual, (tuple, list)) else (actual,)
+    return all(e.shape == a.shape and np.allclose(e.numpy(), a.numpy(), rtol=1e-4, atol=1e-5)
+               for e, a in zip(expected, actual))

@@ -1,4 +1,4 @@
-"""Loads and runs a PyTorch artifact (an ExportedProgram). Standalone on purpose (numpy + torch only): the
+"""Loads and runs a PyTorch artifact (an ExportedProgram, model.pt2, or TorchScript, model.pt). Standalone on purpose (numpy + torch only): the
 build's verification imports it, and the generated serve.py embeds this same source, so the served
 model runs exactly as it was verified."""
 
@@ -13,7 +13,10 @@ class LoadedModel:
     def __init__(self, model_path, settings):
         if settings.get("intra_op_threads"):
             torch.set_num_threads(int(settings["intra_op_threads"]))
-        self.module = torch.export.load(str(model_path)).module()
+        if str(model_path).endswith(".pt2"):
+            self.module = torch.export.load(str(model_path)).module()
+        else:
+            self.module = torch.jit.load(str(model_path), map_location="cpu").eval()
         self.inputs = {name: (dtype, dims) for name, dtype, dims in settings["inputs"]}
         self.outputs = {name: (dtype, dims) for name, dtype, dims in settings["outputs"]}
 
