@@ -91,7 +91,7 @@ def test_not_a_tensorflow_model(workspace):
 @pytest.mark.torch
 def test_mobilenet_v2_on_the_float_cpu_targets_and_to_pytorch_and_tensorflow(workspace):
     # int8 is left out on purpose: on seeded random weights and random calibration data the int8
-    # artifacts do not match the source (rel L2 0.25 ORT, 1.0 OpenVINO) and the gate rightly fails them.
+    # artifacts miss the int8 limit (rel L2 0.25-0.26 against 0.2, ORT and OpenVINO) and the gate fails them.
     targets = FLOAT_TARGETS + ["pytorch", "tensorflow"]
     result = workspace.run("-m", "+recipe=mobilenet_v2", *QUICK, "target=" + ",".join(targets))
     sweep = next((workspace.root / "mdbuild-outputs" / "sweeps").glob("*/*"))
@@ -102,6 +102,7 @@ def test_mobilenet_v2_on_the_float_cpu_targets_and_to_pytorch_and_tensorflow(wor
     assert exports == ["running"] + ["cached"] * (len(targets) - 1)
     samples = np.load(f"{rows[0]['artifact']}/samples.npz")
     assert samples["input/input"].shape[-1] == 3  # NHWC, as Keras takes it
+    assert np.abs(samples["output/logits"]).max() > 0.1  # healthy logits, not the 1e-11 of default BatchNorm stats
     # TensorFlow -> PyTorch: onnx2torch's Squeeze-13 reads its axes at run time, which torch.export
     # cannot capture, so this module ships as TorchScript, and the manifest says so.
     pytorch = read_json(Path(rows[3]["artifact"]) / "manifest.json")["runtime"]

@@ -1,0 +1,28 @@
+"""Keras applications with seeded random weights that are numerically healthy, for recipes that
+have no trained weights to ship.
+
+With Keras' default initialisation and untouched BatchNorm statistics (mean 0, variance 1), a random
+MobileNetV2's activations shrink block after block: its logits are about 1e-11 (measured), so every
+relative comparison of an optimized artifact is a comparison of rounding noise, and int8
+quantization rounds everything to zero. One forward pass in training mode over a seeded batch, with
+the BatchNorm momentum at 0, sets each BatchNorm's statistics to those of the activations it really
+sees, the usual data-dependent initialisation: the logits become O(1), as in a trained network."""
+
+from __future__ import annotations
+
+
+def mobilenet_v2(input_shape=(224, 224, 3), classes: int = 1000, calibration_batch: int = 16, seed: int = 0, **kwargs):
+    import keras
+    import numpy as np
+
+    model = keras.applications.MobileNetV2(input_shape=tuple(input_shape), classes=classes, weights=None,
+                                           classifier_activation=None, **kwargs)
+    batch = np.random.default_rng(seed).uniform(-1.0, 1.0, (calibration_batch, *input_shape)).astype("float32")
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    model(batch, training=True)
+    for layer, momentum in zip(norms, momenta):
+        layer.momentum = momentum
+    return model
