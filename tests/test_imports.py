@@ -62,3 +62,16 @@ def test_plan_prints_keys_cache_state_and_reasons(workspace):
     changed = workspace.run("+recipe=cnn", *QUICK, "mode=plan", "verify.samples=3").stdout
     assert re.search(r"reference +after -", changed) and "config changed: verify.samples" in changed
     assert re.search(r"export +after -", changed) and changed.splitlines()[1].rstrip().endswith("cached")
+
+
+@pytest.mark.tensorflow
+def test_a_signature_read_from_the_model_keeps_planning_free_of_sdks(workspace):
+    """The input signature of a Keras file is read in a child process and remembered: mdbuild's own
+    process imports no SDK for planning, and none for a cached rebuild."""
+    from test_tensorflow import save_tiny_keras
+
+    save_tiny_keras(workspace, "tiny.keras")
+    workspace.recipe("k", {"model": {"source": "tensorflow", "path": "tiny.keras", "outputs": ["scores"]}})
+    assert heavy_modules(workspace, "+recipe=k", *QUICK, "mode=plan") == []
+    workspace.run("+recipe=k", *QUICK)
+    assert heavy_modules(workspace, "+recipe=k", *QUICK) == []
