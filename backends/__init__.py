@@ -41,7 +41,7 @@ class Backend:
 _BACKENDS = ("onnxruntime", "openvino", "pytorch", "tensorflow")
 # Targets that cannot be built, with the reason (README "ONNX -> MindSpore" has the commands and errors).
 _UNAVAILABLE = {
-    "mindspore": MdbuildError(
+    "mindspore": (
         "no installable converter turns ONNX into MindSpore: mindconverter 1.7.0 (its last release) pins "
         "networkx==2.5, which torch and nncf exclude, and rejects every operator of current ONNX exports; "
         "mindspore-lite's converter has no wheel for this Python; MindSpore 2.10 only exports ONNX",
@@ -54,7 +54,7 @@ _UNAVAILABLE = {
 
 def get_backend(name: str) -> Backend:
     if name in _UNAVAILABLE:
-        raise _UNAVAILABLE[name]
+        raise MdbuildError(*_UNAVAILABLE[name])
     if name not in _BACKENDS:
         raise MdbuildError(
             f"unknown backend '{name}'", "target.backend", f"choose one of: {', '.join(_BACKENDS)}"

@@ -1,4 +1,4 @@
-"""What the framework converters (ONNX -> PyTorch, TensorFlow, MindSpore) share: the graph's tensor
+"""What the framework converters (ONNX -> PyTorch, ONNX -> TensorFlow) share: the graph's tensor
 signature, the clean-ups converters need, and the record of which converter ran."""
 
 from __future__ import annotations
@@ -13,12 +13,23 @@ _ONNX_TYPES = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32
 def signature(model) -> dict[str, list]:
     """{"inputs": [[name, dtype, dims]], "outputs": [...]} with None for dynamic sizes; graph
     inputs that are initializers (old exporters list weights as inputs) are not model inputs."""
+    from builder.errors import MdbuildError
+
     weights = {tensor.name for tensor in model.graph.initializer}
 
     def describe(values) -> list:
-        return [[value.name, _ONNX_TYPES.get(value.type.tensor_type.elem_type, "float32"),
-                 [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]]
-                for value in values if value.name not in weights]
+        described = []
+        for value in values:
+            if value.name in weights:
+                continue
+            tensor = value.type.tensor_type
+            if tensor.elem_type not in _ONNX_TYPES or not tensor.HasField("shape"):
+                raise MdbuildError(f"tensor '{value.name}' has an element type ({tensor.elem_type}) or shape the "
+                                   "framework targets do not handle", "target.backend",
+                                   f"use {', '.join(_ONNX_TYPES.values())} tensors with a declared shape")
+            described.append([value.name, _ONNX_TYPES[tensor.elem_type],
+                              [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]])
+        return described
 
     return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
 

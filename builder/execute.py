@@ -6,17 +6,17 @@ from __future__ import annotations
 import importlib
 import multiprocessing
 import os
-import pickle
 import shutil
 import signal
 import time
 import traceback
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any, Callable
 
 from builder.cache import Cache, Entry
-from builder.errors import GateFailed, MdbuildError
+from builder.errors import GateFailed, MdbuildError, first_line
 from builder.hashing import canonical_json, sha256_text
 from builder.plan import Plan, StepNode
 from builder.progress import Console
@@ -132,8 +132,8 @@ def _run_here(context: StepContext, inputs: dict[str, Path], work: Path, progres
     context.progress = progress
     try:
         _resolve(context.node.run)(context, inputs, work / "out")
-    except SystemExit as exc:
-        raise _portable(exc, context.node.id) from exc
+    except SystemExit as exc:  # an SDK calling sys.exit() fails the step; it does not end the build quietly
+        raise _stopped(exc, context.node.id) from exc
     finally:
         os.chdir(previous)
 
@@ -142,35 +142,43 @@ def _run_isolated(context: StepContext, inputs: dict[str, Path], work: Path, pro
     """Runs the step in a fresh interpreter, for steps that load TensorFlow: loaded before PyTorch's
     Triton or before MindSpore, it crashes the interpreter (measured: `import tensorflow, torchvision`
     is a SIGSEGV), so this process never loads it. A crash inside the child becomes a one-line error.
-    Other steps run in-process: a fresh interpreter per step costs a torch import (seconds) each."""
+    Other steps run in-process: a fresh interpreter per step costs a torch import (seconds) each.
+    Only plain data crosses the pipe: unpickling an SDK's exception would import the SDK here."""
     spawn = multiprocessing.get_context("spawn")
     receiver, sender = spawn.Pipe(duplex=False)
     child = spawn.Process(target=_step_process, args=(context, inputs, work, sender), daemon=True)
-    child.start()
-    sender.close()
     outcome = None
     try:
+        child.start()
+        sender.close()
         while outcome is None:
-            try:
-                kind, payload = receiver.recv()
-            except EOFError:
+            ready = wait([receiver, child.sentinel])
+            if receiver in ready:
+                try:
+                    kind, payload = receiver.recv()
+                except EOFError:
+                    break
+                if kind == "progress":
+                    progress(payload)
+                else:
+                    outcome = (kind, payload)
+            elif not receiver.poll():  # the child ended without a word
                 break
-            if kind == "progress":
-                progress(payload)
-            else:
-                outcome = (kind, payload)
-        child.join()
-    except BaseException:
-        child.terminate()
-        child.join()
-        raise
+        child.join(timeout=_EXIT_GRACE_S)
     finally:
+        if child.is_alive():  # interrupted, or stuck in its interpreter's shutdown
+            child.kill()
+            child.join()
         receiver.close()
+        sender.close()
     if outcome is None:
         raise MdbuildError(f"the step's process died ({_exit_description(child.exitcode)}) without an error message",
                            context.node.id, "rerun with traceback=true; the SDK's own output above says more")
     if outcome[0] == "error":
-        raise outcome[1]
+        raise _rebuilt(outcome[1])
+
+
+_EXIT_GRACE_S = 30.0
 
 
 def _step_process(context: StepContext, inputs: dict[str, Path], work: Path, sender) -> None:
@@ -181,27 +189,39 @@ def _step_process(context: StepContext, inputs: dict[str, Path], work: Path, sen
     try:
         _resolve(context.node.run)(context, inputs, work / "out")
     except BaseException as exc:  # noqa: BLE001 - handed to the parent, which raises it
-        sender.send(("error", _portable(exc, context.node.id)))
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            exc = _stopped(exc, context.node.id)
+        sender.send(("error", _described(exc)))
     else:
         sender.send(("done", None))
     finally:
         sender.close()
 
 
-def _portable(exc: BaseException, step: str) -> BaseException:
-    """The exception as the parent will raise it, carrying the child's traceback for traceback=true.
-    An SDK calling sys.exit() inside a step fails the step; it does not end the build quietly."""
-    trace = "".join(traceback.format_exception(exc))
-    if isinstance(exc, (SystemExit, KeyboardInterrupt)):
-        detail = type(exc).__name__ + (f" {exc.code}" if isinstance(exc, SystemExit) else "")
-        return MdbuildError(f"the step's process stopped ({detail})", step, "rerun with traceback=true; the SDK's own output above says why")
-    try:
-        copy = pickle.loads(pickle.dumps(exc))
-    except Exception:  # noqa: BLE001 - SDK exceptions are not always picklable
-        copy = RuntimeError(f"{type(exc).__name__}: {exc}")
-    if not isinstance(copy, MdbuildError):
-        copy.add_note(f"in the step's process:\n{trace}")
-    return copy
+def _stopped(exc: BaseException, step: str) -> MdbuildError:
+    detail = type(exc).__name__ + (f" {exc.code}" if isinstance(exc, SystemExit) else "")
+    return MdbuildError(f"the step exited ({detail})", step,
+                        "rerun with traceback=true; the SDK's own output above says why")
+
+
+def _described(exc: BaseException) -> dict[str, Any]:
+    """The exception as plain data (strings only)."""
+    fields = {"what": exc.what, "where": exc.where, "fix": exc.fix} if isinstance(exc, MdbuildError) else {}
+    return {"gate": isinstance(exc, GateFailed), "user": isinstance(exc, MdbuildError), **fields,
+            "type": type(exc).__name__, "first_line": first_line(exc),
+            "trace": "".join(traceback.format_exception(exc))}
+
+
+def _rebuilt(described: dict[str, Any]) -> Exception:
+    """The parent's copy: the same user-facing error, or a RuntimeError naming the SDK's exception;
+    either way carrying the child's traceback for traceback=true."""
+    if described["user"]:
+        kind = GateFailed if described["gate"] else MdbuildError
+        error: Exception = kind(described["what"], described["where"], described["fix"])
+    else:
+        error = RuntimeError(f"{described['type']}: {described['first_line']}")
+    error.add_note(f"in the step's process:\n{described['trace']}")
+    return error
 
 
 def _exit_description(code: int | None) -> str:

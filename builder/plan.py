@@ -120,7 +120,8 @@ def make_plan(spec: BuildSpec) -> Plan:
         id="compile", run="builder.steps.compile:run", version=backend.compile_version,
         config={"target": _pick(target, ("backend", "precision", "graph_optimization")),
                 "hardware": config["hardware"]},
-        upstream={"model": previous}, libraries=backend.libraries, isolated=backend.isolated,
+        upstream={"model": previous}, files=_compile_code(backend), libraries=backend.libraries,
+        isolated=backend.isolated,
     ))
     previous = "compile"
     for transform in by_stage["compiled"]:
@@ -144,6 +145,13 @@ def make_plan(spec: BuildSpec) -> Plan:
         host_dependent=True, isolated=backend.isolated,
     ))
     return Plan(spec, tuple(steps))
+
+
+def _compile_code(backend) -> dict[str, Path]:
+    """The backend's package (compile and runtime) and the shared converter helpers: editing them
+    rebuilds the compiled model."""
+    package = Path(importlib.util.find_spec(backend.runtime_module).origin).parent
+    return {"backend_code": package, "converter_code": package.parent / "onnx_graph.py"}
 
 
 def _shipped_code(backend) -> dict[str, Path]:

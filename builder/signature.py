@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import MdbuildError
+from builder.hashing import canonical_json, sha256_text
 from builder.schema import InputSpec
 from builder.spec import BuildSpec
+from builder.versions import library_versions
 
 BATCH = "batch"
+_READER_VERSION = 1  # of builder.sources.tensorflow.read_signature
 
 
 def with_signature(spec: BuildSpec, cache) -> BuildSpec:
@@ -32,11 +35,12 @@ def with_signature(spec: BuildSpec, cache) -> BuildSpec:
     path = spec.resolve_path(model["path"])
     if not path.exists():
         raise MdbuildError(f"file not found: {path}", "model.path", "check the path")
-    digest = cache.digests.path(path)
-    inputs = cache.read_record("signatures", digest)
+    record = sha256_text(canonical_json({"model": cache.digests.path(path), "reader": _READER_VERSION,
+                                         "libraries": library_versions("tensorflow", "keras")}))
+    inputs = cache.read_record("signatures", record)
     if inputs is None:
         inputs = _read_in_child(path)
-        cache.write_record("signatures", digest, inputs)
+        cache.write_record("signatures", record, inputs)
     dims = dict(model["dims"])
     declared = []
     for tensor in inputs:

@@ -111,7 +111,7 @@ def test_a_step_that_exits_fails_the_build_with_one_line(workspace):
     workspace.recipe("cnn", cnn_recipe(factory="tinynets.exits", kwargs={}))
     result = workspace.run("+recipe=cnn", *QUICK, check=False)
     assert result.code == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("error: export: the step's process stopped (SystemExit 3)")
+    assert result.stderr.strip().splitlines()[-1].startswith("error: export: the step exited (SystemExit 3)")
     assert workspace.cache_entries() == [] and not (workspace.root / "artifacts").exists()
 
 

@@ -34,7 +34,7 @@ def test_pytorch_to_tensorflow(workspace):
     report = read_json(artifact / "report.json")
     assert report["passed"] and report["outputs"]["logits"]["metrics"]["rel_l2"] < 1e-5
     assert converter(artifact) == {"name": "onnx2tf", "version": metadata.version("onnx2tf"), "format": "SavedModel",
-                                   "layout": "NCHW inputs kept"}
+                                   "inputs_layout_kept": ["image"]}
     assert (artifact / "model_repository/cnn/1/model.savedmodel/saved_model.pb").is_file()
     assert 'platform: "tensorflow_savedmodel"' in (artifact / "model_repository/cnn/config.pbtxt").read_text()
     assert f"tensorflow=={metadata.version('tensorflow')}" in (artifact / "requirements.txt").read_text()

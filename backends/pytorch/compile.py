@@ -29,11 +29,22 @@ def compile_model(onnx_path: Path, target: dict[str, Any], hardware: dict[str, A
     model = onnx.load(str(onnx_path))
     folded = fold_weight_identities(model)
     tensors = signature(model)
+    for name, _, dims in tensors["inputs"]:
+        if None in dims[1:]:
+            raise MdbuildError(f"input '{name}' has a dynamic dimension besides the batch ({dims})", "model.inputs",
+                               "target=pytorch keeps only the first dimension dynamic: give the others fixed sizes")
     module, opset = _convert(model)
     try:
         model_file, how = _save_exported_program(module, tensors, out), "torch.export ExportedProgram"
     except Exception as exc:  # noqa: BLE001 - torch.export raises many kinds; TorchScript is the fallback
-        model_file, how = _save_torchscript(module, tensors, out), f"TorchScript (torch.export: {first_line(exc, 160)})"
+        (out / "model.pt2").unlink(missing_ok=True)
+        reason = first_line(exc, 160)
+        try:
+            model_file, how = _save_torchscript(module, tensors, out), f"TorchScript (torch.export: {reason})"
+        except Exception as again:  # noqa: BLE001 - tracing raises many kinds
+            raise MdbuildError(f"neither torch.export ({reason}) nor torch.jit.trace ({first_line(again, 160)}) "
+                               "can save the converted module", "target.backend",
+                               "build an ONNX Runtime or OpenVINO target") from again
     return {
         "model_file": model_file,
         "inputs": tensors["inputs"],
@@ -106,7 +117,7 @@ def _trace_holds(module, traced, inputs: list) -> bool:
     try:
         with torch.inference_mode():
             expected, actual = module(*example), traced(*example)
-    except RuntimeError:
+    except Exception:  # noqa: BLE001 - a trace specialized to batch 1 fails in many ways
         return False
     expected = expected if isinstance(expected, (tuple, list)) else (expected,)
     actual = actual if isinstance(actual, (tuple, list)) else (actual,)

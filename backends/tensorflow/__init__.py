@@ -9,7 +9,7 @@ BACKEND = Backend(
     runtime_module="backends.tensorflow.runtime",
     compile_function="backends.tensorflow.compile:compile_model",
     compile_version=1,
-    libraries=("tensorflow", "onnx2tf", "onnx"),
+    libraries=("tensorflow", "tf_keras", "onnx2tf", "onnx-graphsurgeon", "sng4onnx", "onnx"),
     converter="onnx2tf",
     isolated=True,
 )

@@ -23,12 +23,13 @@ def compile_model(onnx_path: Path, target: dict[str, Any], hardware: dict[str, A
 
     tensors = signature(onnx.load(str(onnx_path), load_external_data=False))
     converted = Path("onnx2tf").resolve()  # the step's scratch directory: onnx2tf also writes .tflite files there
+    kept = [name for name, _, dims in tensors["inputs"] if len(dims) >= 3]  # channels-first stay as declared
     try:
         onnx2tf.convert(
             input_onnx_file_path=str(onnx_path),
             output_folder_path=str(converted),
             output_signaturedefs=True,
-            keep_ncw_or_nchw_or_ncdhw_input_names=[name for name, _, dims in tensors["inputs"] if len(dims) >= 3],
+            keep_ncw_or_nchw_or_ncdhw_input_names=kept,
             non_verbose=True,
         )
         loaded = tf.saved_model.load(str(converted))
@@ -55,7 +56,7 @@ def compile_model(onnx_path: Path, target: dict[str, Any], hardware: dict[str, A
         "outputs": tensors["outputs"],
         "intra_op_threads": hardware["intra_op_threads"],
         "inter_op_threads": hardware["inter_op_threads"],
-        "converter": converter_record("onnx2tf", format="SavedModel", layout="NCHW inputs kept"),
+        "converter": converter_record("onnx2tf", format="SavedModel", inputs_layout_kept=kept),
     }
 
 

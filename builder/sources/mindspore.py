@@ -64,21 +64,21 @@ def export(ctx, inputs: dict[str, Path], out: Path) -> None:
         raise MdbuildError(f"mindspore.onnx.export failed: {first_line(exc)}", "model.factory",
                            "run with traceback=true for the exporter's full error") from exc
     model = onnx.load(str(target))
-    _batch_outputs(model, axes)
+    _batch_outputs(model, axes, model_cfg["dims"])
     onnx.checker.check_model(model)
     onnx.save(model, str(target))
 
 
-def _batch_outputs(model, axes: dict[str, dict[int, str]]) -> None:
+def _batch_outputs(model, axes: dict[str, dict[int, str]], sizes: dict[str, int]) -> None:
     """MindSpore's exporter makes the inputs' batch dynamic but writes the outputs' batch as the
-    example's; when every input is batched, so are the outputs."""
+    example's size; when every input is batched, so are the outputs that lead with that size."""
     batch = {spec.get(0) for spec in axes.values()}
     if len(batch) != 1 or None in batch or len(axes) != len(model.graph.input):
         return
     name = batch.pop()
     for output in model.graph.output:
         dims = output.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value") and dims[0].dim_value == 1:
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value == sizes[name]:
             dims[0].dim_param = name
 
 
