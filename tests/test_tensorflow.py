@@ -110,3 +110,14 @@ def test_mobilenet_v2_on_the_float_cpu_targets_and_to_pytorch_and_tensorflow(wor
     # cannot capture, so this module ships as TorchScript, and the manifest says so.
     pytorch = read_json(Path(rows[3]["artifact"]) / "manifest.json")["runtime"]
     assert pytorch["model_file"] == "model.pt" and pytorch["converter"]["format"].startswith("TorchScript (torch.export:")
+
+
+@pytest.mark.slow
+def test_keras_resnet50_on_every_cpu_target(workspace):
+    targets = ["onnxruntime_fp32", "onnxruntime_int8", "openvino_fp32", "openvino_fp16", "openvino_int8"]
+    workspace.run("-m", "+recipe=resnet50_keras", *QUICK, "target=" + ",".join(targets))
+    sweep = next((workspace.root / "mdbuild-outputs" / "sweeps").glob("*/*"))
+    rows = json.loads((sweep / "summary.json").read_text())
+    assert [row["target"] for row in rows] == targets and all(row["passed"] for row in rows)
+    int8 = read_json(Path(rows[4]["artifact"]) / "report.json")
+    assert int8["outputs"]["logits"]["metrics"]["rel_l2"] < 0.2 and int8["warnings"]  # random calibration is flagged
