@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from builder.errors import MdbuildError
 from builder.versions import library_version
 
 _ONNX_TYPES = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 3: "int8", 2: "uint8", 9: "bool"}
@@ -13,8 +14,6 @@ _ONNX_TYPES = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32
 def signature(model) -> dict[str, list]:
     """{"inputs": [[name, dtype, dims]], "outputs": [...]} with None for dynamic sizes; graph
     inputs that are initializers (old exporters list weights as inputs) are not model inputs."""
-    from builder.errors import MdbuildError
-
     weights = {tensor.name for tensor in model.graph.initializer}
 
     def describe(values) -> list:

@@ -134,7 +134,7 @@ def _converted(candidate: str, onnx_path: Path):
     from onnx_tf.backend import prepare
 
     representation = prepare(graph)
-    return lambda feeds: [np_value for np_value in representation.run([feeds[name] for name in names])]
+    return lambda feeds: list(representation.run([feeds[name] for name in names]))
 
 
 if __name__ == "__main__":
