@@ -17,8 +17,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
-from _common import artifacts, load_artifact, mdbuild, p50_interleaved
+from _common import artifacts, load_artifact, mdbuild
 
 
 def binary_body(feeds) -> tuple[bytes, dict]:
@@ -61,31 +62,124 @@ def load(port: int, path: str, body: bytes, headers: dict, clients: int, seconds
         thread.join()
     elapsed = time.perf_counter() - started
     latencies.sort()
-    return {"throughput": len(latencies) / elapsed, "p50": statistics.median(latencies),
+    return {"throughput": len(latencies) / elapsed, "p50": statistics.median(latencies), "mean": statistics.fmean(latencies),
             "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], "requests": len(latencies)}
 
 
-def batch_ceiling(model, feeds, seconds: float = 3.0) -> dict[int, float]:
-    """Images per second of the raw runtime at batch 1, 4, 8 and 16: the most batching can gain."""
+def overhead_ms(local: Callable[[], None], served: Callable[[], None], rounds: int = 12, per_round: int = 10) -> tuple[float, float, float]:
+    """(in-process p50, server p50, server overhead) in ms. Blocks of runs alternate; the overhead is
+    the median of each round's difference, so a slow spell of the machine falls on both sides."""
+    for run in (local, served, local, served):
+        run()
+    rows = []
+    for _ in range(rounds):
+        medians = []
+        for run in (local, served):
+            times = []
+            for _ in range(per_round):
+                begin = time.perf_counter()
+                run()
+                times.append((time.perf_counter() - begin) * 1e3)
+            medians.append(statistics.median(times))
+        rows.append(medians)
+    return (statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows),
+            statistics.median(r[1] - r[0] for r in rows))
+
+
+def server_stats(port: int, model: str) -> dict:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    connection.request("GET", f"/v2/models/{model}/stats")
+    return json.loads(connection.getresponse().read())["model_stats"][0]["inference_stats"]
+
+
+def overhead_breakdown(before: dict, after: dict, client_mean_ms: float) -> str:
+    """The server's own cost per request over a load run: the client's mean latency minus the
+    model's mean run time, both sides measured on the same requests (statistics extension)."""
+    count = after["success"]["count"] - before["success"]["count"]
+    mean = {key: (after[key]["ns"] - before[key]["ns"]) / count / 1e6 for key in after}
+    overhead = client_mean_ms - mean["compute_infer"]
+    return (f"overhead {overhead:.2f} ms per request = client {client_mean_ms:.2f} - model {mean['compute_infer']:.2f} "
+            f"(decode {mean['compute_input']:.2f}, queue {mean['queue']:.2f}, encode {mean['compute_output']:.2f}, "
+            f"HTTP both sides {client_mean_ms - mean['success']:.2f})")
+
+
+def batch_rates(model, feeds, sizes=(1, 4, 8, 16), rounds: int = 4, seconds: float = 1.0) -> dict[int, float]:
+    """Images per second of the raw runtime by batch size (median over interleaved rounds): the
+    most dynamic batching can win is the best of these over batch 1."""
     import numpy as np
 
-    rates = {}
-    for size in (1, 4, 8, 16):
-        batch = {name: np.repeat(value, size, axis=0) for name, value in feeds.items()}
+    batches = {size: {name: np.repeat(value, size, axis=0) for name, value in feeds.items()} for size in sizes}
+    for batch in batches.values():
         model.run(batch)
-        runs, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            model.run(batch)
-            runs += 1
-        rates[size] = runs * size / (time.perf_counter() - started)
-    return rates
+    rates: dict[int, list[float]] = {size: [] for size in sizes}
+    for _ in range(rounds):
+        for size, batch in batches.items():
+            runs, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                model.run(batch)
+                runs += 1
+            rates[size].append(runs * size / (time.perf_counter() - started))
+    return {size: statistics.median(values) for size, values in rates.items()}
+
+
+def model_macs(model_file: Path) -> int:
+    """Multiply-accumulates of one sample (batch 1) in the model's convolutions and matmuls,
+    counted on the graph as OpenVINO reads it (ONNX or OpenVINO IR)."""
+    import numpy as np
+    import openvino
+
+    model = openvino.Core().read_model(str(model_file))
+    model.reshape({port.get_any_name(): [1 if i == 0 and not d.is_static else d.get_length()
+                                         for i, d in enumerate(port.get_partial_shape())] for port in model.inputs})
+    total = 0
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind not in ("Convolution", "GroupConvolution", "MatMul"):
+            continue
+        weights = list(op.get_input_shape(1))
+        if kind == "Convolution":
+            depth = int(np.prod(weights[1:]))  # [out, in, k...]
+        elif kind == "GroupConvolution":
+            depth = int(np.prod(weights[2:]))  # [groups, out, in, k...]
+        else:
+            depth = weights[-1] if op.get_transpose_b() else weights[-2]
+        total += int(np.prod(list(op.get_output_shape(0)))) * depth
+    return total
+
+
+def dense_matmul_rate(int8: bool, size: int = 2048, seconds: float = 3.0) -> float:
+    """Multiply-accumulates per second of one large ONNX Runtime matmul (float32, or uint8 x int8):
+    a reference for how close a network's own rate already is to what this CPU's kernels reach."""
+    import numpy as np
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if int8:
+        node, kind, a = "MatMulInteger", TensorProto.UINT8, rng.integers(0, 255, (size, size), dtype=np.uint8)
+        b, out = rng.integers(-127, 127, (size, size), dtype=np.int8), TensorProto.INT32
+    else:
+        node, kind, a = "MatMul", TensorProto.FLOAT, rng.random((size, size), dtype=np.float32)
+        b, out = rng.random((size, size), dtype=np.float32), TensorProto.FLOAT
+    graph = helper.make_graph([helper.make_node(node, ["a", "b"], ["y"])], "dense",
+                              [helper.make_tensor_value_info("a", kind, [size, size])],
+                              [helper.make_tensor_value_info("y", out, [size, size])], [numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session.run(None, {"a": a})
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        session.run(None, {"a": a})
+        runs += 1
+    return runs * size**3 / (time.perf_counter() - started)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--recipe", default="resnet50")
     parser.add_argument("--targets", default="onnxruntime_fp32,openvino_int8")
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--seconds", type=float, default=6.0, help="length of each load run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of batching off and on at 16 clients")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         workdir, cache = Path(scratch) / "work", Path(scratch) / "cache"
@@ -93,7 +187,7 @@ def main() -> None:
         _, output = mdbuild(["-m", f"+recipe={args.recipe}", f"target={args.targets}", "verify=quick"], workdir, cache)
         for artifact in artifacts(output):
             model, feeds, manifest = load_artifact(artifact)
-            body, headers = binary_body({name: value for name, value in feeds.items()})
+            body, headers = binary_body(feeds)
             path = f"/v2/models/{manifest['recipe']}/infer"
             print(f"\n{manifest['target']}")
             proc, port = start(artifact)
@@ -104,29 +198,51 @@ def main() -> None:
                     connection.request("POST", path, body=body, headers=headers)
                     connection.getresponse().read()
 
-                medians = p50_interleaved({"in-process": lambda: model.run(feeds), "server c=1": served}, rounds=6)
-                print(f"  p50 in-process {medians['in-process']:.2f} ms, server (binary, c=1) {medians['server c=1']:.2f} ms, "
-                      f"overhead {medians['server c=1'] - medians['in-process']:.2f} ms (goal <= 2)")
-                for clients in (1, 4, 16):
+                local, server, overhead = overhead_ms(lambda: model.run(feeds), served)
+                print(f"  p50 in-process {local:.2f} ms, server (binary, c=1) {server:.2f} ms, "
+                      f"overhead {overhead:.2f} ms (median of paired rounds; goal <= 2)")
+                for clients in (1, 4):
+                    before = server_stats(port, manifest["recipe"])
                     r = load(port, path, body, headers, clients, args.seconds)
                     print(f"  c={clients:<2} no batching   {r['throughput']:7.1f} req/s  p50 {r['p50']:7.2f}  p99 {r['p99']:7.2f} ms")
-                    if clients == 16:
-                        unbatched = r["throughput"]
+                    if clients == 1:
+                        print("       " + overhead_breakdown(before, server_stats(port, manifest["recipe"]), r["mean"]))
             finally:
                 proc.terminate()
                 proc.wait()
-            ceiling = batch_ceiling(model, feeds)
-            print("  in-process images/s by batch size: " + ", ".join(f"{b}: {v:.1f}" for b, v in ceiling.items())
-                  + f"  (best batch gain over batch 1: {max(ceiling.values()) / ceiling[1]:.2f}x: what batching can win here)")
-            for size in (8, 16):
-                proc, port = start(artifact, "--max-batch-size", str(size), "--max-queue-delay-ms", "5")
-                try:
-                    r = load(port, path, body, headers, 16, args.seconds)
-                    print(f"  c=16 batching<={size:<2} {r['throughput']:7.1f} req/s  p50 {r['p50']:7.2f}  p99 {r['p99']:7.2f} ms"
-                          f"  -> {r['throughput'] / unbatched:.2f}x of no batching (goal >= 1.3)")
-                finally:
-                    proc.terminate()
-                    proc.wait()
+            batch_gain(artifact, model, feeds, manifest)
+            modes = {"no batching": (), "batching<=8": ("--max-batch-size", "8", "--max-queue-delay-ms", "5"),
+                     "batching<=16": ("--max-batch-size", "16", "--max-queue-delay-ms", "5")}
+            runs: dict[str, list[dict]] = {mode: [] for mode in modes}
+            for _ in range(args.rounds):
+                for mode, flags in modes.items():
+                    proc, port = start(artifact, *flags)
+                    try:
+                        load(port, path, body, headers, 16, 1.0)  # warm-up: threads, connections, buffers
+                        runs[mode].append(load(port, path, body, headers, 16, args.seconds))
+                    finally:
+                        proc.terminate()
+                        proc.wait()
+            unbatched = statistics.median(r["throughput"] for r in runs["no batching"])
+            for mode, results in runs.items():
+                rate = statistics.median(r["throughput"] for r in results)
+                p50, p99 = (statistics.median(r[key] for r in results) for key in ("p50", "p99"))
+                ratio = "" if mode == "no batching" else f"  -> {rate / unbatched:.2f}x of no batching (goal >= 1.3)"
+                print(f"  c=16 {mode:<13} {rate:7.1f} req/s  p50 {p50:7.2f}  p99 {p99:7.2f} ms{ratio}")
+
+
+def batch_gain(artifact: Path, model, feeds, manifest) -> None:
+    """Prints what batching can win at all: the raw runtime's rate by batch size, and how much of
+    this CPU's dense-matmul rate batch 1 already reaches."""
+    rates = batch_rates(model, feeds)
+    macs = model_macs(artifact / manifest["runtime"]["model_dir"] / manifest["runtime"]["model_file"])
+    int8 = manifest["target"].endswith("int8")
+    dense = dense_matmul_rate(int8)
+    print("  in-process images/s by batch size: " + ", ".join(f"{b}: {v:.1f}" for b, v in rates.items())
+          + f"  (best over batch 1: {max(rates.values()) / rates[1]:.2f}x: the most batching can win here)")
+    print(f"  {macs / 1e9:.2f} GMAC per image: batch 1 computes {macs * rates[1] / 1e9:.0f} GMAC/s, best batch "
+          f"{macs * max(rates.values()) / 1e9:.0f}; one {'uint8 x int8' if int8 else 'float32'} 2048^3 matmul in "
+          f"ONNX Runtime: {dense / 1e9:.0f} GMAC/s")
 
 
 if __name__ == "__main__":

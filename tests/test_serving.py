@@ -70,6 +70,16 @@ def heads(tmp_path_factory, two_heads_onnx):
 
 
 @pytest.fixture(scope="module")
+def heads_openvino(tmp_path_factory, two_heads_onnx):
+    from conftest import Workspace
+
+    root = tmp_path_factory.mktemp("serving-ov")
+    workspace = Workspace(root / "work", root / "cache")
+    workspace.recipe("heads", onnx_recipe(two_heads_onnx))
+    return workspace.run("+recipe=heads", *QUICK, "target=openvino_fp32").artifact
+
+
+@pytest.fixture(scope="module")
 def server(heads):
     served = Served(heads)
     yield served
@@ -263,6 +273,80 @@ def test_dynamic_batching_batches_concurrent_requests(heads):
         served.stop()
 
 
+def test_statistics_extension_accounts_for_every_request_and_phase(heads):
+    import tritonclient.http as triton
+
+    served = Served(heads, "--max-batch-size", "8", "--max-queue-delay-ms", "50")
+    try:
+        client = triton.InferenceServerClient(served.url)
+        assert "statistics" in client.get_server_metadata()["extensions"]
+        threads = [threading.Thread(target=served.request, args=("POST", "/v2/models/heads/infer",
+                                                                 *binary_request(feeds_for(1, seed))))
+                   for seed in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert served.request("POST", "/v2/models/heads/infer", *binary_request(feeds_for(3)))[0] == 200
+        nan = feeds_for(1)
+        nan["image"][0, 0, 0, 0] = np.nan
+        assert served.request("POST", "/v2/models/heads/infer", *binary_request(nan))[0] == 400
+        stats = client.get_inference_statistics("heads")["model_stats"][0]
+        assert client.get_inference_statistics("heads", "1") == {"model_stats": [stats]}
+    finally:
+        served.stop()
+    assert stats["name"] == "heads" and abs(stats["last_inference"] / 1e3 - time.time()) < 120
+    assert stats["inference_count"] == 11, "every row counts once, batched or not"
+    batches = stats["batch_stats"]
+    assert sum(int(b["batch_size"]) * int(b["compute_infer"]["count"]) for b in batches) == 11
+    assert int(stats["execution_count"]) == sum(int(b["compute_infer"]["count"]) for b in batches) < 9, \
+        "the 8 concurrent requests must have shared executions"
+    phases = {key: (int(v["count"]), int(v["ns"])) for key, v in stats["inference_stats"].items()}
+    assert phases["success"][0] == 9 and phases["fail"][0] == 1
+    for key in ("queue", "compute_input", "compute_infer", "compute_output"):
+        assert phases[key][0] == 9 and phases[key][1] > 0, key
+    assert sum(phases[key][1] for key in ("queue", "compute_input", "compute_infer", "compute_output")) \
+        <= phases["success"][1], "the phases are parts of each request's time"
+
+
+# A new process whose first inferences start together, with the GIL handed over as often as it
+# can be: OpenVINO 2026.4 deadlocked here in about 9 runs of 10 before its runtime let the first
+# inference through alone (a new server's first concurrent requests hung it the same way).
+RACE = """
+import json, sys, threading
+from pathlib import Path
+import numpy as np
+sys.path.insert(0, "serving")
+import runtime
+sys.setswitchinterval(1e-6)
+manifest = json.loads(Path("manifest.json").read_text())
+model = runtime.load(Path(manifest["runtime"]["model_dir"]), manifest["runtime"])
+samples = np.load("samples.npz")
+feeds = {s["name"]: samples["input/" + s["name"]][:1] for s in manifest["config"]["model"]["inputs"]}
+start = threading.Barrier(16)
+def first():
+    start.wait()
+    model.run(feeds)
+threads = [threading.Thread(target=first) for _ in range(16)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print("all 16 answered")
+"""
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_concurrent_first_inferences_of_a_new_process_do_not_deadlock(heads, heads_openvino, backend):
+    artifact = heads if backend == "onnxruntime" else heads_openvino
+    for attempt in range(3):
+        try:
+            done = subprocess.run([sys.executable, "-c", RACE], cwd=artifact, capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"attempt {attempt + 1}: the {backend} runtime deadlocked on 16 concurrent first inferences")
+        assert done.returncode == 0 and "all 16 answered" in done.stdout, done.stderr[-2000:]
+
+
 def test_refuses_to_start_when_a_file_was_modified(heads, tmp_path):
     copy = tmp_path / "artifact"
     shutil.copytree(heads, copy)
@@ -378,7 +462,7 @@ def _model_config(path: Path):
     return text_format.Parse(path.read_text(), module.ModelConfig())
 
 
-def test_triton_model_repository_parses_against_tritons_schema(heads, tmp_path_factory, two_heads_onnx):
+def test_triton_model_repository_parses_against_tritons_schema(heads, heads_openvino):
     config = _model_config(heads / "model_repository" / "heads" / "config.pbtxt")
     assert config.name == "heads" and config.backend == "onnxruntime" and config.max_batch_size == 8
     assert [(i.name, list(i.dims)) for i in config.input] == [("image", [3, 16, 16]), ("extra", [4])]
@@ -386,12 +470,7 @@ def test_triton_model_repository_parses_against_tritons_schema(heads, tmp_path_f
     assert config.dynamic_batching.max_queue_delay_microseconds == 2000
     assert (heads / "model_repository" / "heads" / "1" / "model.onnx").is_file()
 
-    from conftest import Workspace
-
-    root = tmp_path_factory.mktemp("triton-ov")
-    workspace = Workspace(root / "work", root / "cache")
-    workspace.recipe("heads", onnx_recipe(two_heads_onnx))
-    artifact = workspace.run("+recipe=heads", *QUICK, "target=openvino_fp32").artifact
+    artifact = heads_openvino
     config = _model_config(artifact / "model_repository" / "heads" / "config.pbtxt")
     assert config.backend == "openvino" and config.max_batch_size == 1
     assert config.parameters["INFERENCE_PRECISION_HINT"].string_value == "f32"

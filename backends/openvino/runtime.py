@@ -33,8 +33,22 @@ class LoadedModel:
         self.outputs = {p.get_any_name(): (_OV_TYPES.get(p.get_element_type().get_type_name(), "float32"), _dims(p))
                         for p in self.compiled.outputs}
         self._local = threading.local()
+        self._first = threading.Lock()
+        self._warm = False
 
     def run(self, feeds, output_names=None):
+        if not self._warm:
+            # OpenVINO's Python binding initialises C++ function-local statics during the first
+            # inference of a process while holding the GIL: two threads racing through it deadlock
+            # the whole process (seen: a new server's first 16 concurrent requests). The first run
+            # goes through alone; the others wait on this lock, which releases the GIL.
+            with self._first:
+                outputs = self._run(feeds, output_names)
+                self._warm = True
+                return outputs
+        return self._run(feeds, output_names)
+
+    def _run(self, feeds, output_names):
         request = getattr(self._local, "request", None)
         if request is None:  # one infer request per thread: requests are not thread-safe
             request = self._local.request = self.compiled.create_infer_request()

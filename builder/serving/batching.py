@@ -16,26 +16,30 @@ class _Pending:
         self.done = threading.Event()
         self.result = None
         self.error = None
+        self.queued = time.perf_counter_ns()
+        self.queue_ns = 0  # from queued to the start of its batch
+        self.infer_ns = 0  # the batch's run of the model
 
 
 class Batcher:
-    def __init__(self, run, max_batch_size, max_queue_delay_s, observe_batch=lambda rows: None):
+    def __init__(self, run, max_batch_size, max_queue_delay_s, executed=lambda rows, input_ns, infer_ns, output_ns: None):
         self._run = run
         self._max_rows = max_batch_size
         self._delay = max_queue_delay_s
-        self._observe = observe_batch
+        self._executed = executed
         self._queue = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
         self._thread.start()
 
     def run(self, feeds):
-        """The model's outputs for these inputs, computed within a batch; blocks until done."""
+        """(the model's outputs for these inputs, computed within a batch; ns queued; ns the batch
+        ran): blocks until done."""
         pending = _Pending(feeds)
         self._queue.put(pending)
         pending.done.wait()
         if pending.error is not None:
             raise pending.error
-        return pending.result
+        return pending.result, pending.queue_ns, pending.infer_ns
 
     def close(self):
         self._queue.put(None)
@@ -62,17 +66,22 @@ class Batcher:
             self._execute(batch, rows)
 
     def _execute(self, batch, rows):
-        self._observe(rows)
+        began = time.perf_counter_ns()
         try:
             if len(batch) == 1:
-                batch[0].result = self._run(batch[0].feeds)
+                feeds = batch[0].feeds
             else:
                 feeds = {name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
-                outputs = self._run(feeds)
-                start = 0
-                for pending in batch:
-                    pending.result = {name: value[start:start + pending.rows] for name, value in outputs.items()}
-                    start += pending.rows
+            joined = time.perf_counter_ns()
+            outputs = self._run(feeds)
+            ran = time.perf_counter_ns()
+            start = 0
+            for pending in batch:
+                pending.queue_ns, pending.infer_ns = began - pending.queued, ran - joined
+                pending.result = outputs if len(batch) == 1 else {
+                    name: value[start:start + pending.rows] for name, value in outputs.items()}
+                start += pending.rows
+            self._executed(rows, joined - began, ran - joined, time.perf_counter_ns() - ran)
         except Exception as exc:  # the runtime's failure belongs to every request of the batch
             for pending in batch:
                 pending.error = exc

@@ -34,7 +34,8 @@ def split_body(body, header_length):
         raise RequestError(f"{HEADER_LENGTH} is not a number", kind="bad_binary") from None
     if not 0 <= size <= len(body):
         raise RequestError(f"{HEADER_LENGTH} is {size} but the body has {len(body)} bytes", kind="bad_binary")
-    return _json(body[:size]), body[size:]
+    view = memoryview(body)  # the binary tail is read in place, not copied
+    return _json(bytes(view[:size])), view[size:]
 
 
 def _json(data):

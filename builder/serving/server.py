@@ -1,6 +1,7 @@
 """The artifact's HTTP server: KServe v2 REST (JSON and binary tensors), image classification for
-recipes with preprocessing and labels, dynamic batching, Prometheus metrics, bearer-token auth,
-integrity check against the manifest, graceful SIGTERM, and a self-test of the stored samples."""
+recipes with preprocessing and labels, dynamic batching, Prometheus metrics, the statistics
+extension (time of each phase of every request), bearer-token auth, integrity check against the
+manifest, graceful SIGTERM, and a self-test of the stored samples."""
 
 import argparse
 import hashlib
@@ -22,12 +23,14 @@ from . import protocol
 from .batching import Batcher
 from .metrics import Metrics
 from .protocol import RequestError
+from .statistics import Statistics
 
 IDLE_TIMEOUT_S = 60.0
 
 
 class Service:
-    """The model behind the routes: inference (batched or not), metadata, classification."""
+    """The model behind the routes: inference (batched or not), metadata, classification, and the
+    statistics of every request that ran the model."""
 
     def __init__(self, model, manifest, settings, labels):
         self.model = model
@@ -36,22 +39,53 @@ class Service:
         self.settings = settings
         self.labels = labels
         self.metrics = Metrics(self.name)
+        self.statistics = Statistics(self.name)
         batching = settings["max_batch_size"] > 1 and all(dims and dims[0] is None for _, dims in model.inputs.values())
         self.batcher = Batcher(model.run, settings["max_batch_size"], settings["max_queue_delay_ms"] / 1e3,
-                               self.metrics.batch) if batching else None
+                               self._executed) if batching else None
+
+    def _executed(self, rows, input_ns, infer_ns, output_ns):
+        self.metrics.batch(rows)
+        self.statistics.executed(rows, input_ns, infer_ns, output_ns)
 
     def run(self, feeds):
+        """(outputs, ns queued for a batch, ns the model ran)."""
         if self.batcher is not None:
             return self.batcher.run(feeds)
-        self.metrics.batch(len(next(iter(feeds.values()))))
-        return self.model.run(feeds)
+        began = time.perf_counter_ns()
+        outputs = self.model.run(feeds)
+        infer_ns = time.perf_counter_ns() - began
+        self._executed(len(next(iter(feeds.values()))), 0, infer_ns, 0)
+        return outputs, 0, infer_ns
+
+    def _inference(self, prepare, answer):
+        """One request through the model: `prepare()` gives (feeds, context), `answer(outputs,
+        context)` the response; the time of each phase goes to the statistics."""
+        began = time.perf_counter_ns()
+        try:
+            feeds, context = prepare()
+            prepared = time.perf_counter_ns()
+            outputs, queue_ns, infer_ns = self.run(feeds)
+            ran = time.perf_counter_ns()
+            response = answer(outputs, context)
+        except Exception:
+            self.statistics.failed(time.perf_counter_ns() - began)
+            raise
+        done = time.perf_counter_ns()
+        self.statistics.succeeded(done - began, queue_ns, prepared - began, infer_ns, done - ran)
+        return response
 
     def infer(self, body, header_length):
-        request, binary = protocol.split_body(body, header_length)
-        feeds = protocol.decode_inputs(request, binary, self.model.inputs, self.settings["allow_nonfinite"])
-        outputs = protocol.requested_outputs(request, self.model.outputs)
-        results = self.run(feeds)
-        return protocol.encode_response(self.name, request.get("id"), results, outputs)
+        def prepare():
+            request, binary = protocol.split_body(body, header_length)
+            feeds = protocol.decode_inputs(request, binary, self.model.inputs, self.settings["allow_nonfinite"])
+            return feeds, (request.get("id"), protocol.requested_outputs(request, self.model.outputs))
+
+        def answer(results, context):
+            request_id, outputs = context
+            return protocol.encode_response(self.name, request_id, results, outputs)
+
+        return self._inference(prepare, answer)
 
     def classify(self, body, query):
         if not self.labels:
@@ -59,31 +93,38 @@ class Service:
         if len(self.model.inputs) != 1:
             raise RequestError("the image route serves one-input models; this one takes "
                                f"{sorted(self.model.inputs)}: use /infer", status=404, kind="not_found")
-        from PIL import Image, UnidentifiedImageError
-
-        from .preprocess import load_image
-
         try:
             top_k = int(query.get("top_k", [self.settings["top_k"]])[0])
         except ValueError:
             raise RequestError("top_k must be a whole number") from None
-        try:
-            pixels = load_image(io.BytesIO(body), self.manifest["config"]["preprocess"])
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise RequestError(f"the body is not a PNG or JPEG image this server can read ({exc})", kind="bad_image") from None
         (name, (dtype, dims)), = self.model.inputs.items()
-        if len(pixels.shape) != len(dims) - 1 or any(d is not None and d != p for d, p in zip(dims[1:], pixels.shape)):
-            raise RequestError(f"the preprocessed image has shape {list(pixels.shape)}; the model takes {dims[1:]}",
-                               kind="bad_image")
-        output = self.manifest["config"]["serving"].get("output") or next(iter(self.model.outputs))
-        scores = self.run({name: pixels[None].astype(dtype)})[output][0].astype(np.float64).reshape(-1)
-        if self.settings["scores"] == "softmax":
-            scores = np.exp(scores - scores.max())
-            scores /= scores.sum()
-        best = np.argsort(-scores)[: max(1, top_k)]
-        predictions = [{"index": int(i), "label": self.labels[i] if i < len(self.labels) else str(i),
-                        "score": float(scores[i])} for i in best]
-        return json.dumps({"model_name": self.name, "predictions": predictions}).encode(), {"Content-Type": "application/json"}
+
+        def prepare():
+            from PIL import Image, UnidentifiedImageError
+
+            from .preprocess import load_image
+
+            try:
+                pixels = load_image(io.BytesIO(body), self.manifest["config"]["preprocess"])
+            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+                raise RequestError(f"the body is not a PNG or JPEG image this server can read ({exc})", kind="bad_image") from None
+            if len(pixels.shape) != len(dims) - 1 or any(d is not None and d != p for d, p in zip(dims[1:], pixels.shape)):
+                raise RequestError(f"the preprocessed image has shape {list(pixels.shape)}; the model takes {dims[1:]}",
+                                   kind="bad_image")
+            return {name: pixels[None].astype(dtype)}, None
+
+        def answer(results, _):
+            output = self.manifest["config"]["serving"].get("output") or next(iter(self.model.outputs))
+            scores = results[output][0].astype(np.float64).reshape(-1)
+            if self.settings["scores"] == "softmax":
+                scores = np.exp(scores - scores.max())
+                scores /= scores.sum()
+            best = np.argsort(-scores)[: max(1, top_k)]
+            predictions = [{"index": int(i), "label": self.labels[i] if i < len(self.labels) else str(i),
+                            "score": float(scores[i])} for i in best]
+            return json.dumps({"model_name": self.name, "predictions": predictions}).encode(), {"Content-Type": "application/json"}
+
+        return self._inference(prepare, answer)
 
     def metadata(self):
         def describe(tensors):
@@ -141,6 +182,7 @@ class Handler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = IDLE_TIMEOUT_S
     disable_nagle_algorithm = True  # headers and body leave at once: no 40 ms delayed-ACK stall per request
+    wbufsize = 1 << 16  # status line, headers and body go out in one send, not one per header and body
 
     def setup(self):
         super().setup()
@@ -172,10 +214,8 @@ class Handler(BaseHTTPRequestHandler):
         if len(self.raw_requestline) > 65536:
             self.requestline, self.request_version, self.command = "", "", ""
             self.send_error(414)
-            return
-        if not self.parse_request():
-            return
-        self._serve()
+        elif self.parse_request():
+            self._serve()
         self.wfile.flush()
         if self.server.stopping:
             self.close_connection = True
@@ -210,6 +250,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(body)
+            self.wfile.flush()
             sent = len(body)
         except OSError:
             kind = kind or "disconnected"
@@ -232,8 +273,11 @@ class Handler(BaseHTTPRequestHandler):
         if self.command == "GET" and path == "/metrics":
             return "metrics", service.metrics.render().encode(), {"Content-Type": "text/plain; version=0.0.4"}
         if self.command == "GET" and path == "/v2":
-            meta = {"name": "mdbuild-serve", "version": service.manifest["mdbuild"], "extensions": ["binary_tensor_data"]}
+            meta = {"name": "mdbuild-serve", "version": service.manifest["mdbuild"],
+                    "extensions": ["binary_tensor_data", "statistics"]}
             return "metadata", json.dumps(meta).encode(), {"Content-Type": "application/json"}
+        if self.command == "GET" and path in ("/v2/models/stats", model_path + "/stats", model_path + "/versions/1/stats"):
+            return "statistics", json.dumps(service.statistics.render()).encode(), {"Content-Type": "application/json"}
         if self.command == "GET" and path in (model_path, model_path + "/versions/1"):
             return "metadata", json.dumps(service.metadata()).encode(), {"Content-Type": "application/json"}
         if self.command == "POST" and path in (model_path + "/infer", model_path + "/versions/1/infer"):
