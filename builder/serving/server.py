@@ -138,6 +138,9 @@ class Service:
 class Server(ThreadingHTTPServer):
     daemon_threads = False  # server_close() waits for requests in flight
     block_on_close = True
+    # socketserver's listen backlog of 5 overflows when a load balancer opens connections in a
+    # burst: each dropped handshake costs the client a 1 s SYN retransmit (64 at once took 3-9 s).
+    request_queue_size = 1024
 
     def __init__(self, address, service, token, grace_s=30.0):
         self.service = service
