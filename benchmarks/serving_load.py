@@ -87,14 +87,16 @@ def overhead_ms(local: Callable[[], None], served: Callable[[], None], rounds: i
 
 
 def server_stats(port: int, model: str) -> dict:
+    """The model's entry of the server's statistics extension."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     connection.request("GET", f"/v2/models/{model}/stats")
-    return json.loads(connection.getresponse().read())["model_stats"][0]["inference_stats"]
+    return json.loads(connection.getresponse().read())["model_stats"][0]
 
 
 def overhead_breakdown(before: dict, after: dict, client_mean_ms: float) -> str:
     """The server's own cost per request over a load run: the client's mean latency minus the
     model's mean run time, both sides measured on the same requests (statistics extension)."""
+    before, after = before["inference_stats"], after["inference_stats"]
     count = after["success"]["count"] - before["success"]["count"]
     mean = {key: (after[key]["ns"] - before[key]["ns"]) / count / 1e6 for key in after}
     overhead = client_mean_ms - mean["compute_infer"]
@@ -219,16 +221,20 @@ def main() -> None:
                     proc, port = start(artifact, *flags)
                     try:
                         load(port, path, body, headers, 16, 1.0)  # warm-up: threads, connections, buffers
+                        before = server_stats(port, manifest["recipe"])
                         runs[mode].append(load(port, path, body, headers, 16, args.seconds))
+                        after = server_stats(port, manifest["recipe"])
+                        runs[mode][-1]["rows"] = ((after["inference_count"] - before["inference_count"])
+                                                  / (after["execution_count"] - before["execution_count"]))
                     finally:
                         proc.terminate()
                         proc.wait()
             unbatched = statistics.median(r["throughput"] for r in runs["no batching"])
             for mode, results in runs.items():
                 rate = statistics.median(r["throughput"] for r in results)
-                p50, p99 = (statistics.median(r[key] for r in results) for key in ("p50", "p99"))
+                p50, p99, rows = (statistics.median(r[key] for r in results) for key in ("p50", "p99", "rows"))
                 ratio = "" if mode == "no batching" else f"  -> {rate / unbatched:.2f}x of no batching (goal >= 1.3)"
-                print(f"  c=16 {mode:<13} {rate:7.1f} req/s  p50 {p50:7.2f}  p99 {p99:7.2f} ms{ratio}")
+                print(f"  c=16 {mode:<13} {rate:7.1f} req/s  p50 {p50:7.2f}  p99 {p99:7.2f} ms  rows/run {rows:4.1f}{ratio}")
 
 
 def batch_gain(artifact: Path, model, feeds, manifest) -> None:
