@@ -102,7 +102,7 @@ def overhead_breakdown(before: dict, after: dict, client_mean_ms: float) -> str:
     overhead = client_mean_ms - mean["compute_infer"]
     return (f"overhead {overhead:.2f} ms per request = client {client_mean_ms:.2f} - model {mean['compute_infer']:.2f} "
             f"(decode {mean['compute_input']:.2f}, queue {mean['queue']:.2f}, encode {mean['compute_output']:.2f}, "
-            f"HTTP both sides {client_mean_ms - mean['success']:.2f})")
+            f"HTTP both sides and hand-offs {client_mean_ms - mean['success']:.2f})")
 
 
 def batch_rates(model, feeds, sizes=(1, 4, 8, 16), rounds: int = 4, seconds: float = 1.0) -> dict[int, float]:

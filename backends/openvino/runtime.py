@@ -7,6 +7,13 @@ import threading
 import numpy as np
 import openvino
 
+# OpenVINO's Python binding initialises C++ function-local statics during the first inference of a
+# process while holding the GIL: two threads racing through it deadlock the whole process (seen: a
+# new server's first 16 concurrent requests). The first inference goes through alone; the others
+# wait on this lock, which releases the GIL.
+_FIRST_INFERENCE = threading.Lock()
+_FIRST_DONE = threading.Event()
+
 _OV_TYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i64": "int64", "i32": "int32",
              "i8": "int8", "u8": "uint8", "boolean": "bool"}
 
@@ -33,18 +40,12 @@ class LoadedModel:
         self.outputs = {p.get_any_name(): (_OV_TYPES.get(p.get_element_type().get_type_name(), "float32"), _dims(p))
                         for p in self.compiled.outputs}
         self._local = threading.local()
-        self._first = threading.Lock()
-        self._warm = False
 
     def run(self, feeds, output_names=None):
-        if not self._warm:
-            # OpenVINO's Python binding initialises C++ function-local statics during the first
-            # inference of a process while holding the GIL: two threads racing through it deadlock
-            # the whole process (seen: a new server's first 16 concurrent requests). The first run
-            # goes through alone; the others wait on this lock, which releases the GIL.
-            with self._first:
+        if not _FIRST_DONE.is_set():
+            with _FIRST_INFERENCE:
                 outputs = self._run(feeds, output_names)
-                self._warm = True
+                _FIRST_DONE.set()
                 return outputs
         return self._run(feeds, output_names)
 

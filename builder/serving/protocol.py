@@ -34,8 +34,7 @@ def split_body(body, header_length):
         raise RequestError(f"{HEADER_LENGTH} is not a number", kind="bad_binary") from None
     if not 0 <= size <= len(body):
         raise RequestError(f"{HEADER_LENGTH} is {size} but the body has {len(body)} bytes", kind="bad_binary")
-    view = memoryview(body)  # the binary tail is read in place, not copied
-    return _json(bytes(view[:size])), view[size:]
+    return _json(body[:size]), body[size:]
 
 
 def _json(data):

@@ -93,10 +93,6 @@ class Service:
         if len(self.model.inputs) != 1:
             raise RequestError("the image route serves one-input models; this one takes "
                                f"{sorted(self.model.inputs)}: use /infer", status=404, kind="not_found")
-        try:
-            top_k = int(query.get("top_k", [self.settings["top_k"]])[0])
-        except ValueError:
-            raise RequestError("top_k must be a whole number") from None
         (name, (dtype, dims)), = self.model.inputs.items()
 
         def prepare():
@@ -105,15 +101,19 @@ class Service:
             from .preprocess import load_image
 
             try:
+                top_k = int(query.get("top_k", [self.settings["top_k"]])[0])
+            except ValueError:
+                raise RequestError("top_k must be a whole number") from None
+            try:
                 pixels = load_image(io.BytesIO(body), self.manifest["config"]["preprocess"])
             except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
                 raise RequestError(f"the body is not a PNG or JPEG image this server can read ({exc})", kind="bad_image") from None
             if len(pixels.shape) != len(dims) - 1 or any(d is not None and d != p for d, p in zip(dims[1:], pixels.shape)):
                 raise RequestError(f"the preprocessed image has shape {list(pixels.shape)}; the model takes {dims[1:]}",
                                    kind="bad_image")
-            return {name: pixels[None].astype(dtype)}, None
+            return {name: pixels[None].astype(dtype)}, top_k
 
-        def answer(results, _):
+        def answer(results, top_k):
             output = self.manifest["config"]["serving"].get("output") or next(iter(self.model.outputs))
             scores = results[output][0].astype(np.float64).reshape(-1)
             if self.settings["scores"] == "softmax":
@@ -185,7 +185,6 @@ class Handler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = IDLE_TIMEOUT_S
     disable_nagle_algorithm = True  # headers and body leave at once: no 40 ms delayed-ACK stall per request
-    wbufsize = 1 << 16  # status line, headers and body go out in one send, not one per header and body
 
     def setup(self):
         super().setup()
@@ -217,8 +216,10 @@ class Handler(BaseHTTPRequestHandler):
         if len(self.raw_requestline) > 65536:
             self.requestline, self.request_version, self.command = "", "", ""
             self.send_error(414)
-        elif self.parse_request():
-            self._serve()
+            return
+        if not self.parse_request():
+            return
+        self._serve()
         self.wfile.flush()
         if self.server.stopping:
             self.close_connection = True
@@ -253,7 +254,6 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(body)
-            self.wfile.flush()
             sent = len(body)
         except OSError:
             kind = kind or "disconnected"
@@ -289,12 +289,6 @@ class Handler(BaseHTTPRequestHandler):
             return "classify", *service.classify(self._body(service), parse_qs(url.query))
         raise RequestError(f"no route {self.command} {url.path}; the model is at {model_path}", status=404, kind="not_found")
 
-    def do_GET(self):
-        self._serve()
-
-    def do_POST(self):
-        self._serve()
-
     def _authorize(self):
         token = self.server.token
         if token and not hmac.compare_digest(self.headers.get("Authorization", ""), f"Bearer {token}"):
@@ -314,7 +308,11 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise RequestError(f"the body of {length} bytes exceeds the limit of {service.settings['max_body_bytes']}",
                                status=413, kind="too_large")
-        body = self.rfile.read(length)
+        try:
+            body = self.rfile.read(length)
+        except OSError:
+            self.close_connection = True
+            raise RequestError("the connection closed while the body was read", kind="disconnected") from None
         self.body_read = True
         if len(body) != length:
             self.close_connection = True

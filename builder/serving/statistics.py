@@ -1,7 +1,10 @@
 """The KServe v2 statistics extension, as Triton defines it: GET /v2/models/<name>/stats answers the
 cumulative count and nanoseconds of successful and failed requests, time queued for a batch, and
 time spent preparing inputs, running the model and encoding outputs, per request and per batch
-size. Client-side latency minus compute_infer is the server's own overhead."""
+size. Client-side latency minus compute_infer is the server's own overhead. An /infer or /classify
+request counts once its body is read and the route serves this model: `fail` holds those that then
+failed (inputs, model or encoding); requests refused earlier (route, token, body size, an image
+route the model lacks) are only in /metrics."""
 
 import threading
 import time
