@@ -60,24 +60,23 @@ class Served:
         self.proc.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def heads(tmp_path_factory, two_heads_onnx):
+def _build_heads(tmp_path_factory, two_heads_onnx, *overrides: str) -> Path:
     from conftest import Workspace
 
     root = tmp_path_factory.mktemp("serving")
     workspace = Workspace(root / "work", root / "cache")
     workspace.recipe("heads", onnx_recipe(two_heads_onnx))
-    return workspace.run("+recipe=heads", *QUICK, "serving.max_batch_size=8").artifact
+    return workspace.run("+recipe=heads", *QUICK, *overrides).artifact
+
+
+@pytest.fixture(scope="module")
+def heads(tmp_path_factory, two_heads_onnx):
+    return _build_heads(tmp_path_factory, two_heads_onnx, "serving.max_batch_size=8")
 
 
 @pytest.fixture(scope="module")
 def heads_openvino(tmp_path_factory, two_heads_onnx):
-    from conftest import Workspace
-
-    root = tmp_path_factory.mktemp("serving-ov")
-    workspace = Workspace(root / "work", root / "cache")
-    workspace.recipe("heads", onnx_recipe(two_heads_onnx))
-    return workspace.run("+recipe=heads", *QUICK, "target=openvino_fp32").artifact
+    return _build_heads(tmp_path_factory, two_heads_onnx, "target=openvino_fp32")
 
 
 @pytest.fixture(scope="module")
