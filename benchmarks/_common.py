@@ -61,17 +61,25 @@ def torch_eager(manifest: dict, feeds: dict, workdir: Path) -> Callable[[], None
     return run
 
 
-def p50_interleaved(runners: dict[str, Callable[[], object]], rounds: int, per_round: int = 20) -> dict[str, float]:
-    """Median latency (ms) of each candidate, alternating blocks of runs so that load from other
-    tenants of the machine falls on all of them alike."""
+def interleaved(runners: dict[str, Callable[[], object]], rounds: int, per_round: int = 20) -> dict[str, list[list[float]]]:
+    """Latencies (ms) of each candidate, round by round: blocks of runs alternate so that load from
+    other tenants of the machine falls on all of them alike."""
     for run in runners.values():
         for _ in range(10):
             run()
-    samples: dict[str, list[float]] = {name: [] for name in runners}
+    samples: dict[str, list[list[float]]] = {name: [] for name in runners}
     for _ in range(rounds):
         for name, run in runners.items():
+            block = []
             for _ in range(per_round):
                 begin = time.perf_counter()
                 run()
-                samples[name].append((time.perf_counter() - begin) * 1e3)
-    return {name: statistics.median(values) for name, values in samples.items()}
+                block.append((time.perf_counter() - begin) * 1e3)
+            samples[name].append(block)
+    return samples
+
+
+def p50_interleaved(runners: dict[str, Callable[[], object]], rounds: int, per_round: int = 20) -> dict[str, float]:
+    """Median latency (ms) of each candidate over all its interleaved runs."""
+    samples = interleaved(runners, rounds, per_round)
+    return {name: statistics.median(t for block in blocks for t in block) for name, blocks in samples.items()}

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from _common import artifacts, load_artifact, mdbuild
+from _common import artifacts, interleaved, load_artifact, mdbuild
 
 
 def binary_body(feeds) -> tuple[bytes, dict]:
@@ -67,21 +67,10 @@ def load(port: int, path: str, body: bytes, headers: dict, clients: int, seconds
 
 
 def overhead_ms(local: Callable[[], None], served: Callable[[], None], rounds: int = 12, per_round: int = 10) -> tuple[float, float, float]:
-    """(in-process p50, server p50, server overhead) in ms. Blocks of runs alternate; the overhead is
-    the median of each round's difference, so a slow spell of the machine falls on both sides."""
-    for run in (local, served, local, served):
-        run()
-    rows = []
-    for _ in range(rounds):
-        medians = []
-        for run in (local, served):
-            times = []
-            for _ in range(per_round):
-                begin = time.perf_counter()
-                run()
-                times.append((time.perf_counter() - begin) * 1e3)
-            medians.append(statistics.median(times))
-        rows.append(medians)
+    """(in-process p50, server p50, server overhead) in ms. The overhead is the median of each
+    round's difference, so a slow spell of the machine falls on both sides."""
+    samples = interleaved({"local": local, "served": served}, rounds, per_round)
+    rows = [(statistics.median(a), statistics.median(b)) for a, b in zip(samples["local"], samples["served"])]
     return (statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows),
             statistics.median(r[1] - r[0] for r in rows))
 

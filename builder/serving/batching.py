@@ -22,7 +22,8 @@ class _Pending:
 
 
 class Batcher:
-    def __init__(self, run, max_batch_size, max_queue_delay_s, executed=lambda rows, input_ns, infer_ns, output_ns: None):
+    def __init__(self, run, max_batch_size, max_queue_delay_s, executed):
+        """`executed(rows, input_ns, infer_ns, output_ns)` hears of every run of the model."""
         self._run = run
         self._max_rows = max_batch_size
         self._delay = max_queue_delay_s

@@ -25,6 +25,7 @@ class Statistics:
     def __init__(self, model_name):
         self._lock = threading.Lock()
         self._name = model_name
+        # cache_hit stays 0: there is no response cache; the schema has the field.
         self._inference = {key: _duration() for key in ("success", "fail", "queue", *PHASES, "cache_hit")}
         self._batches = {}  # rows -> {phase: duration}
         self._inferences = 0
