@@ -15,6 +15,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+def print_host() -> None:
+    """The CPU the figures come from: its model and the flags that change numerics and speed."""
+    from builder.versions import describe_cpu
+
+    print(f"cpu: {describe_cpu()}")
+
+
 def mdbuild(args: list[str], cwd: Path, cache: Path) -> tuple[float, str]:
     """(wall seconds, stdout) of one mdbuild run; exits on failure."""
     env = {**os.environ, "MDBUILD_CACHE_DIR": str(cache)}

@@ -11,7 +11,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from _common import artifacts, load_artifact, mdbuild, p50_interleaved, torch_eager
+from _common import artifacts, load_artifact, mdbuild, p50_interleaved, print_host, torch_eager
 
 
 def main() -> None:
@@ -22,6 +22,7 @@ def main() -> None:
     args = parser.parse_args()
     build_args = [f"+recipe={args.recipe}", f"target={args.target}"]
 
+    print_host()
     with tempfile.TemporaryDirectory() as scratch:
         workdir, cache = Path(scratch) / "work", Path(scratch) / "cache"
         workdir.mkdir()

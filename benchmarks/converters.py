@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import artifacts, mdbuild
+from _common import artifacts, mdbuild, print_host
 
 CANDIDATES = {
     # name: (framework, what is measured)
@@ -37,6 +37,7 @@ def main() -> None:
     if args.probe:
         print("RESULT=" + json.dumps(_probe(*args.probe)))
         return
+    print_host()
     with tempfile.TemporaryDirectory() as scratch:
         workdir, cache = Path(scratch) / "work", Path(scratch) / "cache"
         workdir.mkdir()

@@ -12,9 +12,9 @@ import json
 import tempfile
 from pathlib import Path
 
-from _common import artifacts, load_artifact, mdbuild, p50_interleaved, torch_eager
+from _common import artifacts, load_artifact, mdbuild, p50_interleaved, print_host, torch_eager
 
-TARGETS = ["onnxruntime_fp32", "onnxruntime_int8", "openvino_fp32", "openvino_fp16", "openvino_int8"]
+TARGETS = ["onnxruntime_fp32", "onnxruntime_int8", "openvino_fp32", "openvino_fp16", "openvino_bf16", "openvino_int8"]
 GOALS = {"openvino_int8": 0.35, "onnxruntime_int8": 0.5, "onnxruntime_fp32": 0.7}
 
 
@@ -23,6 +23,7 @@ def main() -> None:
     parser.add_argument("--recipe", default="resnet50")
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
+    print_host()
     with tempfile.TemporaryDirectory() as scratch:
         workdir, cache = Path(scratch) / "work", Path(scratch) / "cache"
         workdir.mkdir()
@@ -37,11 +38,13 @@ def main() -> None:
         runners["torch eager fp32"] = torch_eager(manifest, feeds, workdir)
         medians = p50_interleaved(runners, rounds=args.rounds)
         eager = medians.pop("torch eager fp32")
-        print(f"{'target':<18} {'p50 ms':>8} {'/ eager':>8} {'goal':>6}  rel_l2    cosine")
+        print(f"{'target':<18} {'p50 ms':>8} {'/ eager':>8} {'goal':>6}  rel_l2    cosine   computed in")
         for target, value in medians.items():
             metrics = next(iter(reports[target]["outputs"].values()))["metrics"]
             goal = f"{GOALS[target]:.2f}" if target in GOALS else "-"
-            print(f"{target:<18} {value:8.2f} {value / eager:8.3f} {goal:>6}  {metrics['rel_l2']:.2e}  {metrics['min_cosine']:.5f}")
+            computed = (reports[target].get("compute") or {}).get("precision", "graph types")
+            print(f"{target:<18} {value:8.2f} {value / eager:8.3f} {goal:>6}  {metrics['rel_l2']:.2e}  "
+                  f"{metrics['min_cosine']:.5f}  {computed}")
         print(f"{'torch eager fp32':<18} {eager:8.2f} {1:8.3f}")
 
 

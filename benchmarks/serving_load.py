@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from _common import artifacts, interleaved, load_artifact, mdbuild
+from _common import artifacts, interleaved, load_artifact, mdbuild, print_host
 
 
 def binary_body(feeds) -> tuple[bytes, dict]:
@@ -172,6 +172,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="length of each load run")
     parser.add_argument("--rounds", type=int, default=3, help="alternations of batching off and on at 16 clients")
     args = parser.parse_args()
+    print_host()
     with tempfile.TemporaryDirectory() as scratch:
         workdir, cache = Path(scratch) / "work", Path(scratch) / "cache"
         workdir.mkdir()

@@ -52,7 +52,9 @@ def _run_mode(plan: Plan, cache: Cache, console: Console, run_dir: Path | None) 
         print_plan(plan, cache, console)
         return None
     if mode == "check":
-        path, count = check_lock(plan, cache)
+        path, count, note = check_lock(plan, cache)
+        if note:
+            console.line(f"note: {note}")
         console.line(f"lock check passed: {count} steps of {spec.recipe}/{spec.target['name']} match {path}")
         return None
     get_source(spec.model).require()
@@ -104,6 +106,9 @@ def _report_line(artifact: Path) -> str | None:
     evaluation = report.get("evaluation")
     if evaluation:
         parts.append(f"{evaluation['metric']} {evaluation['artifact_score']:.2f} (source {evaluation['source_score']:.2f})")
+    if report.get("compute"):
+        parts.insert(0, f"computed in {report['compute']['words']}")
+    parts.insert(0, f"tolerances {report['tolerance_level']}")
     latency = report["latency"]
     line = (f"verify: {'passed' if report['passed'] else 'FAILED'} · " + " · ".join(parts)
             + f" · p50 {latency['p50_ms']:.2f} ms, p99 {latency['p99_ms']:.2f} ms")

@@ -27,7 +27,7 @@ def data_files(spec: BuildSpec, section: str) -> dict[str, Path]:
 
     data = spec.config[section]
     if section == "serving":  # the labels file of the image route
-        return {"labels": _existing(spec, data["labels"], "serving.labels")} if data["labels"] else {}
+        return {"labels": spec.existing_path(data["labels"], "serving.labels")} if data["labels"] else {}
     if data["source"] is None:
         return {}
     if data["source"] not in SOURCES or (section == "evaluation" and data["source"] == "random"):
@@ -36,20 +36,13 @@ def data_files(spec: BuildSpec, section: str) -> dict[str, Path]:
     if data["source"] in ("npz", "images"):
         if not data["path"]:
             raise MdbuildError(f"a {data['source']} data set needs a path", f"{section}.path", "set it to the file or folder")
-        return {f"{section}_data": _existing(spec, data["path"], f"{section}.path")}
+        return {f"{section}_data": spec.existing_path(data["path"], f"{section}.path")}
     if data["source"] == "factory":
         if not data["factory"]:
             raise MdbuildError("a factory data set needs an import path", f"{section}.factory", "set it to package.module.function")
         code = local_code(data["factory"], spec.workdir)
         return {f"{section}_code": code} if code else {}
     return {}
-
-
-def _existing(spec: BuildSpec, value: str, key: str) -> Path:
-    path = spec.resolve_path(value)
-    if not path.exists():
-        raise MdbuildError(f"not found: {path}", key, "check the path (relative to where mdbuild runs)")
-    return path
 
 
 def load(spec: BuildSpec, section: str) -> tuple[dict[str, Any], Any]:

@@ -3,7 +3,8 @@
 One JSON file per recipe, one entry per target: the resolved-config hash, and for every step its
 key, the description the key was computed from, and the digest of its output. `mode=check` recomputes
 the keys (using the locked digests of upstream outputs, so nothing is built) and names the first step
-that differs and why.
+that differs and why. Steps whose output depends on the host (verify, package) are compared as if run
+on the host that wrote the lock: a lock checks on any machine, and the check says where hosts differ.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from builder.errors import MdbuildError
 from builder.execute import StepResult, describe, step_key
 from builder.hashing import canonical_json, sha256_text
 from builder.plan import Plan
-from builder.reasons import explain
+from builder.reasons import changed_keys, explain
 from builder.spec import BuildSpec
 
 LOCK_SCHEMA = 1
@@ -68,8 +69,9 @@ def write_lock(spec: BuildSpec, results: dict[str, StepResult]) -> Path:
     return path
 
 
-def check_lock(plan: Plan, cache: Cache) -> tuple[Path, int]:
-    """Raises MdbuildError naming the first step that differs from the lock; returns (path, steps)."""
+def check_lock(plan: Plan, cache: Cache) -> tuple[Path, int, str | None]:
+    """Raises MdbuildError naming the first step that differs from the lock; returns (path, steps,
+    a note naming the host-dependent steps that were locked on another host, or None)."""
     spec = plan.spec
     path = lock_path(spec)
     if not path.is_file():
@@ -80,14 +82,23 @@ def check_lock(plan: Plan, cache: Cache) -> tuple[Path, int]:
                            "build this target once to add it to the lock")
     locked = {step["id"]: step for step in entry["steps"]}
     digests: dict[str, str] = {}
+    elsewhere: dict[str, list[str]] = {}
     for node in plan.steps:
         step = locked.get(node.id)
         description = describe(node, digests, cache)
         if step is None:
             raise MdbuildError(f"lock check failed at step '{node.id}': the lock has no such step", str(path),
                                "rebuild to update the lock")
+        if node.host_dependent and step["description"].get("host") != description["host"]:
+            elsewhere[node.id] = changed_keys(step["description"].get("host"), description["host"])
+            description["host"] = step["description"].get("host")
         if step_key(description) != step["key"]:
             raise MdbuildError(f"lock check failed at step '{node.id}': {explain(step['description'], description)}",
                                str(path), "rebuild to update the lock if the change is intended, else revert it")
         digests[node.id] = step["output_digest"]
-    return path, len(plan.steps)
+    note = None
+    if elsewhere:
+        differences = sorted({key for keys in elsewhere.values() for key in keys})
+        note = (f"{', '.join(elsewhere)} were locked on another host (differs in {', '.join(differences)}) and were "
+                f"checked as built there; their outputs on this host may differ")
+    return path, len(plan.steps), note

@@ -21,7 +21,7 @@ from builder import serving as serving_package
 from builder.resources import resource_dir
 from builder.sources import factory_libraries, get_source, local_code, source_files
 from builder.spec import BuildSpec
-from builder.transforms import resolve_transforms, verification_level
+from builder.transforms import lossiest, resolve_transforms, verification_level
 
 # Keys of the model section that change the exported ONNX graph / the reference outputs.
 _EXPORT_KEYS = ("source", "factory", "kwargs", "seed", "inputs", "outputs", "dims", "opset", "exporter")
@@ -61,6 +61,9 @@ def make_plan(spec: BuildSpec) -> Plan:
     config, model, target = spec.config, spec.model, spec.target
     source = get_source(model)
     backend = get_backend(target["backend"])
+    if target["precision"] not in backend.precisions:
+        raise MdbuildError(f"{backend.name} does not build precision '{target['precision']}'", "target.precision",
+                           f"choose one of: {', '.join(backend.precisions)}")
     transforms = resolve_transforms(config)
     files = source_files(spec)
     code_versions = factory_libraries(model, spec.workdir)
@@ -128,6 +131,7 @@ def make_plan(spec: BuildSpec) -> Plan:
         steps.append(transform_node(transform, {"compiled": previous}))
         previous = transform.name
     level = verification_level(config, transforms)
+    _require_tolerances(config, level)
     steps.append(StepNode(
         id="verify", run="builder.steps.verify:run", version=1,
         config={"target": _pick(target, ("name", "precision")), "verify": config["verify"], "level": level,
@@ -145,6 +149,15 @@ def make_plan(spec: BuildSpec) -> Plan:
         host_dependent=True, isolated=backend.isolated,
     ))
     return Plan(spec, tuple(steps))
+
+
+def _require_tolerances(config: dict[str, Any], level: str) -> None:
+    """Limits for the level the build stores and, for a target that may compute in a lower
+    precision than it stores (fp16 on a CPU with f16 arithmetic, bf16), for that one too."""
+    for needed in sorted({level, lossiest([level, config["target"]["precision"]])}):
+        if needed not in config["verify"]["tolerances"]:
+            raise MdbuildError(f"no tolerances for level '{needed}'", f"verify.tolerances.{needed}",
+                               "add max_rel_l2 / min_cosine limits for it (conf/verify/default.yaml has defaults)")
 
 
 def _compile_code(backend) -> dict[str, Path]:

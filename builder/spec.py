@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from builder.errors import MdbuildError
 
 
 _RUN_ONLY = ("mode", "traceback", "cache", "output", "lock")
@@ -32,5 +35,35 @@ class BuildSpec:
         return {key: value for key, value in self.config.items() if key not in _RUN_ONLY}
 
     def resolve_path(self, value: str) -> Path:
+        """A path as the recipe gives it: absolute, relative to the directory mdbuild runs in, or
+        `pkg://package.module/file` inside an installed Python package (found without importing it)."""
+        if value.startswith(PACKAGE_SCHEME):
+            return package_path(value[len(PACKAGE_SCHEME):])
         path = Path(value).expanduser()
         return path if path.is_absolute() else self.workdir / path
+
+    def existing_path(self, value: str, key: str) -> Path:
+        """resolve_path for a file the build reads; one that is not there is an error naming the key."""
+        path = self.resolve_path(value)
+        if not path.exists():
+            if value.startswith(PACKAGE_SCHEME):
+                raise MdbuildError(f"file not found: {value}", key, "check that the package is installed and holds the file")
+            raise MdbuildError(f"file not found: {path}", key, "check the path (relative paths start in the directory mdbuild runs in)")
+        return path
+
+
+PACKAGE_SCHEME = "pkg://"
+
+
+def package_path(reference: str) -> Path:
+    """`package.module/relative/file` -> the file in that package's directory. Only the top-level
+    package is looked up (never imported)."""
+    module, _, relative = reference.partition("/")
+    top, *subpackages = module.split(".")
+    try:
+        found = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        return Path(reference)  # relative: not a file of this package
+    return Path(list(found.submodule_search_locations)[0]).joinpath(*subpackages, relative)

@@ -21,7 +21,8 @@ def job_result(spec, artifact: Path | None, run_dir: Path, error: str | None) ->
     latency = report.get("latency", {})
     return {
         "recipe": spec.recipe, "target": spec.target["name"], "backend": spec.target["backend"],
-        "precision": spec.target["precision"], "passed": error is None,
+        "precision": spec.target["precision"], "computed": (report.get("compute") or {}).get("precision"),
+        "passed": error is None,
         "score": evaluation.get("artifact_score"), "source_score": evaluation.get("source_score"),
         "metric": evaluation.get("metric"),
         "rel_l2": max((o["metrics"]["rel_l2"] for o in outputs.values()), default=None),
@@ -50,7 +51,7 @@ def write_summary(sweep_dir: Path) -> list[Path]:
     return written
 
 
-_COLUMNS = [("target", "target"), ("precision", "precision"), ("score", "accuracy"), ("rel_l2", "rel L2"),
+_COLUMNS = [("target", "target"), ("precision", "precision"), ("computed", "computed in"), ("score", "accuracy"), ("rel_l2", "rel L2"),
             ("min_cosine", "min cosine"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
             ("throughput_per_s", "items/s"), ("model_bytes", "size MB"), ("passed", "passed")]
 

@@ -64,6 +64,20 @@ class Workspace:
         return sorted((self.cache / "entries").glob("*/*")) if (self.cache / "entries").is_dir() else []
 
 
+def pytest_report_header(config) -> list[str]:
+    """What the suite ran on, at the top of every log: numerics differ between CPU kinds."""
+    from builder.versions import describe_cpu
+
+    lines = [f"cpu: {describe_cpu()}"]
+    try:
+        import openvino
+
+        lines.append("openvino CPU capabilities: " + ", ".join(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")))
+    except ImportError:
+        pass
+    return lines
+
+
 @pytest.fixture
 def workspace(tmp_path: Path) -> Workspace:
     return Workspace(tmp_path / "work", tmp_path / "cache")

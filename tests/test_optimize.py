@@ -59,8 +59,8 @@ def test_artifacts_hold_the_backends_model_formats(digits_sweep):
     fp16_bin = (artifacts["digits-openvino_fp16"] / "model_repository" / "digits" / "1" / "model.bin").stat().st_size
     assert fp16_bin < 0.6 * fp32_bin
     runtime = read_json(artifacts["digits-openvino_fp16"] / "manifest.json")["runtime"]
-    assert runtime["inference_precision"] == "f16" and runtime["performance_hint"] == "latency"
-    assert read_json(artifacts["digits-openvino_fp32"] / "manifest.json")["runtime"]["inference_precision"] == "f32"
+    assert runtime["compute_precisions"] == ["f16", "f32"] and runtime["performance_hint"] == "latency"
+    assert read_json(artifacts["digits-openvino_fp32"] / "manifest.json")["runtime"]["compute_precisions"] == ["f32"]
     assert "openvino==" in (artifacts["digits-openvino_int8"] / "requirements.txt").read_text()
     int8 = read_json(artifacts["digits-onnxruntime_int8"] / "report.json")
     record = int8["optimizations"][0]
@@ -80,7 +80,7 @@ def test_the_sweep_summary_tables_and_plots_every_job(digits_sweep):
     assert [row["target"] for row in rows] == CPU_TARGETS
     assert all(row["passed"] and row["p50_ms"] > 0 and row["score"] > 95 and row["model_bytes"] > 0 for row in rows)
     markdown = (sweep / "summary.md").read_text()
-    assert "| target | precision | accuracy |" in markdown and "openvino_int8 | int8" in markdown
+    assert "| target | precision | computed in | accuracy |" in markdown and "openvino_int8 | int8" in markdown
     page = (sweep / "summary.html").read_text()
     assert page.count("<circle") == 5 and "p50 latency (ms)" in page
     assert (sweep / "summary.svg").read_text().count("<circle") == 5 and "(summary.svg)" in markdown
@@ -118,7 +118,12 @@ def test_absurd_pruning_fails_the_build_naming_the_metric(workspace):
     result = workspace.run("+recipe=digits", *QUICK, "target=onnxruntime_fp32", "optimize=[prune]",
                            "prune.amount=0.97", check=False)
     assert result.code == 1
-    assert re.search(r"evaluation\.max_drop: verification failed: .*top1 on the labelled set fell from 97\.96 to \d", result.stderr)
+    kept = workspace.root / re.search(r"report kept in (\S+)\)", result.stderr).group(1) / "report.json"
+    evaluation = read_json(kept)["evaluation"]
+    assert evaluation["source_score"] > 95 and evaluation["drop"] > 1
+    assert (f"evaluation.max_drop: verification failed: " in result.stderr and
+            f"top1 on the labelled set fell from {evaluation['source_score']:.2f} to {evaluation['artifact_score']:.2f}"
+            in result.stderr)
     assert "lower prune.amount" in result.stderr
 
 
@@ -210,7 +215,7 @@ def test_digits_training_is_deterministic_and_splits_do_not_overlap():
     indices = digits.split_indices(1797)
     assert sorted(np.concatenate(list(indices.values())).tolist()) == list(range(1797))
     assert [len(part) for part in indices.values()] == [1078, 179, 540]
-    first, second = digits.trained_cnn().state_dict(), digits.trained_cnn().state_dict()
+    first, second = digits.train_cnn().state_dict(), digits.train_cnn().state_dict()
     assert all(torch.equal(first[key], second[key]) for key in first)
 
 
@@ -219,7 +224,7 @@ def test_a_sweep_over_precisions_by_override(workspace):
                            "hardware.performance_hint=throughput", "hardware.streams=2")
     artifacts = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("artifact: ")]
     runtimes = [read_json(Path(a) / "manifest.json")["runtime"] for a in artifacts]
-    assert [r["inference_precision"] for r in runtimes] == ["f32", "f16"]
+    assert [r["compute_precisions"] for r in runtimes] == [["f32"], ["f16", "f32"]]
     assert all(r["performance_hint"] == "throughput" and r["streams"] == 2 for r in runtimes)
     assert _steps(result, "export") == ["running", "cached"]
 

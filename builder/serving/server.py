@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from . import protocol
+from .accuracy import compare, judge
 from .batching import Batcher
 from .metrics import Metrics
 from .protocol import RequestError
@@ -335,20 +336,38 @@ def check_files(here, manifest):
     return None
 
 
-def selftest(here, model, tolerance):
-    """Reruns the stored verification samples; True when every output still matches the build's."""
+def selftest(here, model, tolerance, verification):
+    """Reruns the stored verification samples; True when every output passes. Where this host computes
+    in the precision the build verified, each output must match the build's own outputs (rel L2 at most
+    `tolerance`); where it computes in another one (an fp16 artifact on a CPU with float16 arithmetic),
+    each must stay within that precision's verification limits of the source model's outputs."""
     samples = np.load(here / "samples.npz")
     names = [key.split("/", 1)[1] for key in samples.files if key.startswith("artifact/")]
     inputs = {key.split("/", 1)[1]: samples[key] for key in samples.files if key.startswith("input/")}
     count = len(next(iter(inputs.values())))
+    built, computed = verification.get("compute"), getattr(model, "compute", None)
+    limits = None
+    if built and computed and computed["precision"] != built["precision"]:
+        limits = (verification.get("limits_by_compute") or {}).get(computed["precision"])
+        print(f"selftest: this host computes in {computed['words']}; the build verified {built['words']}")
+        if limits is None:
+            print("selftest: the manifest has no limits for this precision: MISMATCH")
+            return False
     ok = True
     for name in names:
-        expected = samples[f"artifact/{name}"].astype(np.float64)
-        actual = np.stack([model.run({k: v[i] for k, v in inputs.items()}, [name])[name] for i in range(count)]).astype(np.float64)
-        rel = float(np.linalg.norm(actual - expected) / (np.linalg.norm(expected) or 1.0))
-        passed = bool(np.isfinite(actual).all() and rel <= tolerance)
+        actual = np.stack([model.run({k: v[i] for k, v in inputs.items()}, [name])[name] for i in range(count)])
+        if limits is None:
+            expected = samples[f"artifact/{name}"].astype(np.float64)
+            rel = float(np.linalg.norm(actual.astype(np.float64) - expected) / (np.linalg.norm(expected) or 1.0))
+            passed = bool(np.isfinite(actual).all() and rel <= tolerance)
+            detail = f"rel_l2 {rel:.3g} against the build's outputs (limit {tolerance:g})"
+        else:
+            checks = judge(compare(samples[f"output/{name}"], actual), limits)
+            passed = all(check["passed"] for check in checks)
+            detail = f"against the source model at the {limits['level']} limits: " + ", ".join(
+                f"{c['metric']} {c['value']:.4g} (limit {c['limit']:g})" for c in checks if c["metric"] != "finite")
         ok &= passed
-        print(f"selftest {name}: rel_l2 {rel:.3g} against the build's outputs (limit {tolerance:g}): {'ok' if passed else 'MISMATCH'}")
+        print(f"selftest {name}: {detail}: {'ok' if passed else 'MISMATCH'}")
     return ok
 
 
@@ -377,7 +396,7 @@ def main(here, load, defaults, argv=None):
         return 2
     model = load(here / manifest["runtime"]["model_dir"], manifest["runtime"])
     if args.selftest:
-        return 0 if selftest(here, model, args.selftest_tolerance) else 1
+        return 0 if selftest(here, model, args.selftest_tolerance, manifest["verification"]) else 1
     labels_path = here / "labels.txt"
     labels = labels_path.read_text().splitlines() if labels_path.is_file() else None
     settings = {**defaults, "max_batch_size": args.max_batch_size, "max_queue_delay_ms": args.max_queue_delay_ms,
@@ -386,7 +405,9 @@ def main(here, load, defaults, argv=None):
     httpd = Server((args.host, args.port), service, args.token)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=httpd.stop, daemon=True).start())
     host, port = httpd.server_address[:2]
-    print(f"serving {service.name} on http://{host}:{port}/v2/models/{service.name}", flush=True)
+    computed = getattr(model, "compute", None)
+    print(f"serving {service.name} on http://{host}:{port}/v2/models/{service.name}"
+          + (f" · computing in {computed['words']}" if computed else ""), flush=True)
     try:
         httpd.serve_forever()
     except KeyboardInterrupt:

@@ -76,12 +76,12 @@ def source_files(spec: BuildSpec) -> dict[str, Path]:
         if code is not None:
             files["factory_code"] = code
         if model.get("weights"):
-            files["weights"] = _existing(spec, model["weights"], "model.weights")
+            files["weights"] = spec.existing_path(model["weights"], "model.weights")
     else:
         if not model.get("path"):
             raise MdbuildError(f"a {model['source']} source needs a file", "model.path",
                                "set model.path to the model file")
-        files["model"] = _existing(spec, model["path"], "model.path")
+        files["model"] = spec.existing_path(model["path"], "model.path")
     return files
 
 
@@ -128,10 +128,3 @@ def _distribution_of(top: str, path: Path | None) -> str | None:
     except metadata.PackageNotFoundError:
         names = metadata.packages_distributions().get(top)
         return names[0] if names else None
-
-
-def _existing(spec: BuildSpec, value: str, key: str) -> Path:
-    path = spec.resolve_path(value)
-    if not path.exists():
-        raise MdbuildError(f"file not found: {path}", key, "check the path (relative paths start in the directory mdbuild runs in)")
-    return path

@@ -15,11 +15,6 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     target = ctx.spec.target
     backend = get_backend(target["backend"])
     backend.require("target.backend")
-    if target["precision"] not in backend.precisions:
-        from builder.errors import MdbuildError
-
-        raise MdbuildError(f"{backend.name} does not build precision '{target['precision']}'", "target.precision",
-                           f"choose one of: {', '.join(backend.precisions)}")
     ctx.progress(f"{backend.name} {target['precision']}")
     settings = backend.compile(inputs["model"] / "model.onnx", target, ctx.spec.config["hardware"], out)
     (out / RUNTIME_FILE).write_text(json.dumps({"backend": backend.name, **settings}, indent=2, sort_keys=True))

@@ -40,7 +40,7 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     serving = spec.config["serving"]
     if serves(backend.name):
         (out / model_dir.parent / "config.pbtxt").write_text(
-            config_pbtxt(spec.recipe, backend.name, model.inputs, model.outputs, settings, serving))
+            config_pbtxt(spec.recipe, backend.name, model, settings, serving))
     _write_server(ctx, backend, out)
     if serving["labels"]:
         shutil.copyfile(ctx.node.files["labels"], out / "labels.txt")
@@ -69,7 +69,8 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
         "libraries": _all_libraries(ctx),
         "runtime": settings,
         "host": host_fingerprint(),
-        "verification": {"passed": report["passed"], "latency_p50_ms": report["latency"]["p50_ms"]},
+        "verification": {"passed": report["passed"], "latency_p50_ms": report["latency"]["p50_ms"],
+                         "compute": report.get("compute"), "limits_by_compute": report.get("limits_by_compute")},
         "files": {str(rel): sha256_file(out / rel) for rel in list_files(out)},
     }
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))

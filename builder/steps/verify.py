@@ -12,9 +12,10 @@ from backends import get_backend
 from builder.errors import GateFailed, MdbuildError
 from builder.evaluation import evaluate_artifact
 from builder.latency import measure
-from builder.metrics import compare, judge
+from builder.serving.accuracy import compare, judge
 from builder.steps.compile import load_settings
 from builder.steps.reference import load_reference
+from builder.transforms import COMPUTED_LEVEL, lossiest
 
 REPORT_FILE = "report.json"
 OUTPUTS_FILE = "outputs.npz"
@@ -23,6 +24,8 @@ _ADVICE = {
     "fp32": "compare with target.graph_optimization=basic, try another model.opset or model.exporter, "
             "and loosen verify.tolerances.fp32 only if the difference is expected",
     "fp16": "keep the inputs and outputs in fp32 (fp16.keep_io_types=true), or build an fp32 target",
+    "bf16": "build openvino_fp32 or openvino_fp16 (bfloat16 keeps 8 bits of mantissa), or loosen "
+            "verify.tolerances.bf16 if this loss is acceptable",
     "int8": "calibrate on more representative data (calibration.*), try quantization.calibration_method / "
             "quantization.range_estimator / quantization.preset=mixed, or build an fp16/fp32 target",
     "pruned": "lower prune.amount, or fine-tune the pruned model and point model.weights at it",
@@ -31,13 +34,18 @@ _ADVICE = {
 
 def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     target, verify = ctx.spec.target, ctx.spec.config["verify"]
-    level = ctx.node.config["level"]  # the lossiest of the target precision and the optimization steps
+    backend = get_backend(target["backend"])
+    model = backend.runtime().load(inputs["compiled"], load_settings(inputs["compiled"]))
+    # What the runtime really computes in on this CPU (OpenVINO says; the others run the graph's types).
+    compute = getattr(model, "compute", None)
+    stored = ctx.node.config["level"]
+    level = lossiest([stored] + ([COMPUTED_LEVEL[compute["precision"]]] if compute else []))
     tolerance = verify["tolerances"].get(level)
     if tolerance is None:
         raise MdbuildError(f"no tolerances for '{level}'", f"verify.tolerances.{level}",
                            "add max_rel_l2 / min_cosine limits for it")
-    backend = get_backend(target["backend"])
-    model = backend.runtime().load(inputs["compiled"], load_settings(inputs["compiled"]))
+    if compute:
+        ctx.progress(f"computing in {compute['words']}")
     feeds, expected = load_reference(inputs["reference"])
     count = len(next(iter(feeds.values())))
     actual: dict[str, list[np.ndarray]] = {name: [] for name in expected}
@@ -69,7 +77,8 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
         "backend": backend.name,
         "precision": target["precision"],
         "tolerance_level": level,
-        "effective_precision": getattr(model, "effective_precision", target["precision"]),
+        "compute": compute,
+        "limits_by_compute": _limits_by_compute(compute, stored, verify["tolerances"]),
         "samples": count,
         "tolerance": tolerance,
         "outputs": outputs,
@@ -82,6 +91,18 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
         where = "evaluation.max_drop" if evaluation and not evaluation["passed"] else f"verify.tolerances.{level}"
         raise GateFailed("verification failed: " + "; ".join(failures), where,
                          _ADVICE.get(level, f"loosen verify.tolerances.{level} only if this loss is acceptable"))
+
+
+def _limits_by_compute(compute: dict | None, stored: str, tolerances: dict) -> dict | None:
+    """The limits for each precision the runtime may choose on another CPU, for serve.py --selftest
+    there (an fp16 artifact built here in float32 computes in float16 on a CPU with f16 arithmetic)."""
+    if not compute:
+        return None
+    limits = {}
+    for precision in compute["requested"]:
+        level = lossiest([stored, COMPUTED_LEVEL[precision]])
+        limits[precision] = {"level": level, **tolerances.get(level, {})}
+    return limits
 
 
 def _batch_size(ctx) -> int:

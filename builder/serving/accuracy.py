@@ -1,4 +1,5 @@
-"""Accuracy of an artifact against the reference outputs, and the gate that judges it."""
+"""Accuracy of an artifact against the reference outputs, and the gate that judges it: used by the
+build's verification and by the artifact's own --selftest (numpy only)."""
 
 from __future__ import annotations
 
