@@ -11,12 +11,25 @@ from builder.versions import importable, library_version
 
 
 @dataclass(frozen=True)
+class Precision:
+    """What a target precision means to a backend: the verification level of what the build stores,
+    and the levels of the arithmetic its runtime may compute in, first choice first (the runtime takes
+    the first the CPU has and reports what it chose). No levels: the runtime runs the graph's own types."""
+
+    stores: str
+    computes: tuple[str, ...] = ()
+
+
+GRAPH_TYPES = {"fp32": Precision("fp32")}
+
+
+@dataclass(frozen=True)
 class Backend:
     name: str
     package: str  # the module that must import, e.g. "onnxruntime"
     distribution: str  # its name on PyPI, pinned into the artifact's requirements.txt
     extra: str  # the mdbuild extra that installs it
-    precisions: tuple[str, ...]
+    precisions: dict[str, Precision]  # target.precision -> its meaning here
     runtime_module: str  # standalone loader shared by verification and serve.py (numpy + SDK only)
     compile_function: str  # "module:function" that writes the compiled model
     compile_version: int

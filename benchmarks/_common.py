@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO))
 
 def print_host() -> None:
     """The CPU the figures come from: its model and the flags that change numerics and speed."""
-    from builder.versions import describe_cpu
+    from builder.serving.host import describe_cpu
 
     print(f"cpu: {describe_cpu()}")
 

@@ -21,8 +21,9 @@ from builder.hashing import canonical_json, sha256_text
 from builder.plan import Plan, StepNode
 from builder.progress import Console
 from builder.reasons import explain
+from builder.serving.host import host_fingerprint
 from builder.spec import BuildSpec
-from builder.versions import host_fingerprint, library_versions
+from builder.versions import library_versions
 
 
 @dataclass

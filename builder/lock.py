@@ -89,9 +89,10 @@ def check_lock(plan: Plan, cache: Cache) -> tuple[Path, int, str | None]:
         if step is None:
             raise MdbuildError(f"lock check failed at step '{node.id}': the lock has no such step", str(path),
                                "rebuild to update the lock")
-        if node.host_dependent and step["description"].get("host") != description["host"]:
-            elsewhere[node.id] = changed_keys(step["description"].get("host"), description["host"])
-            description["host"] = step["description"].get("host")
+        locked_host = step["description"].get("host")
+        if node.host_dependent and isinstance(locked_host, dict) and locked_host != description["host"]:
+            elsewhere[node.id] = changed_keys(locked_host, description["host"])
+            description["host"] = locked_host
         if step_key(description) != step["key"]:
             raise MdbuildError(f"lock check failed at step '{node.id}': {explain(step['description'], description)}",
                                str(path), "rebuild to update the lock if the change is intended, else revert it")
@@ -99,6 +100,6 @@ def check_lock(plan: Plan, cache: Cache) -> tuple[Path, int, str | None]:
     note = None
     if elsewhere:
         differences = sorted({key for keys in elsewhere.values() for key in keys})
-        note = (f"{', '.join(elsewhere)} were locked on another host (differs in {', '.join(differences)}) and were "
-                f"checked as built there; their outputs on this host may differ")
+        note = (f"{', '.join(elsewhere)} were locked on a host that differs from this one in {', '.join(differences)}, "
+                f"and were checked as built there; their outputs on this host may differ")
     return path, len(plan.steps), note

@@ -64,6 +64,7 @@ def make_plan(spec: BuildSpec) -> Plan:
     if target["precision"] not in backend.precisions:
         raise MdbuildError(f"{backend.name} does not build precision '{target['precision']}'", "target.precision",
                            f"choose one of: {', '.join(backend.precisions)}")
+    precision = backend.precisions[target["precision"]]
     transforms = resolve_transforms(config)
     files = source_files(spec)
     code_versions = factory_libraries(model, spec.workdir)
@@ -130,11 +131,11 @@ def make_plan(spec: BuildSpec) -> Plan:
     for transform in by_stage["compiled"]:
         steps.append(transform_node(transform, {"compiled": previous}))
         previous = transform.name
-    level = verification_level(config, transforms)
-    _require_tolerances(config, level)
+    level = verification_level(config, transforms, precision.stores)
     steps.append(StepNode(
         id="verify", run="builder.steps.verify:run", version=1,
-        config={"target": _pick(target, ("name", "precision")), "verify": config["verify"], "level": level,
+        config={"target": _pick(target, ("name", "precision")), "level": level,
+                "verify": {**config["verify"], "tolerances": _tolerances(config, level, precision.computes)},
                 "evaluation": _pick(evaluation, ("metric", "output", "max_drop")) if evaluation["source"] else None},
         upstream={"compiled": previous, "reference": "reference"}, files=_metric_code(spec),
         libraries=backend.libraries + ("numpy",), host_dependent=True, isolated=backend.isolated,
@@ -151,13 +152,16 @@ def make_plan(spec: BuildSpec) -> Plan:
     return Plan(spec, tuple(steps))
 
 
-def _require_tolerances(config: dict[str, Any], level: str) -> None:
-    """Limits for the level the build stores and, for a target that may compute in a lower
-    precision than it stores (fp16 on a CPU with f16 arithmetic, bf16), for that one too."""
-    for needed in sorted({level, lossiest([level, config["target"]["precision"]])}):
-        if needed not in config["verify"]["tolerances"]:
-            raise MdbuildError(f"no tolerances for level '{needed}'", f"verify.tolerances.{needed}",
+def _tolerances(config: dict[str, Any], level: str, computes: tuple[str, ...]) -> dict[str, Any]:
+    """The limits verification may apply: of the level the build stores and, where the runtime may
+    compute in a lossier precision (bf16, or fp16 on a CPU with f16 arithmetic), of that one."""
+    limits = config["verify"]["tolerances"]
+    needed = sorted({lossiest([level, computed]) for computed in computes} | {level})
+    for name in needed:
+        if name not in limits:
+            raise MdbuildError(f"no tolerances for level '{name}'", f"verify.tolerances.{name}",
                                "add max_rel_l2 / min_cosine limits for it (conf/verify/default.yaml has defaults)")
+    return {name: limits[name] for name in needed}
 
 
 def _compile_code(backend) -> dict[str, Path]:

@@ -34,30 +34,30 @@ class BuildSpec:
         """Everything that shapes the artifact (not how or where mdbuild runs)."""
         return {key: value for key, value in self.config.items() if key not in _RUN_ONLY}
 
-    def resolve_path(self, value: str) -> Path:
+    def resolve_path(self, value: str, key: str | None = None) -> Path:
         """A path as the recipe gives it: absolute, relative to the directory mdbuild runs in, or
-        `pkg://package.module/file` inside an installed Python package (found without importing it)."""
+        `pkg://package.module/file` inside an installed Python package (found without importing it;
+        one that is not installed is an error naming `key`)."""
         if value.startswith(PACKAGE_SCHEME):
-            return package_path(value[len(PACKAGE_SCHEME):])
+            return package_path(value[len(PACKAGE_SCHEME):], key or value)
         path = Path(value).expanduser()
         return path if path.is_absolute() else self.workdir / path
 
     def existing_path(self, value: str, key: str) -> Path:
         """resolve_path for a file the build reads; one that is not there is an error naming the key."""
-        path = self.resolve_path(value)
+        path = self.resolve_path(value, key)
         if not path.exists():
-            if value.startswith(PACKAGE_SCHEME):
-                raise MdbuildError(f"file not found: {value}", key, "check that the package is installed and holds the file")
-            raise MdbuildError(f"file not found: {path}", key, "check the path (relative paths start in the directory mdbuild runs in)")
+            raise MdbuildError(f"file not found: {path}", key, "check the path (relative paths start in the directory "
+                               "mdbuild runs in; pkg://package/file is a file of an installed package)")
         return path
 
 
 PACKAGE_SCHEME = "pkg://"
 
 
-def package_path(reference: str) -> Path:
-    """`package.module/relative/file` -> the file in that package's directory. Only the top-level
-    package is looked up (never imported)."""
+def package_path(reference: str, key: str) -> Path:
+    """`package.module/relative/file` -> that file in the package's directory (the first of a namespace
+    package's directories that holds it). Only the top-level package is looked up, never imported."""
     module, _, relative = reference.partition("/")
     top, *subpackages = module.split(".")
     try:
@@ -65,5 +65,7 @@ def package_path(reference: str) -> Path:
     except (ImportError, ValueError):
         found = None
     if found is None or not found.submodule_search_locations:
-        return Path(reference)  # relative: not a file of this package
-    return Path(list(found.submodule_search_locations)[0]).joinpath(*subpackages, relative)
+        raise MdbuildError(f"'{top}' in {PACKAGE_SCHEME}{reference} is not an installed package", key,
+                           "install the package, or give the file's path")
+    candidates = [Path(location).joinpath(*subpackages, relative) for location in found.submodule_search_locations]
+    return next((path for path in candidates if path.exists()), candidates[0])

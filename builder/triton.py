@@ -16,10 +16,9 @@ def serves(backend: str) -> bool:
     return backend in _BACKENDS
 
 
-def config_pbtxt(name: str, backend: str, model: Any, runtime: dict[str, Any], serving: dict[str, Any]) -> str:
-    """Batched along the first dimension when every tensor's first dimension is dynamic. `model` is
-    the loaded runtime (its tensors, and for OpenVINO the precision it computed in here)."""
-    inputs, outputs = model.inputs, model.outputs
+def config_pbtxt(name: str, backend: str, inputs: dict[str, tuple[str, list]], outputs: dict[str, tuple[str, list]],
+                 runtime: dict[str, Any], serving: dict[str, Any]) -> str:
+    """Batched along the first dimension when every tensor's first dimension is dynamic."""
     batched = all(dims and dims[0] is None for _, dims in [*inputs.values(), *outputs.values()])
     max_batch = max(1, serving["max_batch_size"]) if batched else 0
 
@@ -41,12 +40,12 @@ def config_pbtxt(name: str, backend: str, model: Any, runtime: dict[str, Any], s
     if batched and serving["max_batch_size"] > 1:
         delay_us = int(serving["max_queue_delay_ms"] * 1000)
         lines += [f"dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}"]
-    for key, value in _parameters(backend, runtime, getattr(model, "compute", None)).items():
+    for key, value in _parameters(backend, runtime).items():
         lines += [f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}']
     return "\n".join(lines) + "\n"
 
 
-def _parameters(backend: str, runtime: dict[str, Any], compute: dict[str, Any] | None) -> dict[str, str]:
+def _parameters(backend: str, runtime: dict[str, Any]) -> dict[str, str]:
     if backend == "tensorflow":
         return {}
     if backend == "onnxruntime":
@@ -54,9 +53,9 @@ def _parameters(backend: str, runtime: dict[str, Any], compute: dict[str, Any] |
         if runtime["intra_op_threads"]:
             params["intra_op_thread_count"] = str(runtime["intra_op_threads"])
         return params
-    # Triton passes the hint as it is (on a CPU without f16 an f16 hint computes in bf16): the one
-    # chosen on the build host, the precision verification measured.
-    params = {"INFERENCE_PRECISION_HINT": compute["hint"],
+    # Triton hands the hint to the plugin as it is: one that never falls back to arithmetic the target does
+    # not allow on any CPU (fp16 computes in float32 under Triton; see backends/openvino/compile.py).
+    params = {"INFERENCE_PRECISION_HINT": runtime["fixed_hint"],
               "PERFORMANCE_HINT": runtime["performance_hint"].upper()}
     if runtime["streams"]:
         params["NUM_STREAMS"] = str(runtime["streams"])

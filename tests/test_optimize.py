@@ -59,8 +59,8 @@ def test_artifacts_hold_the_backends_model_formats(digits_sweep):
     fp16_bin = (artifacts["digits-openvino_fp16"] / "model_repository" / "digits" / "1" / "model.bin").stat().st_size
     assert fp16_bin < 0.6 * fp32_bin
     runtime = read_json(artifacts["digits-openvino_fp16"] / "manifest.json")["runtime"]
-    assert runtime["compute_precisions"] == ["f16", "f32"] and runtime["performance_hint"] == "latency"
-    assert read_json(artifacts["digits-openvino_fp32"] / "manifest.json")["runtime"]["compute_precisions"] == ["f32"]
+    assert runtime["compute_precisions"] == ["fp16", "fp32"] and runtime["performance_hint"] == "latency"
+    assert read_json(artifacts["digits-openvino_fp32"] / "manifest.json")["runtime"]["compute_precisions"] == ["fp32"]
     assert "openvino==" in (artifacts["digits-openvino_int8"] / "requirements.txt").read_text()
     int8 = read_json(artifacts["digits-onnxruntime_int8"] / "report.json")
     record = int8["optimizations"][0]
@@ -224,7 +224,7 @@ def test_a_sweep_over_precisions_by_override(workspace):
                            "hardware.performance_hint=throughput", "hardware.streams=2")
     artifacts = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("artifact: ")]
     runtimes = [read_json(Path(a) / "manifest.json")["runtime"] for a in artifacts]
-    assert [r["compute_precisions"] for r in runtimes] == [["f32"], ["f16", "f32"]]
+    assert [r["compute_precisions"] for r in runtimes] == [["fp32"], ["fp16", "fp32"]]
     assert all(r["performance_hint"] == "throughput" and r["streams"] == 2 for r in runtimes)
     assert _steps(result, "export") == ["running", "cached"]
 

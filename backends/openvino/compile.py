@@ -1,5 +1,6 @@
 """OpenVINO CPU target: ONNX -> IR (model.xml + model.bin). fp16 stores the weights in half
-precision; int8 starts from the fp32 IR and is quantized by the nncf_quantize step."""
+precision; int8 starts from the fp32 IR and is quantized by the nncf_quantize step. The arithmetic
+each precision may use is the backend's (backends/openvino/__init__.py); the runtime chooses it."""
 
 from __future__ import annotations
 
@@ -8,33 +9,35 @@ from typing import Any
 
 from builder.errors import MdbuildError
 
-# What each precision stores, and the arithmetic the CPU plugin may use, first choice first: the
-# runtime takes the first one the serving CPU has and reads back what the plugin really computes in.
-# Every list ends in f32, and none holds a precision the target does not name: left alone, the plugin
-# computes in bf16 on CPUs that have it, for an fp32 model and for an f16 hint on a CPU without f16.
-PRECISIONS = {
-    "fp32": {"fp16_weights": False, "compute": ["f32"]},
-    "fp16": {"fp16_weights": True, "compute": ["f16", "f32"]},
-    "bf16": {"fp16_weights": False, "compute": ["bf16", "f32"]},
-    "int8": {"fp16_weights": False, "compute": ["f32"]},  # the int8 ops come from nncf_quantize
-}
 _HINTS = ("latency", "throughput")
 
 
 def compile_model(onnx_path: Path, target: dict[str, Any], hardware: dict[str, Any], out: Path) -> dict[str, Any]:
     import openvino as ov
 
+    from backends.openvino import BACKEND
+    from backends.openvino.runtime import HINTS
+
     if hardware["performance_hint"] not in _HINTS:
         raise MdbuildError(f"'{hardware['performance_hint']}' is not valid", "hardware.performance_hint",
                            f"choose one of: {', '.join(_HINTS)}")
-    precision = PRECISIONS[target["precision"]]
+    precision = BACKEND.precisions[target["precision"]]
     model = ov.convert_model(str(onnx_path))
-    ov.save_model(model, str(out / "model.xml"), compress_to_fp16=precision["fp16_weights"])
+    ov.save_model(model, str(out / "model.xml"), compress_to_fp16=precision.stores == "fp16")
     return {
         "model_file": "model.xml",
         "device": "CPU",
-        "compute_precisions": precision["compute"],
+        "compute_precisions": list(precision.computes),
+        "fixed_hint": HINTS[fixed_hint(precision.computes)],
         "performance_hint": hardware["performance_hint"],
         "streams": hardware["streams"],
         "threads": hardware["intra_op_threads"],
     }
+
+
+def fixed_hint(computes: tuple[str, ...]) -> str:
+    """The hint for a server that hands it to the plugin as it is, on any CPU (Triton): one whose
+    fallback stays within `computes`. Where a hint is missing the plugin falls back to its default,
+    bf16 on CPUs with bf16 arithmetic, so fp16 is safe nowhere (it would become bf16 there) and bf16
+    only where the target allows it."""
+    return next(p for p in computes if p == "fp32" or "bf16" in computes)

@@ -16,11 +16,17 @@ _FIRST_DONE = threading.Event()
 
 _OV_TYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i64": "int64", "i32": "int32",
              "i8": "int8", "u8": "uint8", "boolean": "bool"}
-# Float arithmetic the CPU plugin can compute in: its OPTIMIZATION_CAPABILITIES name, and in words.
-_CAPABILITY = {"f32": "FP32", "f16": "FP16", "bf16": "BF16"}
-WORDS = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
-_LEAST_PRECISE_FIRST = ("bf16", "f16", "f32")
-_NOT_COMPUTED = ("Const", "Input", "Output")
+# The float arithmetic the CPU plugin can compute in, by verification level: its hint, the name in its
+# OPTIMIZATION_CAPABILITIES, and in words.
+HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
+_CAPABILITY = {"fp32": "FP32", "fp16": "FP16", "bf16": "BF16"}
+WORDS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+_LEVELS = {hint: level for level, hint in HINTS.items()}
+_CONVERSIONS = ("Const", "Input", "Output", "Reorder", "Convert")
+
+
+class UnsupportedPrecision(RuntimeError):
+    """The CPU cannot compute in any precision the settings allow, or OpenVINO settled on another."""
 
 
 class LoadedModel:
@@ -33,17 +39,17 @@ class LoadedModel:
         device = settings.get("device", "CPU")
         capabilities = list(core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
         wanted = settings["compute_precisions"]
-        hint = next((p for p in wanted if _CAPABILITY[p] in capabilities), None)
-        if hint is None:
-            raise RuntimeError(f"this {device} computes in none of {', '.join(WORDS[p] for p in wanted)} "
-                               f"(OpenVINO lists {', '.join(capabilities)}); rebuild for a precision it has")
-        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": settings["performance_hint"].upper()}
+        chosen = next((p for p in wanted if _CAPABILITY[p] in capabilities), None)
+        if chosen is None:
+            raise UnsupportedPrecision(f"this {device} computes in none of {', '.join(WORDS[p] for p in wanted)} "
+                               f"(OpenVINO lists {', '.join(capabilities)})")
+        config = {"INFERENCE_PRECISION_HINT": HINTS[chosen], "PERFORMANCE_HINT": settings["performance_hint"].upper()}
         if settings.get("streams"):
             config["NUM_STREAMS"] = str(settings["streams"])
         if settings.get("threads"):
             config["INFERENCE_NUM_THREADS"] = int(settings["threads"])
         self.compiled = core.compile_model(core.read_model(str(model_path)), device, config)
-        self.compute = _computed(self.compiled, wanted, hint, capabilities)
+        self.compute = _computed(self.compiled, wanted, chosen)
         self.inputs = {p.get_any_name(): (_OV_TYPES.get(p.get_element_type().get_type_name(), "float32"), _dims(p))
                        for p in self.compiled.inputs}
         self.outputs = {p.get_any_name(): (_OV_TYPES.get(p.get_element_type().get_type_name(), "float32"), _dims(p))
@@ -67,29 +73,28 @@ class LoadedModel:
         return {name: np.array(by_name[name]) for name in (output_names or self.outputs)}
 
 
-def _computed(compiled, wanted, hint, capabilities):
-    """What the plugin computes in, read from the compiled graph (each executed node's output
-    precision), not from the hint; a float type the settings do not allow is refused."""
+def _computed(compiled, wanted, chosen):
+    """What the plugin computes in: the inference precision it settled on (an unsupported hint falls
+    back to its default), refused when the settings do not allow it, with the operations that compute
+    on each float type in the compiled graph (what their first input holds; conversions aside)."""
+    precision = _LEVELS.get(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
+    if precision not in wanted:
+        raise UnsupportedPrecision(f"OpenVINO settled on {WORDS.get(precision, precision)} arithmetic, which this artifact "
+                           f"does not allow (only {', '.join(WORDS[p] for p in wanted)})")
     ops = {}
     for node in compiled.get_runtime_model().get_ordered_ops():
         info = node.get_rt_info()
-        if info["layerType"].astype(str) in _NOT_COMPUTED:
-            continue
-        for precision in info["outputPrecisions"].astype(str).split(","):
-            if precision.strip() in WORDS:
-                ops[precision.strip()] = ops.get(precision.strip(), 0) + 1
-    precision = next((p for p in _LEAST_PRECISE_FIRST if p in ops), "f32")
-    if precision not in wanted:
-        raise RuntimeError(f"OpenVINO computes {ops[precision]} operations in {WORDS[precision]}, which these settings "
-                           f"do not allow (only {', '.join(WORDS[p] for p in wanted)})")
+        layer = info["layerType"].astype(str) if "layerType" in info else node.get_type_name()
+        level = _LEVELS.get(node.get_input_element_type(0).get_type_name()) if node.get_input_size() else None
+        if layer not in _CONVERSIONS and level:
+            ops[level] = ops.get(level, 0) + 1
     words = WORDS[precision]
-    if len(ops) > 1:
-        words += f" ({ops[precision]} of {sum(ops.values())} operations; the rest " + \
+    if set(ops) - {precision}:
+        words += f" ({ops.get(precision, 0)} of {sum(ops.values())} operations; the rest " + \
                  ", ".join(WORDS[p] for p in ops if p != precision) + ")"
-    if hint != wanted[0]:
+    if chosen != wanted[0]:
         words += f", as this CPU has no {WORDS[wanted[0]]} arithmetic"
-    return {"precision": precision, "ops": ops, "hint": hint, "requested": list(wanted), "capabilities": capabilities,
-            "words": words}
+    return {"precision": precision, "ops": ops, "hint": HINTS[chosen], "requested": list(wanted), "words": words}
 
 
 def _dims(port):

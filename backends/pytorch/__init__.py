@@ -1,11 +1,11 @@
-from backends import Backend
+from backends import GRAPH_TYPES, Backend
 
 BACKEND = Backend(
     name="pytorch",
     package="torch",
     distribution="torch",
     extra="torch",
-    precisions=("fp32",),
+    precisions=GRAPH_TYPES,
     runtime_module="backends.pytorch.runtime",
     compile_function="backends.pytorch.compile:compile_model",
     compile_version=1,

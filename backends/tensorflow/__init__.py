@@ -1,11 +1,11 @@
-from backends import Backend
+from backends import GRAPH_TYPES, Backend
 
 BACKEND = Backend(
     name="tensorflow",
     package="tensorflow",
     distribution="tensorflow",
     extra="tensorflow",
-    precisions=("fp32",),
+    precisions=GRAPH_TYPES,
     runtime_module="backends.tensorflow.runtime",
     compile_function="backends.tensorflow.compile:compile_model",
     compile_version=1,

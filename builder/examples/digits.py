@@ -80,8 +80,8 @@ def train_cnn():
     return model.eval()
 
 
-def shipped_cnn():
-    """The network with the shipped weights (eval mode), as the recipe builds it."""
+def trained_cnn():
+    """The network with the shipped weights (eval mode): what the recipe builds, as one factory."""
     import torch
 
     model = build_cnn()
@@ -103,7 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--save", help="write the trained state_dict here")
     args = parser.parse_args()
-    model, shipped = train_cnn(), shipped_cnn()
+    model, shipped = train_cnn(), trained_cnn()
     images, labels = evaluation_set()
     with torch.no_grad():
         accuracy, shipped_accuracy = ((m(torch.from_numpy(images)).argmax(1).numpy() == labels).mean() * 100

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import protocol
 from .accuracy import compare, judge
+from .host import describe_cpu, same_numerics
 from .batching import Batcher
 from .metrics import Metrics
 from .protocol import RequestError
@@ -336,22 +337,27 @@ def check_files(here, manifest):
     return None
 
 
-def selftest(here, model, tolerance, verification):
-    """Reruns the stored verification samples; True when every output passes. Where this host computes
-    in the precision the build verified, each output must match the build's own outputs (rel L2 at most
-    `tolerance`); where it computes in another one (an fp16 artifact on a CPU with float16 arithmetic),
-    each must stay within that precision's verification limits of the source model's outputs."""
+def selftest(here, model, tolerance, manifest):
+    """Reruns the stored verification samples; True when every output passes. On a CPU that computes as
+    the build host did (same CPU, numeric flags and arithmetic), each output must match the build's own
+    outputs (rel L2 at most `tolerance`). Elsewhere kernels or arithmetic differ (an fp16 artifact built
+    where float16 arithmetic is missing computes in it here), so each output must stay within the
+    verification limits of the precision computed here, against the source model's outputs."""
     samples = np.load(here / "samples.npz")
     names = [key.split("/", 1)[1] for key in samples.files if key.startswith("artifact/")]
     inputs = {key.split("/", 1)[1]: samples[key] for key in samples.files if key.startswith("input/")}
     count = len(next(iter(inputs.values())))
-    built, computed = verification.get("compute"), getattr(model, "compute", None)
     limits = None
-    if built and computed and computed["precision"] != built["precision"]:
-        limits = (verification.get("limits_by_compute") or {}).get(computed["precision"])
-        print(f"selftest: this host computes in {computed['words']}; the build verified {built['words']}")
+    differences = _differences(model, manifest)
+    if differences:
+        for line in differences:
+            print(f"selftest: {line}")
+        computed = getattr(model, "compute", None)
+        verification = manifest["verification"]
+        limits = (verification.get("limits_by_compute") or {}).get(computed["precision"]) if computed \
+            else verification.get("tolerance")
         if limits is None:
-            print("selftest: the manifest has no limits for this precision: MISMATCH")
+            print("selftest: the manifest has no verification limits for what this host computes in: MISMATCH")
             return False
     ok = True
     for name in names:
@@ -371,6 +377,17 @@ def selftest(here, model, tolerance, verification):
     return ok
 
 
+def _differences(model, manifest):
+    """Why this host may compute otherwise than the build host did, one line each (none: it does not)."""
+    built, computed = manifest["verification"].get("compute"), getattr(model, "compute", None)
+    differences = [] if same_numerics(manifest["host"]) else [
+        f"this host ({describe_cpu()}) is not the build host ({manifest['host']['cpu']}, numeric flags: "
+        f"{' '.join(manifest['host'].get('cpu_flags') or []) or '-'})"]
+    if computed and built and computed["precision"] != built["precision"]:
+        differences.append(f"this host computes in {computed['words']}; the build verified {built['words']}")
+    return differences
+
+
 def parse_args(argv, defaults):
     parser = argparse.ArgumentParser(description="Serve the model over the KServe v2 REST protocol.")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -383,7 +400,8 @@ def parse_args(argv, defaults):
     parser.add_argument("--token", default=os.environ.get("MDBUILD_SERVE_TOKEN"),
                         help="require 'Authorization: Bearer TOKEN' (default: $MDBUILD_SERVE_TOKEN; health stays open)")
     parser.add_argument("--selftest", action="store_true", help="rerun the stored verification samples and exit")
-    parser.add_argument("--selftest-tolerance", type=float, default=1e-3, help="largest relative L2 error of --selftest")
+    parser.add_argument("--selftest-tolerance", type=float, default=1e-3, help="largest relative L2 error of --selftest against the build's outputs, on a host "
+                             "that computes as the build host did")
     return parser.parse_args(argv)
 
 
@@ -394,9 +412,14 @@ def main(here, load, defaults, argv=None):
     if problem:
         print(f"refusing to start: {problem}; the artifact was modified or damaged after the build", file=sys.stderr)
         return 2
-    model = load(here / manifest["runtime"]["model_dir"], manifest["runtime"])
+    try:
+        model = load(here / manifest["runtime"]["model_dir"], manifest["runtime"])
+    except RuntimeError as exc:  # e.g. this CPU cannot compute in a precision the artifact allows
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"refusing to start: the model does not load on this host: {reason}", file=sys.stderr)
+        return 2
     if args.selftest:
-        return 0 if selftest(here, model, args.selftest_tolerance, manifest["verification"]) else 1
+        return 0 if selftest(here, model, args.selftest_tolerance, manifest) else 1
     labels_path = here / "labels.txt"
     labels = labels_path.read_text().splitlines() if labels_path.is_file() else None
     settings = {**defaults, "max_batch_size": args.max_batch_size, "max_queue_delay_ms": args.max_queue_delay_ms,

@@ -14,12 +14,13 @@ from backends import get_backend
 from builder import __version__
 from builder.hashing import list_files, sha256_file
 from builder.render import render
+from builder.serving.host import host_fingerprint
 from builder.steps.compile import RUNTIME_FILE, load_settings
 from builder.steps.reference import REFERENCE_FILE
 from builder.steps.verify import OUTPUTS_FILE, REPORT_FILE
 from builder.triton import config_pbtxt, serves
 from builder.transforms.record import RECORD_FILE, read_record
-from builder.versions import host_fingerprint, library_version
+from builder.versions import library_version
 
 MANIFEST_SCHEMA = 1
 MANIFEST_FILE = "manifest.json"
@@ -40,7 +41,7 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     serving = spec.config["serving"]
     if serves(backend.name):
         (out / model_dir.parent / "config.pbtxt").write_text(
-            config_pbtxt(spec.recipe, backend.name, model, settings, serving))
+            config_pbtxt(spec.recipe, backend.name, model.inputs, model.outputs, settings, serving))
     _write_server(ctx, backend, out)
     if serving["labels"]:
         shutil.copyfile(ctx.node.files["labels"], out / "labels.txt")
@@ -70,6 +71,7 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
         "runtime": settings,
         "host": host_fingerprint(),
         "verification": {"passed": report["passed"], "latency_p50_ms": report["latency"]["p50_ms"],
+                         "tolerance": {"level": report["tolerance_level"], **report["tolerance"]},
                          "compute": report.get("compute"), "limits_by_compute": report.get("limits_by_compute")},
         "files": {str(rel): sha256_file(out / rel) for rel in list_files(out)},
     }

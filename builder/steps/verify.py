@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from backends import get_backend
-from builder.errors import GateFailed, MdbuildError
+from builder.errors import GateFailed, MdbuildError, first_line
 from builder.evaluation import evaluate_artifact
 from builder.latency import measure
 from builder.serving.accuracy import compare, judge
 from builder.steps.compile import load_settings
 from builder.steps.reference import load_reference
-from builder.transforms import COMPUTED_LEVEL, lossiest
+from builder.transforms import lossiest
 
 REPORT_FILE = "report.json"
 OUTPUTS_FILE = "outputs.npz"
@@ -33,17 +33,19 @@ _ADVICE = {
 
 
 def run(ctx, inputs: dict[str, Path], out: Path) -> None:
-    target, verify = ctx.spec.target, ctx.spec.config["verify"]
+    target, verify = ctx.spec.target, ctx.node.config["verify"]  # verify.tolerances: the levels this build may use
     backend = get_backend(target["backend"])
-    model = backend.runtime().load(inputs["compiled"], load_settings(inputs["compiled"]))
+    runtime = backend.runtime()
+    try:
+        model = runtime.load(inputs["compiled"], load_settings(inputs["compiled"]))
+    except getattr(runtime, "UnsupportedPrecision", ()) as exc:  # a runtime that chooses its arithmetic may refuse
+        raise MdbuildError(f"target {target['name']}: {first_line(exc)}", "target.precision",
+                           f"build another precision of {backend.name} (choose one of: {', '.join(backend.precisions)})") from exc
     # What the runtime really computes in on this CPU (OpenVINO says; the others run the graph's types).
     compute = getattr(model, "compute", None)
     stored = ctx.node.config["level"]
-    level = lossiest([stored] + ([COMPUTED_LEVEL[compute["precision"]]] if compute else []))
-    tolerance = verify["tolerances"].get(level)
-    if tolerance is None:
-        raise MdbuildError(f"no tolerances for '{level}'", f"verify.tolerances.{level}",
-                           "add max_rel_l2 / min_cosine limits for it")
+    level = lossiest([stored, compute["precision"]]) if compute else stored
+    tolerance = verify["tolerances"][level]
     if compute:
         ctx.progress(f"computing in {compute['words']}")
     feeds, expected = load_reference(inputs["reference"])
@@ -98,11 +100,8 @@ def _limits_by_compute(compute: dict | None, stored: str, tolerances: dict) -> d
     there (an fp16 artifact built here in float32 computes in float16 on a CPU with f16 arithmetic)."""
     if not compute:
         return None
-    limits = {}
-    for precision in compute["requested"]:
-        level = lossiest([stored, COMPUTED_LEVEL[precision]])
-        limits[precision] = {"level": level, **tolerances.get(level, {})}
-    return limits
+    levels = {precision: lossiest([stored, precision]) for precision in compute["requested"]}
+    return {precision: {"level": level, **tolerances[level]} for precision, level in levels.items()}
 
 
 def _batch_size(ctx) -> int:

@@ -16,11 +16,6 @@ from builder.errors import MdbuildError
 # How far a step may move outputs from the source model; verification uses the tolerances of the
 # lossiest step of a build (conf/verify: tolerances.<level>).
 LOSS_ORDER = ("fp32", "fp16", "bf16", "int8", "pruned")
-# Target precisions that are arithmetic only: the model is stored in fp32 and the runtime computes in
-# this precision where the CPU has it. The level is then the one of what the runtime reports it computed.
-COMPUTE_ONLY = ("bf16",)
-# What a runtime reports it computes in (`compute["precision"]`) -> its level.
-COMPUTED_LEVEL = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}
 
 
 @dataclass(frozen=True)
@@ -84,14 +79,14 @@ def resolve_transforms(config: dict[str, Any]) -> list[Transform]:
     return chosen
 
 
-def verification_level(config: dict[str, Any], transforms: list[Transform]) -> str:
-    """The level of what the build stores: the target precision (fp32 for a compute-only one) and
-    the optimization steps. Verification raises it to the level of what the runtime computes in."""
-    precision = config["target"]["precision"]
-    if precision == "int8" and not any(t.loss == "int8" for t in transforms):
+def verification_level(config: dict[str, Any], transforms: list[Transform], stored: str) -> str:
+    """The level of what the build stores: the target precision's (`stored`, from its backend: fp32 for
+    bf16, which is arithmetic only) and the optimization steps'. Verification raises it to the level of
+    the arithmetic the runtime reports it computes in."""
+    if config["target"]["precision"] == "int8" and not any(t.loss == "int8" for t in transforms):
         raise MdbuildError(f"target {config['target']['name']} is int8 but runs no quantization step", "target.steps",
                            "add the backend's quantization step (ort_quantize or nncf_quantize)")
-    return lossiest(["fp32" if precision in COMPUTE_ONLY else precision] + [t.loss for t in transforms])
+    return lossiest([stored] + [t.loss for t in transforms])
 
 
 def lossiest(levels: list[str]) -> str:
