@@ -42,7 +42,7 @@ class LoadedModel:
         chosen = next((p for p in wanted if _CAPABILITY[p] in capabilities), None)
         if chosen is None:
             raise UnsupportedPrecision(f"this {device} computes in none of {', '.join(WORDS[p] for p in wanted)} "
-                               f"(OpenVINO lists {', '.join(capabilities)})")
+                                       f"(OpenVINO lists {', '.join(capabilities)})")
         config = {"INFERENCE_PRECISION_HINT": HINTS[chosen], "PERFORMANCE_HINT": settings["performance_hint"].upper()}
         if settings.get("streams"):
             config["NUM_STREAMS"] = str(settings["streams"])
@@ -79,8 +79,8 @@ def _computed(compiled, wanted, chosen):
     on each float type in the compiled graph (what their first input holds; conversions aside)."""
     precision = _LEVELS.get(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
     if precision not in wanted:
-        raise UnsupportedPrecision(f"OpenVINO settled on {WORDS.get(precision, precision)} arithmetic, which this artifact "
-                           f"does not allow (only {', '.join(WORDS[p] for p in wanted)})")
+        raise UnsupportedPrecision(f"OpenVINO settled on {WORDS.get(precision, precision)} arithmetic, which this "
+                                   f"artifact does not allow (only {', '.join(WORDS[p] for p in wanted)})")
     ops = {}
     for node in compiled.get_runtime_model().get_ordered_ops():
         info = node.get_rt_info()

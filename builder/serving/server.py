@@ -21,8 +21,8 @@ import numpy as np
 
 from . import protocol
 from .accuracy import compare, judge
-from .host import describe_cpu, same_numerics
 from .batching import Batcher
+from .host import describe_cpu, same_numerics
 from .metrics import Metrics
 from .protocol import RequestError
 from .statistics import Statistics
@@ -400,8 +400,9 @@ def parse_args(argv, defaults):
     parser.add_argument("--token", default=os.environ.get("MDBUILD_SERVE_TOKEN"),
                         help="require 'Authorization: Bearer TOKEN' (default: $MDBUILD_SERVE_TOKEN; health stays open)")
     parser.add_argument("--selftest", action="store_true", help="rerun the stored verification samples and exit")
-    parser.add_argument("--selftest-tolerance", type=float, default=1e-3, help="largest relative L2 error of --selftest against the build's outputs, on a host "
-                             "that computes as the build host did")
+    parser.add_argument("--selftest-tolerance", type=float, default=1e-3,
+                        help="largest relative L2 error of --selftest against the build's own outputs, on a host that "
+                             "computes as the build host did")
     return parser.parse_args(argv)
 
 
