@@ -35,7 +35,9 @@ class Backend:
     compile_version: int
     libraries: tuple[str, ...]  # distributions whose versions go into compile/verify keys
     converter: str | None = None  # framework targets: the ONNX converter's distribution (= its module)
-    isolated: bool = False  # its steps run in their own process (see builder.execute)
+    # Its steps ("compile", "verify", "package") that run in a fresh process (see builder.execute): all of
+    # TensorFlow's; OpenVINO's compile, whose IR names nodes from a per-process counter.
+    isolated: tuple[str, ...] = ()
 
     def require(self, where: str) -> None:
         """Fail with the pip extra to install when the SDK (or its converter) cannot be imported here."""

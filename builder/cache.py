@@ -36,10 +36,17 @@ class Entry:
     key: str
     out: Path
     files: dict[str, str]  # relative path -> sha256
+    reports: tuple[str, ...] = ()  # files that report this run (measured latency): checked, not identity
 
     @property
     def digest(self) -> str:
-        return digest_tree(self.files)
+        return output_digest(self.files, self.reports)
+
+
+def output_digest(files: dict[str, str], reports: tuple[str, ...] | list[str]) -> str:
+    """What a step's output is, for the keys downstream and the lock: every file but its reports, so
+    that two builds of the same inputs give the same digest however fast they ran."""
+    return digest_tree({rel: sha for rel, sha in files.items() if rel not in reports})
 
 
 class Cache:
@@ -74,7 +81,8 @@ class Cache:
             self.warnings.append(f"cache entry {key[:12]} is corrupt ({problem}); rebuilding it")
             self._discard(entry_dir)
             return None
-        return Entry(key, entry_dir / "out", {rel: info["sha256"] for rel, info in files.items()})
+        return Entry(key, entry_dir / "out", {rel: info["sha256"] for rel, info in files.items()},
+                     tuple(meta.get("reports", ())))
 
     def peek(self, key: str) -> dict[str, Any] | None:
         """The metadata of an entry without verifying it (plan and check modes)."""
@@ -86,7 +94,9 @@ class Cache:
     def peek_digest(self, key: str) -> str | None:
         """The output digest of an entry, unverified (plan mode must not re-hash every model)."""
         meta = self.peek(key)
-        return None if meta is None else digest_tree({rel: info["sha256"] for rel, info in meta["files"].items()})
+        if meta is None:
+            return None
+        return output_digest({rel: info["sha256"] for rel, info in meta["files"].items()}, meta.get("reports", ()))
 
     # -- commit ------------------------------------------------------------------------------
     def new_workdir(self) -> Path:
@@ -99,7 +109,8 @@ class Cache:
         (work / "scratch").mkdir()
         return work
 
-    def commit(self, key: str, work: Path, description: dict[str, Any], seconds: float) -> Entry:
+    def commit(self, key: str, work: Path, description: dict[str, Any], seconds: float,
+               reports: tuple[str, ...] = ()) -> Entry:
         shutil.rmtree(work / "scratch", ignore_errors=True)
         out = work / "out"
         files = {}
@@ -111,9 +122,9 @@ class Cache:
             files[str(rel)] = digest
             meta_files[str(rel)] = {"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         meta = {"format": _ENTRY_FORMAT, "key": key, "description": description, "files": meta_files,
-                "seconds": round(seconds, 3)}
+                "reports": list(reports), "seconds": round(seconds, 3)}
         if not self.enabled:
-            return Entry(key, out, files)
+            return Entry(key, out, files, reports)
         (work / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
         final = self._entry_dir(key)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +137,7 @@ class Cache:
             if existing is None:
                 raise
             return existing
-        return Entry(key, final / "out", files)
+        return Entry(key, final / "out", files, reports)
 
     def abandon(self, work: Path) -> None:
         shutil.rmtree(work, ignore_errors=True)

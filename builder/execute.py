@@ -122,7 +122,7 @@ def _run_step(context: StepContext, cache: Cache, console: Console, label: str, 
     except BaseException:
         cache.abandon(work)
         raise
-    return cache.commit(context.key, work, context.description, time.monotonic() - started)
+    return cache.commit(context.key, work, context.description, time.monotonic() - started, context.node.reports)
 
 
 def _run_here(context: StepContext, inputs: dict[str, Path], work: Path, progress: Callable[[str], None]) -> None:
@@ -140,9 +140,11 @@ def _run_here(context: StepContext, inputs: dict[str, Path], work: Path, progres
 
 
 def _run_isolated(context: StepContext, inputs: dict[str, Path], work: Path, progress: Callable[[str], None]) -> None:
-    """Runs the step in a fresh interpreter, for steps that load TensorFlow: loaded before PyTorch's
-    Triton or before MindSpore, it crashes the interpreter (measured: `import tensorflow, torchvision`
-    is a SIGSEGV), so this process never loads it. A crash inside the child becomes a one-line error.
+    """Runs the step in a fresh interpreter: for steps that load TensorFlow (loaded before PyTorch's
+    Triton or before MindSpore, it crashes the interpreter; measured: `import tensorflow, torchvision`
+    is a SIGSEGV), so this process never loads it, and for steps whose output depends on what the
+    process did before (OpenVINO names new nodes from a per-process counter). A crash inside the
+    child becomes a one-line error.
     Other steps run in-process: a fresh interpreter per step costs a torch import (seconds) each.
     Only plain data crosses the pipe: unpickling an SDK's exception would import the SDK here."""
     spawn = multiprocessing.get_context("spawn")

@@ -21,6 +21,7 @@ from builder import serving as serving_package
 from builder.resources import resource_dir
 from builder.sources import factory_libraries, get_source, local_code, source_files
 from builder.spec import BuildSpec
+from builder.steps import REPORT_FILE, REPORT_PAGE
 from builder.transforms import lossiest, resolve_transforms, verification_level
 
 # Keys of the model section that change the exported ONNX graph / the reference outputs.
@@ -39,8 +40,9 @@ class StepNode:
     libraries: tuple[str, ...] = ()
     extra_versions: dict[str, str | None] = field(default_factory=dict)
     host_dependent: bool = False
+    reports: tuple[str, ...] = ()  # output files that report this run (latency): kept, not in its digest
     shared: bool = False  # the same for every target of the recipe (slot ignores the target)
-    isolated: bool = False  # runs in a fresh process (it loads TensorFlow; see builder.execute)
+    isolated: bool = False  # runs in a fresh process (see builder.execute)
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ def make_plan(spec: BuildSpec) -> Plan:
         section = {transform.section: config[transform.section]} if transform.section else {}
         return StepNode(id=transform.name, run=transform.run, version=transform.version,
                         config={**section, "model": _pick(model, ("inputs", "outputs", "dims"))},
-                        upstream=upstream, libraries=transform.libraries)
+                        upstream=upstream, libraries=transform.libraries, isolated=transform.isolated)
 
     if any(t.uses_calibration(config) for t in transforms):
         calibration = config["calibration"]
@@ -125,7 +127,7 @@ def make_plan(spec: BuildSpec) -> Plan:
         config={"target": _pick(target, ("backend", "precision", "graph_optimization")),
                 "hardware": config["hardware"]},
         upstream={"model": previous}, files=_compile_code(backend), libraries=backend.libraries,
-        isolated=backend.isolated,
+        isolated="compile" in backend.isolated,
     ))
     previous = "compile"
     for transform in by_stage["compiled"]:
@@ -138,7 +140,8 @@ def make_plan(spec: BuildSpec) -> Plan:
                 "verify": {**config["verify"], "tolerances": _tolerances(config, level, precision.computes)},
                 "evaluation": _pick(evaluation, ("metric", "output", "max_drop")) if evaluation["source"] else None},
         upstream={"compiled": previous, "reference": "reference"}, files=_metric_code(spec),
-        libraries=backend.libraries + ("numpy",), host_dependent=True, isolated=backend.isolated,
+        libraries=backend.libraries + ("numpy",), host_dependent=True, reports=(REPORT_FILE,),
+        isolated="verify" in backend.isolated,
     ))
     steps.append(StepNode(
         id="package", run="builder.steps.package:run", version=1,
@@ -147,7 +150,7 @@ def make_plan(spec: BuildSpec) -> Plan:
                   **{t.name: t.name for t in transforms}},
         files={**data_files(spec, "serving"), **_shipped_code(backend)},
         libraries=("jinja2", "numpy", "pillow", backend.distribution),
-        host_dependent=True, isolated=backend.isolated,
+        host_dependent=True, reports=(REPORT_FILE, REPORT_PAGE), isolated="package" in backend.isolated,
     ))
     return Plan(spec, tuple(steps))
 

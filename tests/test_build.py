@@ -30,7 +30,8 @@ def test_build_writes_a_complete_artifact(workspace):
     assert manifest["libraries"]["onnxruntime"] and manifest["libraries"]["torch"]
     assert manifest["host"]["cpus"] >= 1 and manifest["runtime"]["backend"] == "onnxruntime"
     files = {p.relative_to(artifact).as_posix() for p in artifact.rglob("*") if p.is_file()} - {"manifest.json"}
-    assert set(manifest["files"]) == files
+    assert set(manifest["files"]) == files - {"report.json", "report.md"}  # the reports: measured, not identity
+    assert manifest["reports"] == ["report.json", "report.md"]
     for rel, digest in manifest["files"].items():
         assert hashlib.sha256((artifact / rel).read_bytes()).hexdigest() == digest, rel
 

@@ -18,4 +18,7 @@ BACKEND = Backend(
     compile_function="backends.openvino.compile:compile_model",
     compile_version=1,
     libraries=("openvino", "onnx"),
+    # Converting and saving name unnamed nodes from a per-process counter (`Reshape_15` first in a
+    # process, `Reshape_27546` after other models): in a fresh process the IR is the same every time.
+    isolated=("compile",),
 )

@@ -11,5 +11,5 @@ BACKEND = Backend(
     compile_version=1,
     libraries=("tensorflow", "tf_keras", "onnx2tf", "onnx-graphsurgeon", "sng4onnx", "onnx"),
     converter="onnx2tf",
-    isolated=True,
+    isolated=("compile", "verify", "package"),
 )

@@ -13,11 +13,11 @@ from builder.errors import GateFailed, MdbuildError, first_line
 from builder.evaluation import evaluate_artifact
 from builder.latency import measure
 from builder.serving.accuracy import compare, judge
+from builder.steps import REPORT_FILE
 from builder.steps.compile import load_settings
 from builder.steps.reference import load_reference
 from builder.transforms import lossiest
 
-REPORT_FILE = "report.json"
 OUTPUTS_FILE = "outputs.npz"
 
 _ADVICE = {

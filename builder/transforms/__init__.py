@@ -30,6 +30,7 @@ class Transform:
     sources: tuple[str, ...] = ()  # model sources it applies to; () = every source
     loss: str = "fp32"
     calibrated: bool = False
+    isolated: bool = False  # runs in a fresh process (see builder.execute)
 
     def uses_calibration(self, config: dict[str, Any]) -> bool:
         return self.calibrated and not (self.section == "quantization" and config["quantization"]["mode"] == "dynamic")
@@ -45,8 +46,9 @@ TRANSFORMS = {
                   serves=("onnxruntime",), loss="fp16"),
         Transform("ort_quantize", "onnx", "builder.transforms.ort_quantize:run", 1, "quantization",
                   ("onnx", "onnxruntime"), serves=("onnxruntime",), loss="int8", calibrated=True),
+        # In a fresh process: the quantized IR's node names come from OpenVINO's per-process counter.
         Transform("nncf_quantize", "compiled", "builder.transforms.nncf_quantize:run", 1, "quantization",
-                  ("nncf", "openvino"), serves=("openvino",), loss="int8", calibrated=True),
+                  ("nncf", "openvino"), serves=("openvino",), loss="int8", calibrated=True, isolated=True),
     )
 }
 
