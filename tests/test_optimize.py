@@ -121,7 +121,7 @@ def test_absurd_pruning_fails_the_build_naming_the_metric(workspace):
     kept = workspace.root / re.search(r"report kept in (\S+)\)", result.stderr).group(1) / "report.json"
     evaluation = read_json(kept)["evaluation"]
     assert evaluation["source_score"] > 95 and evaluation["drop"] > 1
-    assert (f"evaluation.max_drop: verification failed: " in result.stderr and
+    assert ("evaluation.max_drop: verification failed: " in result.stderr and
             f"top1 on the labelled set fell from {evaluation['source_score']:.2f} to {evaluation['artifact_score']:.2f}"
             in result.stderr)
     assert "lower prune.amount" in result.stderr

@@ -42,7 +42,8 @@ def numeric_cpu_flags() -> list:
 
 def describe_cpu() -> str:
     """One line for logs and reports: the model and the flags that change numerics."""
-    return f"{cpu_model()}, {os.cpu_count()} CPUs, numeric flags: {' '.join(numeric_cpu_flags()) or 'none of ' + ' '.join(NUMERIC_CPU_FLAGS)}"
+    flags = " ".join(numeric_cpu_flags()) or "none of " + " ".join(NUMERIC_CPU_FLAGS)
+    return f"{cpu_model()}, {os.cpu_count()} CPUs, numeric flags: {flags}"
 
 
 @functools.lru_cache(maxsize=1)

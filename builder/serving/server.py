@@ -363,10 +363,9 @@ def selftest(here, model, tolerance, manifest):
     for name in names:
         actual = np.stack([model.run({k: v[i] for k, v in inputs.items()}, [name])[name] for i in range(count)])
         if limits is None:
-            expected = samples[f"artifact/{name}"].astype(np.float64)
-            rel = float(np.linalg.norm(actual.astype(np.float64) - expected) / (np.linalg.norm(expected) or 1.0))
-            passed = bool(np.isfinite(actual).all() and rel <= tolerance)
-            detail = f"rel_l2 {rel:.3g} against the build's outputs (limit {tolerance:g})"
+            metrics = compare(samples[f"artifact/{name}"], actual)
+            passed = metrics["finite"] and metrics["rel_l2"] <= tolerance
+            detail = f"rel_l2 {metrics['rel_l2']:.3g} against the build's outputs (limit {tolerance:g})"
         else:
             checks = judge(compare(samples[f"output/{name}"], actual), limits)
             passed = all(check["passed"] for check in checks)
