@@ -1,12 +1,17 @@
-"""Target backends. Each subpackage exposes a `BACKEND` description that is cheap to import; the
-functions that touch the SDK live in its submodules and are imported only when a step runs."""
+"""Target backends, one folder each, discovered: every subpackage's `__init__.py` defines a cheap
+`BACKEND` (no SDK import). The folder holds its compile step, a standalone runtime shipped into
+artifacts, its `target.options` schema, its optimization steps and its Triton settings."""
 
 from __future__ import annotations
 
+import functools
 import importlib
-from dataclasses import dataclass
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from builder.errors import MdbuildError, missing_extra
+from builder.optimize import Optimization
 from builder.versions import importable, library_version
 
 
@@ -24,20 +29,51 @@ GRAPH_TYPES = {"fp32": Precision("fp32")}
 
 
 @dataclass(frozen=True)
+class NoOptions:
+    """A backend without options of its own (target.options stays empty)."""
+
+
+@dataclass(frozen=True)
+class Triton:
+    """How Triton serves the compiled model: its backend (and platform), and the `parameters` its
+    config.pbtxt carries, from the runtime settings (runtime.json)."""
+
+    backend: str
+    platform: str | None = None
+    parameters: Callable[[dict[str, Any]], dict[str, str]] | None = None
+
+
+@dataclass(frozen=True)
 class Backend:
     name: str
     package: str  # the module that must import, e.g. "onnxruntime"
-    distribution: str  # its name on PyPI, pinned into the artifact's requirements.txt
+    distribution: str  # its name on PyPI
     extra: str  # the mdbuild extra that installs it
     precisions: dict[str, Precision]  # target.precision -> its meaning here
-    runtime_module: str  # standalone loader shared by verification and serve.py (numpy + SDK only)
-    compile_function: str  # "module:function" that writes the compiled model
     compile_version: int
     libraries: tuple[str, ...]  # distributions whose versions go into compile/verify keys
+    # Keys compile reads besides target.backend, target.precision and target.options.
+    reads: tuple[str, ...] = ()
+    options: type = NoOptions  # dataclass: the schema of target.options (conf group target/options)
+    optimizations: tuple[Optimization, ...] = ()  # its own optimization steps
+    triton: Triton | None = None  # None: Triton cannot serve it (no config.pbtxt)
+    requirements: tuple[str, ...] = ()  # the artifact's runtime distributions; () = (distribution,)
+    # "module:function" -> {fact: value} of the host the compiled model depends on (GPU model, driver);
+    # None: compile gives the same output on any host.
+    host: str | None = None
+    advice: dict[str, str] = field(default_factory=dict)  # what to try when a level's limits are broken
     converter: str | None = None  # framework targets: the ONNX converter's distribution (= its module)
-    # Its steps ("compile", "verify", "package") that run in a fresh process (see builder.execute): all of
-    # TensorFlow's; OpenVINO's compile, whose IR names nodes from a per-process counter.
+    # Its steps ("compile", "verify", "package") that run in a fresh process (see builder.execute).
     isolated: tuple[str, ...] = ()
+
+    @property
+    def runtime_module(self) -> str:
+        """The standalone loader shared by verification and serve.py (numpy + SDK only)."""
+        return f"backends.{self.name}.runtime"
+
+    @property
+    def pinned(self) -> tuple[str, ...]:
+        return self.requirements or (self.distribution,)
 
     def require(self, where: str) -> None:
         """Fail with the pip extra to install when the SDK (or its converter) cannot be imported here."""
@@ -45,33 +81,49 @@ class Backend:
             if package and (not importable(package) or library_version(distribution) is None):
                 raise missing_extra(distribution, self.extra, where)
 
-    def compile(self, *args, **kwargs):
-        module, function = self.compile_function.split(":")
-        return getattr(importlib.import_module(module), function)(*args, **kwargs)
+    def compile(self, onnx_path, config: dict[str, Any], out) -> dict[str, Any]:
+        return self._compile_module().compile_model(onnx_path, config, out)
+
+    def check(self, config: dict[str, Any]) -> None:
+        """Checks the values compile reads (`config` is its node's), at plan time."""
+        check = getattr(self._compile_module(), "check", None)
+        if check is not None:
+            check(config)
+
+    def _compile_module(self):
+        return importlib.import_module(f"backends.{self.name}.compile")
 
     def runtime(self):
         return importlib.import_module(self.runtime_module)
 
 
-_BACKENDS = ("onnxruntime", "openvino", "pytorch", "tensorflow")
-# Targets that cannot be built, with the reason (README "ONNX -> MindSpore" has the commands and errors).
-_UNAVAILABLE = {
-    "mindspore": (
-        "no installable converter turns ONNX into MindSpore: mindconverter 1.7.0 (its last release) pins "
-        "networkx==2.5, which torch and nncf exclude, and rejects every operator of current ONNX exports; "
-        "mindspore-lite's converter has no wheel for this Python; MindSpore 2.10 only exports ONNX",
-        "target.backend",
-        "deploy MindSpore models with target=onnxruntime_*, openvino_*, pytorch or tensorflow "
-        "(model.source=mindspore is supported)",
-    ),
-}
+@dataclass(frozen=True)
+class Unavailable:
+    """A backend that cannot be built here, with the reason and what to do instead."""
+
+    name: str
+    why: str
+    fix: str
+
+
+@functools.lru_cache(maxsize=None)
+def _discovered() -> dict[str, Backend | Unavailable]:
+    found = {}
+    for module in pkgutil.iter_modules(__path__):
+        if module.ispkg:
+            found[module.name] = importlib.import_module(f"{__name__}.{module.name}").BACKEND
+    return found
+
+
+def all_backends() -> list[Backend]:
+    return [backend for backend in _discovered().values() if isinstance(backend, Backend)]
 
 
 def get_backend(name: str) -> Backend:
-    if name in _UNAVAILABLE:
-        raise MdbuildError(*_UNAVAILABLE[name])
-    if name not in _BACKENDS:
-        raise MdbuildError(
-            f"unknown backend '{name}'", "target.backend", f"choose one of: {', '.join(_BACKENDS)}"
-        )
-    return importlib.import_module(f"backends.{name}").BACKEND
+    backend = _discovered().get(name)
+    if isinstance(backend, Unavailable):
+        raise MdbuildError(backend.why, "target.backend", backend.fix)
+    if backend is None:
+        names = ", ".join(b.name for b in all_backends())
+        raise MdbuildError(f"unknown backend '{name}'", "target.backend", f"choose one of: {names}")
+    return backend

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from builder.errors import MdbuildError
 from builder.versions import library_version
 
@@ -65,8 +67,6 @@ def converter_record(distribution: str, **details: Any) -> dict[str, Any]:
 
 def example_inputs(inputs: list, batch: int):
     """Deterministic float/int arrays for the signature, dynamic sizes set to `batch` (1 elsewhere)."""
-    import numpy as np
-
     rng = np.random.default_rng(0)
     arrays = []
     for _, dtype, dims in inputs:

@@ -3,6 +3,7 @@ plan (print the DAG with keys and cache state), check (compare with the lock fil
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -13,7 +14,8 @@ from backends import get_backend
 from builder import __version__
 from builder.artifact import artifact_path, materialize
 from builder.cache import Cache, default_cache_dir
-from builder.execute import describe, execute, step_key
+from builder.execute import execute
+from builder.keys import walk
 from builder.lock import check_lock, write_lock
 from builder.plan import Plan, make_plan
 from builder.progress import Console
@@ -76,27 +78,23 @@ def print_plan(plan: Plan, cache: Cache, console: Console) -> None:
     spec = plan.spec
     console.line(f"plan · recipe {spec.recipe} · target {spec.target['name']} · cache {cache.root}")
     digests: dict[str, str] = {}
-    for node in plan.steps:
+    for keyed in walk(plan, cache, digests):
+        node = keyed.node
         after = ", ".join(sorted(set(node.upstream.values()))) or "-"
-        pending = [sid for sid in node.upstream.values() if sid not in digests]
-        if pending:
-            console.line(f"  {node.id:<13} after {after:<36} key pending   will run: {', '.join(sorted(set(pending)))} will run first")
+        if keyed.pending:
+            console.line(f"  {node.id:<13} after {after:<36} key pending   will run: {', '.join(keyed.pending)} will run first")
             continue
-        description = describe(node, digests, cache)
-        key = step_key(description)
-        digest = cache.peek_digest(key)
+        digest = cache.peek_digest(keyed.key)
         if digest is not None:
             digests[node.id] = digest
-            console.line(f"  {node.id:<13} after {after:<36} {key}  cached")
+            console.line(f"  {node.id:<13} after {after:<36} {keyed.key}  cached")
         else:
-            reason = explain(cache.last_description(plan.slot(node)), description)
-            console.line(f"  {node.id:<13} after {after:<36} {key}  will run: {reason}")
+            reason = explain(cache.last_description(plan.slot(node)), keyed.description)
+            console.line(f"  {node.id:<13} after {after:<36} {keyed.key}  will run: {reason}")
     cache.digests.save()
 
 
 def _report_line(artifact: Path) -> str | None:
-    import json
-
     try:
         report = json.loads((artifact / "report.json").read_text())
     except (OSError, ValueError):

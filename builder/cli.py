@@ -3,6 +3,7 @@ plain BuildSpec and hands it to builder.build; every failure becomes one line an
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -10,10 +11,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from backends import all_backends
 from builder.errors import MdbuildError, first_line
+from builder.progress import Console
 from builder.recipes import DEFAULT_RECIPE, recipe_files
 from builder.resources import resource_dir
 from builder.schema import BuildConfig, declared_keys, section_schema
+from builder.spec import BuildSpec
+from builder.sweep import job_result, write_result
 
 _RECIPES: dict[str, tuple[Path, bool]] = {}
 
@@ -24,6 +29,8 @@ def _register_configs(workdir: Path) -> None:
 
     store = ConfigStore.instance()
     store.store(name="mdbuild_schema", node=BuildConfig)
+    for backend in all_backends():  # each target's `- options: <backend>` picks its schema
+        store.store(group="target/options", name=backend.name, node=backend.options)
     _RECIPES.update(recipe_files(workdir))
     for name, (path, _) in _RECIPES.items():
         try:
@@ -37,15 +44,13 @@ def _task(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from builder.build import run
-    from builder.progress import Console
-    from builder.spec import BuildSpec
-    from builder.sweep import job_result, write_result
+    from builder.build import run  # imports the plan and its steps (numpy): not for --help
 
     hydra_cfg = HydraConfig.get()
     recipe = hydra_cfg.runtime.choices.get("recipe")
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     _reject_unknown_keys(config)
+    _default_options(config["target"])
     path, packaged = _RECIPES[recipe]
     spec = BuildSpec(recipe=recipe, recipe_path=path, packaged_recipe=packaged, config=config,
                      workdir=Path(hydra_cfg.runtime.cwd))
@@ -93,6 +98,13 @@ def _reject_unknown_keys(config: dict[str, Any], prefix: str = "") -> None:
             raise MdbuildError("no such key", f"{prefix}{key}", f"valid keys{section}: {', '.join(declared)}")
         if isinstance(value, dict) and section_schema(f"{prefix}{key}") is not None:
             _reject_unknown_keys(value, f"{prefix}{key}.")
+
+
+def _default_options(target: dict[str, Any]) -> None:
+    """A target file without `- options: <backend>` in its defaults gets its backend's defaults."""
+    backend = next((b for b in all_backends() if b.name == target["backend"]), None)
+    if target["options"] is None and backend is not None:
+        target["options"] = dataclasses.asdict(backend.options())
 
 
 def main() -> None:
@@ -169,7 +181,7 @@ def describe_error(exc: BaseException) -> str:
     if unknown and full_key:
         key = full_key.group(1)
         parent = key.rpartition(".")[0]
-        valid = declared_keys(parent)
+        valid = declared_keys(parent) or _option_keys(unknown.group(2))
         hint = f" (valid keys of {parent or 'the config'}: {', '.join(valid)})" if valid else ""
         return f"{key}: no such key{hint}"
     if "No match in the defaults list" in text:
@@ -184,6 +196,12 @@ def describe_error(exc: BaseException) -> str:
     if full_key:
         return f"{full_key.group(1)}: {first}"
     return first
+
+
+def _option_keys(schema: str) -> list[str]:
+    """The keys of a backend's target.options, by the name of its schema."""
+    found = [backend.options for backend in all_backends() if backend.options.__name__ == schema]
+    return [f.name for f in dataclasses.fields(found[0])] if found else []
 
 
 def _is_user_error(exc: BaseException) -> bool:

@@ -14,75 +14,84 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from builder.code import Code, factory_code
 from builder.errors import MdbuildError
+from builder.imports import resolve_callable
+from builder.inputs import concrete_shape, make_inputs
+from builder.serving.preprocess import load_image
 from builder.spec import BuildSpec
 
 SOURCES = ("npz", "images", "factory", "random")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
-def data_files(spec: BuildSpec, section: str) -> dict[str, Path]:
-    """The files a data set's content comes from (hashed into the keys of the steps that use it)."""
-    from builder.sources import local_code
+def reads(config: dict[str, Any], section: str) -> list[str]:
+    """The keys loading a data set reads (its files and code are inputs of their own)."""
+    source = config[section]["source"]
+    keys = [f"{section}.source", f"{section}.samples", "model.inputs", "model.dims"]
+    if source == "factory":
+        keys += [f"{section}.factory", f"{section}.kwargs"]
+    elif source == "images":
+        keys.append("preprocess")
+    elif source == "random":
+        keys.append("model.seed")
+    return keys
 
+
+def data_inputs(spec: BuildSpec, section: str) -> tuple[dict[str, Path], Code]:
+    """The files a data set's content comes from, and its factory's code (hashed into the keys of
+    the steps that use it)."""
     data = spec.config[section]
-    if section == "serving":  # the labels file of the image route
-        return {"labels": spec.existing_path(data["labels"], "serving.labels")} if data["labels"] else {}
     if data["source"] is None:
-        return {}
+        return {}, Code()
     if data["source"] not in SOURCES or (section == "evaluation" and data["source"] == "random"):
         choices = [s for s in SOURCES if section == "calibration" or s != "random"]
         raise MdbuildError(f"unknown data source '{data['source']}'", f"{section}.source", f"choose one of: {', '.join(choices)}")
     if data["source"] in ("npz", "images"):
         if not data["path"]:
             raise MdbuildError(f"a {data['source']} data set needs a path", f"{section}.path", "set it to the file or folder")
-        return {f"{section}_data": spec.existing_path(data["path"], f"{section}.path")}
+        return {f"{section} data": spec.existing_path(data["path"], f"{section}.path")}, Code()
     if data["source"] == "factory":
         if not data["factory"]:
             raise MdbuildError("a factory data set needs an import path", f"{section}.factory", "set it to package.module.function")
-        code = local_code(data["factory"], spec.workdir)
-        return {f"{section}_code": code} if code else {}
-    return {}
+        return {}, factory_code(data["factory"], spec.workdir, f"{section}.factory", section)
+    if not data["samples"]:
+        raise MdbuildError("random calibration data needs a sample count", f"{section}.samples", "set it, e.g. 32")
+    return {}, Code()
 
 
-def load(spec: BuildSpec, section: str) -> tuple[dict[str, Any], Any]:
-    """({input name: array (N, *sample shape)}, labels (N,) or None), at most `samples` samples."""
-    import numpy as np
-
-    data = spec.config[section]
-    names = [i["name"] for i in spec.model["inputs"]]
+def load(config: dict[str, Any], paths: dict[str, Path], section: str, workdir: Path) -> tuple[dict[str, Any], Any]:
+    """({input name: array (N, *sample shape)}, labels (N,) or None), at most `samples` samples;
+    `config` holds the keys `reads` names, `paths` the data set's files."""
+    data, model = config[section], config["model"]
+    names = [i["name"] for i in model["inputs"]]
     labels = None
     if data["source"] == "random":
-        from builder.inputs import make_inputs
-
-        if not data["samples"]:
-            raise MdbuildError("random calibration data needs a sample count", f"{section}.samples", "set it, e.g. 32")
-        batched = make_inputs(spec.model["inputs"], {**spec.model["dims"], **_batch_one(spec)}, data["samples"],
-                              spec.model["seed"] + 1)
+        batched = make_inputs(model["inputs"], {**model["dims"], **_batch_one(model)}, data["samples"], model["seed"] + 1)
         return {name: array[:, 0] for name, array in batched.items()}, None
     if data["source"] == "npz":
-        arrays, labels = _from_npz(spec.resolve_path(data["path"]), names, section)
+        arrays, labels = _from_npz(paths[f"{section} data"], names, section)
     elif data["source"] == "images":
-        arrays, labels = _from_images(spec.resolve_path(data["path"]), names, data, spec.config["preprocess"], section)
+        arrays, labels = _from_images(paths[f"{section} data"], names, data, config["preprocess"], section)
     else:
-        arrays, labels = _from_factory(spec, data, names, section)
+        arrays, labels = _from_factory(data, names, section, workdir)
     count = min(len(a) for a in arrays.values())
     if data["samples"]:
         count = min(count, data["samples"])
     arrays = {name: np.ascontiguousarray(array[:count]) for name, array in arrays.items()}
     labels = None if labels is None else np.asarray(labels)[:count]
-    _check_shapes(spec, arrays, section)
+    _check_shapes(model, arrays, section)
     return arrays, labels
 
 
-def _batch_one(spec: BuildSpec) -> dict[str, int]:
+def _batch_one(model: dict[str, Any]) -> dict[str, int]:
     """Size 1 for each input's leading dimension when it is dynamic: a sample has no batch."""
-    return {i["shape"][0]: 1 for i in spec.model["inputs"] if i["shape"] and isinstance(i["shape"][0], str)}
+    return {i["shape"][0]: 1 for i in model["inputs"] if i["shape"] and isinstance(i["shape"][0], str)}
 
 
 def _from_npz(path: Path, names: list[str], section: str):
-    import numpy as np
-
     if path.suffix == ".npy":
         if len(names) != 1:
             raise MdbuildError("a .npy file holds one input, the model has several", f"{section}.path", "use an .npz with one array per input")
@@ -101,10 +110,6 @@ def _from_npz(path: Path, names: list[str], section: str):
 
 
 def _from_images(folder: Path, names: list[str], data: dict[str, Any], preprocess: dict[str, Any], section: str):
-    import numpy as np
-
-    from builder.serving.preprocess import load_image
-
     if len(names) != 1:
         raise MdbuildError("an image folder feeds a one-input model", f"{section}.source", "use npz or factory data")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[: data["samples"] or None]
@@ -120,12 +125,8 @@ def _from_images(folder: Path, names: list[str], data: dict[str, Any], preproces
     return arrays, [classes.index(p.parent.name) for p in files]
 
 
-def _from_factory(spec: BuildSpec, data: dict[str, Any], names: list[str], section: str):
-    import numpy as np
-
-    from builder.imports import resolve_callable
-
-    result = resolve_callable(data["factory"], spec.workdir, f"{section}.factory")(**data["kwargs"])
+def _from_factory(data: dict[str, Any], names: list[str], section: str, workdir: Path):
+    result = resolve_callable(data["factory"], workdir, f"{section}.factory")(**data["kwargs"])
     labels = None
     if isinstance(result, tuple) and len(result) == 2:
         result, labels = result
@@ -141,13 +142,9 @@ def _from_factory(spec: BuildSpec, data: dict[str, Any], names: list[str], secti
     return {names[0]: np.asarray(result)}, labels
 
 
-def _check_shapes(spec: BuildSpec, arrays: dict[str, Any], section: str) -> None:
-    import numpy as np
-
-    from builder.inputs import concrete_shape
-
-    for index, spec_ in enumerate(spec.model["inputs"]):
-        expected = concrete_shape(spec_, {**spec.model["dims"], **_batch_one(spec)}, index)[1:]
+def _check_shapes(model: dict[str, Any], arrays: dict[str, Any], section: str) -> None:
+    for index, spec_ in enumerate(model["inputs"]):
+        expected = concrete_shape(spec_, {**model["dims"], **_batch_one(model)}, index)[1:]
         array = arrays[spec_["name"]]
         if list(array.shape[1:]) != expected:
             raise MdbuildError(f"samples of input '{spec_['name']}' have shape {list(array.shape[1:])}; the model "

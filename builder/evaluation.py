@@ -9,7 +9,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from builder import data
 from builder.errors import MdbuildError
+from builder.imports import resolve_callable
 
 EVALUATION_FILE = "evaluation.npz"
 _BATCH = 64
@@ -23,16 +25,15 @@ def top1(outputs: np.ndarray, labels: np.ndarray) -> float:
 def metric_function(name: str, workdir: Path) -> Callable[[np.ndarray, np.ndarray], float]:
     if name == "top1":
         return top1
-    from builder.imports import resolve_callable
-
     return resolve_callable(name, workdir, "evaluation.metric")
 
 
-def output_name(spec) -> str:
-    chosen = spec.config["evaluation"]["output"] or spec.model["outputs"][0]
-    if chosen not in spec.model["outputs"]:
+def output_name(config: dict[str, Any]) -> str:
+    outputs = config["model"]["outputs"]
+    chosen = config["evaluation"]["output"] or outputs[0]
+    if chosen not in outputs:
         raise MdbuildError(f"'{chosen}' is not an output of the model", "evaluation.output",
-                           f"choose one of: {', '.join(spec.model['outputs'])}")
+                           f"choose one of: {', '.join(outputs)}")
     return chosen
 
 
@@ -49,40 +50,39 @@ def run_batched(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], a
     return np.concatenate(results)
 
 
-def dynamic_batch(spec) -> bool:
-    return all(i["shape"] and isinstance(i["shape"][0], str) for i in spec.model["inputs"])
+def dynamic_batch(model: dict[str, Any]) -> bool:
+    return all(i["shape"] and isinstance(i["shape"][0], str) for i in model["inputs"])
 
 
 def evaluate_source(ctx, out: Path, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> None:
     """Scores the source model on the evaluation set and stores the set for the artifact's turn."""
-    from builder import data
-
-    evaluation = ctx.spec.config["evaluation"]
+    evaluation = ctx.config["evaluation"]
     if not evaluation["source"]:
         return
-    arrays, labels = data.load(ctx.spec, "evaluation")
+    arrays, labels = data.load(ctx.config, ctx.paths, "evaluation", ctx.workdir)
     if labels is None:
         raise MdbuildError("the evaluation data has no labels", "evaluation.source",
                            "give labels (npz 'labels'/'y', one image folder per class, or a factory returning (inputs, labels))")
-    name = output_name(ctx.spec)
-    outputs = run_batched(run, arrays, name, dynamic_batch(ctx.spec), ctx.progress)
-    score = metric_function(evaluation["metric"], ctx.spec.workdir)(outputs, labels)
+    name = output_name(ctx.config)
+    outputs = run_batched(run, arrays, name, dynamic_batch(ctx.config["model"]), ctx.progress)
+    score = metric_function(evaluation["metric"], ctx.workdir)(outputs, labels)
     with open(out / EVALUATION_FILE, "wb") as handle:
         np.savez(handle, labels=labels, **{f"input/{n}": a for n, a in arrays.items()})
     (out / "evaluation.json").write_text(json.dumps(
         {"metric": evaluation["metric"], "output": name, "samples": len(labels), "source_score": score}))
 
 
-def evaluate_artifact(reference: Path, spec, run, progress) -> dict[str, Any] | None:
-    """The artifact's score next to the source's, and whether the drop is within budget."""
+def evaluate_artifact(ctx, reference: Path, run) -> dict[str, Any] | None:
+    """The artifact's score next to the source's, and whether the drop is within
+    evaluation.max_drop (the verify step's keys)."""
     if not (reference / "evaluation.json").is_file():
         return None
     info = json.loads((reference / "evaluation.json").read_text())
     with np.load(reference / EVALUATION_FILE) as archive:
         labels = archive["labels"]
         arrays = {key.split("/", 1)[1]: archive[key] for key in archive.files if key.startswith("input/")}
-    outputs = run_batched(run, arrays, info["output"], dynamic_batch(spec), progress)
-    score = metric_function(info["metric"], spec.workdir)(outputs, labels)
-    budget = spec.config["evaluation"]["max_drop"]
+    outputs = run_batched(run, arrays, info["output"], dynamic_batch(ctx.config["model"]), ctx.progress)
+    score = metric_function(info["metric"], ctx.workdir)(outputs, labels)
+    budget = ctx.config["evaluation"]["max_drop"]
     drop = info["source_score"] - score
     return {**info, "artifact_score": score, "drop": drop, "max_drop": budget, "passed": bool(drop <= budget)}

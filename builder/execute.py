@@ -17,13 +17,10 @@ from typing import Any, Callable
 
 from builder.cache import Cache, Entry
 from builder.errors import GateFailed, MdbuildError, first_line
-from builder.hashing import canonical_json, sha256_text
+from builder.keys import walk
 from builder.plan import Plan, StepNode
 from builder.progress import Console
 from builder.reasons import explain
-from builder.serving.host import host_fingerprint
-from builder.spec import BuildSpec
-from builder.versions import library_versions
 
 
 @dataclass
@@ -38,60 +35,50 @@ class StepResult:
 
 @dataclass
 class StepContext:
-    """What a running step may use besides its input directories."""
+    """What a running step may use besides its input directories: its node's config and files (never
+    the whole config: what a step reads is in its key), where the user's modules import from, and
+    the results of the steps before it."""
 
-    spec: BuildSpec
     node: StepNode
     key: str
     description: dict[str, Any]
     results: dict[str, StepResult]
+    workdir: Path
     progress: Callable[[str], None]
 
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.node.config
 
-def describe(node: StepNode, upstream_digests: dict[str, str], cache: Cache) -> dict[str, Any]:
-    """Everything the step's output depends on; its sha256 is the step's key."""
-    inputs = {name: upstream_digests[step_id] for name, step_id in node.upstream.items()}
-    for name, path in node.files.items():
-        inputs[name] = cache.digests.path(path, "*.py" if name.endswith("_code") else "*")
-    description = {
-        "step": node.id,
-        "run": node.run,
-        "version": node.version,
-        "config": node.config,
-        "inputs": inputs,
-        "libraries": {**library_versions(*node.libraries), **node.extra_versions},
-    }
-    if node.host_dependent:
-        description["host"] = host_fingerprint()
-    return description
-
-
-def step_key(description: dict[str, Any]) -> str:
-    return sha256_text(canonical_json(description))
+    @property
+    def paths(self) -> dict[str, Path]:
+        return self.node.files
 
 
 def execute(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None = None) -> dict[str, StepResult]:
     cache.clean_stale_workdirs()
     results: dict[str, StepResult] = {}
+    digests: dict[str, str] = {}
     try:
-        for index, node in enumerate(plan.steps, 1):
+        for index, keyed in enumerate(walk(plan, cache, digests), 1):
+            node, description, key = keyed.node, keyed.description, keyed.key
             label = f"[{index}/{len(plan.steps)}] {node.id:<13}"
-            description = describe(node, {sid: results[sid].entry.digest for sid in node.upstream.values()}, cache)
-            key = step_key(description)
             entry = cache.lookup(key)
             for warning in cache.warnings:
                 console.line(f"warning: {warning}")
             cache.warnings.clear()
             if entry is not None:
                 results[node.id] = StepResult(node, key, description, entry, True, 0.0)
+                digests[node.id] = entry.digest
                 console.line(f"{label} cached   {key[:12]}")
                 continue
             reason = explain(cache.last_description(plan.slot(node)), description)
             started = time.monotonic()
-            context = StepContext(plan.spec, node, key, description, results, _silent)
+            context = StepContext(node, key, description, results, plan.spec.workdir, _silent)
             entry = _run_step(context, cache, console, label, reason, failure_dir)
             cache.remember(plan.slot(node), description)
             results[node.id] = StepResult(node, key, description, entry, False, time.monotonic() - started)
+            digests[node.id] = entry.digest
             console.line(f"{label} done     {results[node.id].seconds:.1f}s")
     finally:
         cache.digests.save()

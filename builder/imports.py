@@ -18,9 +18,14 @@ def import_sdk(module: str, extra: str, where: str) -> Any:
         raise missing_extra(module, extra, where) from exc
 
 
-def resolve_callable(path: str, workdir: Path, key: str) -> Callable[..., Any]:
+def importable_from(workdir: Path) -> None:
+    """The user's own modules import from the directory mdbuild runs in, ahead of installed ones."""
     if str(workdir) not in sys.path:
         sys.path.insert(0, str(workdir))
+
+
+def resolve_callable(path: str, workdir: Path, key: str) -> Callable[..., Any]:
+    importable_from(workdir)
     module_name, _, attribute = path.rpartition(".")
     try:
         target = getattr(importlib.import_module(module_name), attribute)

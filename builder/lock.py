@@ -16,13 +16,14 @@ from typing import Any
 
 from builder.cache import Cache
 from builder.errors import MdbuildError
-from builder.execute import StepResult, describe, step_key
-from builder.hashing import canonical_json, sha256_text
-from builder.plan import Plan
+from builder.execute import StepResult
+from builder.keys import walk
+from builder.plan import Plan, StepNode
 from builder.reasons import changed_keys, explain
 from builder.spec import BuildSpec
 
-LOCK_SCHEMA = 1
+# 2: node configs hold only the keys each step reads, per-file factory code, no config_sha256.
+LOCK_SCHEMA = 2
 
 
 def lock_path(spec: BuildSpec) -> Path:
@@ -34,28 +35,29 @@ def lock_path(spec: BuildSpec) -> Path:
     return spec.workdir / "recipes" / f"{spec.recipe}.lock.json"
 
 
-def config_hash(spec: BuildSpec) -> str:
-    return sha256_text(canonical_json(spec.artifact_config))
-
-
-def _read(path: Path) -> dict[str, Any]:
+def _read(path: Path, for_check: bool) -> dict[str, Any]:
+    """The lock's data; a lock of another schema is an error to check against and is started anew by
+    a build (its entries were keyed otherwise)."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         return {"schema": LOCK_SCHEMA, "targets": {}}
     except ValueError as exc:
         raise MdbuildError(f"lock file is not valid JSON ({exc})", str(path), "restore it from version control or delete it") from exc
-    if data.get("schema") != LOCK_SCHEMA:
-        raise MdbuildError(f"lock file schema {data.get('schema')} is not {LOCK_SCHEMA}", str(path), "rebuild to rewrite it")
-    return data
+    if data.get("schema") == LOCK_SCHEMA:
+        return data
+    if for_check:
+        raise MdbuildError(f"lock file schema {data.get('schema')} was written by another mdbuild (this one writes "
+                           f"schema {LOCK_SCHEMA}, whose keys differ)", str(path),
+                           "rebuild each target once (mdbuild +recipe=... target=...) to rewrite it; check mode then works")
+    return {"schema": LOCK_SCHEMA, "targets": {}}
 
 
 def write_lock(spec: BuildSpec, results: dict[str, StepResult]) -> Path:
     path = lock_path(spec)
-    data = _read(path)
+    data = _read(path, for_check=False)
     data["recipe"] = spec.recipe
     data["targets"][spec.target["name"]] = {
-        "config_sha256": config_hash(spec),
         "steps": [
             {"id": step_id, "key": r.key, "output_digest": r.entry.digest, "description": r.description}
             for step_id, r in results.items()
@@ -76,25 +78,28 @@ def check_lock(plan: Plan, cache: Cache) -> tuple[Path, int, str | None]:
     path = lock_path(spec)
     if not path.is_file():
         raise MdbuildError(f"no lock file at {path}", "lock.path", "build once to write it, or point lock.path at it")
-    entry = _read(path)["targets"].get(spec.target["name"])
+    entry = _read(path, for_check=True)["targets"].get(spec.target["name"])
     if entry is None:
         raise MdbuildError(f"{path} has no entry for target '{spec.target['name']}'", "target",
                            "build this target once to add it to the lock")
     locked = {step["id"]: step for step in entry["steps"]}
     digests: dict[str, str] = {}
     elsewhere: dict[str, list[str]] = {}
-    for node in plan.steps:
-        step = locked.get(node.id)
-        description = describe(node, digests, cache)
-        if step is None:
-            raise MdbuildError(f"lock check failed at step '{node.id}': the lock has no such step", str(path),
-                               "rebuild to update the lock")
-        locked_host = step["description"].get("host")
+
+    def as_locked(node: StepNode, description: dict[str, Any]) -> None:
+        """A host-dependent step is checked as if built on the host that wrote the lock."""
+        locked_host = locked.get(node.id, {}).get("description", {}).get("host")
         if node.host_dependent and isinstance(locked_host, dict) and locked_host != description["host"]:
             elsewhere[node.id] = changed_keys(locked_host, description["host"])
             description["host"] = locked_host
-        if step_key(description) != step["key"]:
-            raise MdbuildError(f"lock check failed at step '{node.id}': {explain(step['description'], description)}",
+
+    for keyed in walk(plan, cache, digests, as_locked):
+        node, step = keyed.node, locked.get(keyed.node.id)
+        if step is None:
+            raise MdbuildError(f"lock check failed at step '{node.id}': the lock has no such step", str(path),
+                               "rebuild to update the lock")
+        if keyed.key != step["key"]:
+            raise MdbuildError(f"lock check failed at step '{node.id}': {explain(step['description'], keyed.description)}",
                                str(path), "rebuild to update the lock if the change is intended, else revert it")
         digests[node.id] = step["output_digest"]
     note = None

@@ -6,12 +6,14 @@ fails composition with the key's full name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
-SOURCES = ("pytorch", "torchscript", "tensorflow", "onnx")
+from backends import all_backends
+from builder.optimize import GENERIC
+
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
 
 
@@ -50,9 +52,10 @@ class TargetConfig:
     backend: str = MISSING
     precision: str = "fp32"
     # Optimization steps the target itself needs (e.g. int8 quantization), after the recipe's own.
-    steps: List[str] = field(default_factory=list)
-    # ONNX Runtime: offline graph optimization level saved into the artifact.
-    graph_optimization: str = "extended"
+    optimize: List[str] = field(default_factory=list)
+    # The backend's own options: their schema is its `Options` (backends/<name>/__init__.py), chosen in
+    # the target's defaults list (`- options: <backend>`).
+    options: Any = None
 
 
 @dataclass
@@ -60,9 +63,6 @@ class HardwareConfig:
     # 0 lets the runtime choose (one thread per physical core).
     intra_op_threads: int = 0
     inter_op_threads: int = 1
-    # OpenVINO: PERFORMANCE_HINT (latency | throughput) and NUM_STREAMS (0: from the hint).
-    performance_hint: str = "latency"
-    streams: int = 0
 
 
 @dataclass
@@ -112,30 +112,6 @@ class ServingConfig:
 
 
 @dataclass
-class QuantizationConfig:
-    # ONNX Runtime (ort_quantize): static QDQ with calibration, or dynamic (weights only, no data).
-    mode: str = "static"
-    per_channel: bool = True
-    activation_type: str = "uint8"  # uint8 activations: int8 activations measured 3.5x slower here
-    weight_type: str = "int8"
-    calibration_method: str = "minmax"  # minmax | entropy | percentile
-    # OpenVINO (nncf_quantize): activation ranges and preset.
-    range_estimator: str = "minmax"  # minmax | default (NNCF's own, which clipped outliers on ResNet-50)
-    preset: str = "performance"  # performance | mixed
-
-
-@dataclass
-class PruneConfig:
-    # Global unstructured magnitude pruning of Conv and Linear weights, before export.
-    amount: float = 0.5
-
-
-@dataclass
-class Fp16Config:
-    keep_io_types: bool = True  # inputs and outputs stay float32
-
-
-@dataclass
 class Tolerance:
     max_rel_l2: Optional[float] = None
     min_cosine: Optional[float] = None
@@ -181,7 +157,7 @@ class LockConfig:
 
 
 @dataclass
-class BuildConfig:
+class _BuildConfig:
     mode: str = "build"
     traceback: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -189,11 +165,9 @@ class BuildConfig:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
-    # The recipe's optimization steps, in order: simplify, prune, fp16, ort_quantize, nncf_quantize.
+    # The recipe's optimization steps, in order (builder/optimize and each backend's own); each step's
+    # options are the section named after it (added below).
     optimize: List[str] = field(default_factory=list)
-    prune: PruneConfig = field(default_factory=PruneConfig)
-    fp16: Fp16Config = field(default_factory=Fp16Config)
-    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     # One image preprocessing for calibration, evaluation and the server's image route.
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
@@ -202,6 +176,15 @@ class BuildConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     lock: LockConfig = field(default_factory=LockConfig)
 
+
+def _step_sections() -> list[tuple[str, type, Any]]:
+    steps = [*GENERIC.values(), *(step for backend in all_backends() for step in backend.optimizations)]
+    return [(step.name, step.options, field(default_factory=step.options)) for step in steps if step.options]
+
+
+# The whole config: the sections above, and one per optimization step with options (prune.amount,
+# ort_quantize.mode, ...), whose schema lives beside the step.
+BuildConfig = make_dataclass("BuildConfig", _step_sections(), bases=(_BuildConfig,))
 
 MODES = ("build", "plan", "check")
 

@@ -10,9 +10,6 @@ from typing import Any
 from builder.errors import MdbuildError
 
 
-_RUN_ONLY = ("mode", "traceback", "cache", "output", "lock")
-
-
 @dataclass(frozen=True)
 class BuildSpec:
     recipe: str
@@ -28,11 +25,6 @@ class BuildSpec:
     @property
     def target(self) -> dict[str, Any]:
         return self.config["target"]
-
-    @property
-    def artifact_config(self) -> dict[str, Any]:
-        """Everything that shapes the artifact (not how or where mdbuild runs)."""
-        return {key: value for key, value in self.config.items() if key not in _RUN_ONLY}
 
     def resolve_path(self, value: str, key: str | None = None) -> Path:
         """A path as the recipe gives it: absolute, relative to the directory mdbuild runs in, or

@@ -21,7 +21,7 @@ def test_build_writes_a_complete_artifact(workspace):
         assert (artifact / name).is_file(), name
 
     manifest = read_json(artifact / "manifest.json")
-    assert manifest["schema"] == 1 and manifest["recipe"] == "cnn" and manifest["target"] == "onnxruntime_fp32"
+    assert manifest["schema"] == 2 and manifest["recipe"] == "cnn" and manifest["target"] == "onnxruntime_fp32"
     assert manifest["config"]["model"]["factory"] == "tinynets.small_cnn"
     assert set(manifest["steps"]) == {"export", "reference", "compile", "verify", "package"}
     assert manifest["steps"]["package"]["key"] == manifest["build_key"]
@@ -57,9 +57,9 @@ def test_unchanged_rebuild_runs_nothing_and_target_change_reuses_export(workspac
     assert again.ran() == []
     assert again.artifact == first.artifact
 
-    other = workspace.run("+recipe=cnn", *QUICK, "target.graph_optimization=basic")
+    other = workspace.run("+recipe=cnn", *QUICK, "target.options.graph_optimization=basic")
     assert other.ran() == ["compile", "verify", "package"]
-    assert "config changed: target.graph_optimization" in other.stdout
+    assert "config changed: target.options.graph_optimization" in other.stdout
     assert other.artifact != first.artifact and first.artifact.is_dir()
 
 
@@ -70,7 +70,7 @@ def test_editing_the_model_code_invalidates_the_export(workspace):
     code.write_text(code.read_text().replace("padding=1), nn.BatchNorm2d", "padding=1, bias=False), nn.BatchNorm2d"))
     rebuilt = workspace.run("+recipe=cnn", *QUICK)
     assert rebuilt.ran()[:2] == ["export", "reference"]
-    assert "input changed: factory_code" in rebuilt.stdout
+    assert "input changed: factory code tinynets.py" in rebuilt.stdout
 
 
 def test_corrupt_cache_entry_is_detected_and_rebuilt(workspace):

@@ -25,7 +25,10 @@ def test_typo_in_an_override_key(workspace):
     workspace.recipe("cnn", cnn_recipe())
     line = _one_error_line(workspace.run("+recipe=cnn", "target.precison=fp32", check=False))
     assert "target.precison: no such key" in line
-    assert "precision" in line and "graph_optimization" in line
+    assert "precision" in line and "options" in line
+    options = _one_error_line(workspace.run("+recipe=cnn", "target.options.graph_optimisation=basic", check=False))
+    assert options == ("error: target.options.graph_optimisation: no such key "
+                       "(valid keys of target.options: graph_optimization)")
 
 
 def test_typo_in_a_recipe_file(workspace):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from builder.execute import step_key
+from builder.keys import step_key
 from conftest import QUICK, cnn_recipe, read_json
 
 pytestmark = pytest.mark.torch
@@ -43,8 +43,8 @@ def test_check_names_the_changed_config_key(workspace):
     failed = workspace.run("+recipe=cnn", *QUICK, "mode=check", "model.opset=17", check=False)
     assert failed.code == 1
     assert "lock check failed at step 'export': config changed: model.opset" in failed.stderr
-    later = workspace.run("+recipe=cnn", *QUICK, "mode=check", "target.graph_optimization=basic", check=False)
-    assert "at step 'compile': config changed: target.graph_optimization" in later.stderr
+    later = workspace.run("+recipe=cnn", *QUICK, "mode=check", "target.options.graph_optimization=basic", check=False)
+    assert "at step 'compile': config changed: target.options.graph_optimization" in later.stderr
 
 
 def test_check_names_a_changed_input_file(workspace):
@@ -78,3 +78,15 @@ def test_lock_at_a_given_path_and_missing_entries(workspace):
     assert (workspace.root / "locks" / "cnn.json").is_file()
     assert not (workspace.root / "recipes" / "cnn.lock.json").exists()
     workspace.run("+recipe=cnn", *QUICK, "mode=check", "lock.path=locks/cnn.json")
+
+
+def test_a_lock_from_before_exact_keys_says_to_rebuild_once(workspace):
+    recipe = workspace.recipe("cnn", cnn_recipe())
+    lock = recipe.with_name("cnn.lock.json")
+    lock.write_text(json.dumps({"schema": 1, "recipe": "cnn", "targets": {"onnxruntime_fp32": {"steps": []}}}))
+    failed = workspace.run("+recipe=cnn", *QUICK, "mode=check", check=False)
+    assert failed.code == 1 and "lock file schema 1 was written by another mdbuild" in failed.stderr
+    assert "rebuild each target once" in failed.stderr
+    workspace.run("+recipe=cnn", *QUICK)  # the build starts the lock anew
+    assert read_json(lock)["schema"] == 2
+    assert "lock check passed" in workspace.run("+recipe=cnn", *QUICK, "mode=check").stdout

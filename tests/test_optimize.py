@@ -63,9 +63,9 @@ def test_artifacts_hold_the_backends_model_formats(digits_sweep):
     assert read_json(artifacts["digits-openvino_fp32"] / "manifest.json")["runtime"]["compute_precisions"] == ["fp32"]
     assert "openvino==" in (artifacts["digits-openvino_int8"] / "requirements.txt").read_text()
     int8 = read_json(artifacts["digits-onnxruntime_int8"] / "report.json")
-    record = int8["optimizations"][0]
-    assert record["step"] == "ort_quantize" and record["mode"] == "static" and record["activation_type"] == "uint8"
-    assert record["calibration_samples"] == 179 and not record["random_calibration"] and int8["warnings"] == []
+    summary = int8["optimizations"][0]
+    assert summary["step"] == "ort_quantize" and summary["mode"] == "static" and summary["activation_type"] == "uint8"
+    assert summary["calibration_samples"] == 179 and not summary["random_calibration"] and int8["warnings"] == []
     import onnx
 
     graph = onnx.load(str(artifacts["digits-onnxruntime_int8"] / "model_repository" / "digits" / "1" / "model.onnx")).graph
@@ -140,10 +140,10 @@ def test_moderate_pruning_passes_and_reports_sparsity_and_size(workspace):
 
 
 def test_dynamic_quantization_needs_no_calibration(workspace):
-    result = workspace.run("+recipe=digits", *QUICK, "target=onnxruntime_int8", "quantization.mode=dynamic")
+    result = workspace.run("+recipe=digits", *QUICK, "target=onnxruntime_int8", "ort_quantize.mode=dynamic")
     assert "calibration" not in result.ran()
-    record = read_json(result.artifact / "report.json")["optimizations"][0]
-    assert record["mode"] == "dynamic"
+    summary = read_json(result.artifact / "report.json")["optimizations"][0]
+    assert summary["mode"] == "dynamic"
 
 
 def test_fp16_step_on_onnxruntime(workspace):
@@ -190,8 +190,8 @@ def test_calibration_from_an_image_folder_and_npz(workspace):
     preprocess = {"resize": 20, "center_crop": 16, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
     workspace.recipe("cnn", {**cnn_recipe(), "preprocess": preprocess, "calibration": {"source": "images", "path": "calib"}})
     images = workspace.run("+recipe=cnn", *QUICK, "target=onnxruntime_int8")
-    record = read_json(images.artifact / "report.json")["optimizations"][0]
-    assert record["calibration_samples"] == 6 and record["calibration_source"] == "images"
+    summary = read_json(images.artifact / "report.json")["optimizations"][0]
+    assert summary["calibration_samples"] == 6 and summary["calibration_source"] == "images"
 
     np.savez(workspace.root / "calib.npz", image=rng.standard_normal((5, 3, 16, 16)).astype(np.float32))
     workspace.recipe("cnn", {**cnn_recipe(), "calibration": {"source": "npz", "path": "calib.npz"}})
@@ -221,7 +221,7 @@ def test_digits_training_is_deterministic_and_splits_do_not_overlap():
 
 def test_a_sweep_over_precisions_by_override(workspace):
     result = workspace.run("-m", "+recipe=digits", *QUICK, "target=openvino_fp32", "target.precision=fp32,fp16",
-                           "hardware.performance_hint=throughput", "hardware.streams=2")
+                           "target.options.performance_hint=throughput", "target.options.streams=2")
     artifacts = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("artifact: ")]
     runtimes = [read_json(Path(a) / "manifest.json")["runtime"] for a in artifacts]
     assert [r["compute_precisions"] for r in runtimes] == [["fp32"], ["fp16", "fp32"]]
@@ -231,7 +231,7 @@ def test_a_sweep_over_precisions_by_override(workspace):
 
 def test_int8_precision_without_a_quantization_step_is_refused(workspace):
     result = workspace.run("+recipe=digits", "target=openvino_fp32", "target.precision=int8", "mode=plan", check=False)
-    assert "target.steps: target openvino_fp32 is int8 but runs no quantization step" in result.stderr
+    assert "target.optimize: target openvino_fp32 is int8 but runs no quantization step" in result.stderr
 
 
 def test_a_pluggable_metric(workspace):

@@ -153,7 +153,7 @@ def test_a_precision_the_backend_does_not_build_fails_at_planning(workspace):
 
 def _rehost(lock_path, target: str) -> None:
     """Rewrites a lock as the other CPU kind would have written it (bf16 arithmetic or not)."""
-    from builder.execute import step_key
+    from builder.keys import step_key
 
     data = read_json(lock_path)
     for step in data["targets"][target]["steps"]:

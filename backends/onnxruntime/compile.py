@@ -14,17 +14,21 @@ from builder.errors import MdbuildError
 _OFFLINE = ("disabled", "basic", "extended")
 
 
-def compile_model(onnx_path: Path, target: dict[str, Any], hardware: dict[str, Any], out: Path) -> dict[str, Any]:
+def check(config: dict[str, Any]) -> None:
+    level = config["target"]["options"]["graph_optimization"]
+    if level not in _OFFLINE:
+        raise MdbuildError(f"graph optimization level '{level}' cannot be saved portably",
+                           "target.options.graph_optimization",
+                           f"choose one of: {', '.join(_OFFLINE)} (the machine-specific 'all' level is applied at load time)")
+
+
+def compile_model(onnx_path: Path, config: dict[str, Any], out: Path) -> dict[str, Any]:
     """Writes out/model.onnx and returns the runtime settings serve.py and verification use."""
     import onnxruntime
 
-    level = target["graph_optimization"]
-    if level not in _OFFLINE:
-        raise MdbuildError(
-            f"graph optimization level '{level}' cannot be saved portably",
-            "target.graph_optimization",
-            f"choose one of: {', '.join(_OFFLINE)} (the machine-specific 'all' level is applied at load time)",
-        )
+    check(config)
+
+    level = config["target"]["options"]["graph_optimization"]
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = getattr(
         onnxruntime.GraphOptimizationLevel,
@@ -35,7 +39,7 @@ def compile_model(onnx_path: Path, target: dict[str, Any], hardware: dict[str, A
     onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     return {
         "model_file": "model.onnx",
-        "intra_op_threads": hardware["intra_op_threads"],
-        "inter_op_threads": hardware["inter_op_threads"],
+        "intra_op_threads": config["hardware"]["intra_op_threads"],
+        "inter_op_threads": config["hardware"]["inter_op_threads"],
         "runtime_optimization": "all",
     }

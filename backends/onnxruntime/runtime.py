@@ -2,6 +2,8 @@
 build's verification imports it, and the generated serve.py embeds this same source, so the served
 model runs exactly as it was verified."""
 
+from pathlib import Path
+
 import numpy as np
 import onnxruntime
 
@@ -46,6 +48,4 @@ def _dims(shape):
 
 
 def load(model_dir, settings):
-    from pathlib import Path
-
     return LoadedModel(Path(model_dir) / settings["model_file"], settings)

@@ -7,21 +7,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from backends.openvino import BACKEND
 from builder.errors import MdbuildError
 
 _HINTS = ("latency", "throughput")
 
 
-def compile_model(onnx_path: Path, target: dict[str, Any], hardware: dict[str, Any], out: Path) -> dict[str, Any]:
+def check(config: dict[str, Any]) -> None:
+    options = config["target"]["options"]
+    if options["performance_hint"] not in _HINTS:
+        raise MdbuildError(f"'{options['performance_hint']}' is not valid", "target.options.performance_hint",
+                           f"choose one of: {', '.join(_HINTS)}")
+    if options["streams"] < 0:
+        raise MdbuildError(f"{options['streams']} streams", "target.options.streams",
+                           "give 0 (from the hint) or a positive count")
+
+
+def compile_model(onnx_path: Path, config: dict[str, Any], out: Path) -> dict[str, Any]:
     import openvino as ov
 
-    from backends.openvino import BACKEND
     from backends.openvino.runtime import HINTS
 
-    if hardware["performance_hint"] not in _HINTS:
-        raise MdbuildError(f"'{hardware['performance_hint']}' is not valid", "hardware.performance_hint",
-                           f"choose one of: {', '.join(_HINTS)}")
-    precision = BACKEND.precisions[target["precision"]]
+    check(config)
+    options = config["target"]["options"]
+    precision = BACKEND.precisions[config["target"]["precision"]]
     model = ov.convert_model(str(onnx_path))
     ov.save_model(model, str(out / "model.xml"), compress_to_fp16=precision.stores == "fp16")
     return {
@@ -29,9 +38,9 @@ def compile_model(onnx_path: Path, target: dict[str, Any], hardware: dict[str, A
         "device": "CPU",
         "compute_precisions": list(precision.computes),
         "fixed_hint": HINTS[fixed_hint(precision.computes)],
-        "performance_hint": hardware["performance_hint"],
-        "streams": hardware["streams"],
-        "threads": hardware["intra_op_threads"],
+        "performance_hint": options["performance_hint"],
+        "streams": options["streams"],
+        "threads": config["hardware"]["intra_op_threads"],
     }
 
 

@@ -2,6 +2,8 @@
 verification imports it, and the generated serve.py embeds this same source, so the served model
 runs exactly as it was verified."""
 
+from pathlib import Path
+
 import threading
 
 import numpy as np
@@ -103,6 +105,4 @@ def _dims(port):
 
 
 def load(model_dir, settings):
-    from pathlib import Path
-
     return LoadedModel(Path(model_dir) / settings["model_file"], settings)

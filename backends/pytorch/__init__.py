@@ -1,14 +1,14 @@
 from backends import GRAPH_TYPES, Backend
 
+# Triton has no backend for a torch.export ExportedProgram: no config.pbtxt.
 BACKEND = Backend(
     name="pytorch",
     package="torch",
     distribution="torch",
     extra="torch",
     precisions=GRAPH_TYPES,
-    runtime_module="backends.pytorch.runtime",
-    compile_function="backends.pytorch.compile:compile_model",
     compile_version=1,
     libraries=("torch", "onnx2torch", "onnx"),
+    reads=("hardware.intra_op_threads",),
     converter="onnx2torch",
 )

@@ -1,14 +1,6 @@
 """ONNX -> PyTorch: onnx2torch rebuilds the graph as a torch.fx module, saved as a `torch.export`
-ExportedProgram (model.pt2, dynamic batch where the ONNX graph has one), or as TorchScript
-(model.pt) when torch.export cannot capture it.
-
-The ExportedProgram comes first: torch 2.14 deprecates torch.jit. Its example batch is 2, because
-torch.export specializes sizes 0 and 1 to constants (measured: onnx2torch's SqueezeNet exported with
-a batch-1 example fails with "Constraints violated (batch)"). onnx2torch reads the axes of
-Squeeze-13 and the pads of Pad from tensors at run time, which torch.export cannot capture
-("Could not extract specialized integer from data-dependent expression", measured on Keras
-MobileNetV2): such modules are traced to TorchScript instead, and the trace, taken at batch 1, is
-checked at batch 3; where it does not hold, the artifact declares a fixed batch of 1."""
+ExportedProgram (model.pt2, dynamic batch where the ONNX graph has one), else traced to TorchScript
+(model.pt). Why, and the batch sizes it checks: README, "Framework conversions"."""
 
 from __future__ import annotations
 
@@ -23,7 +15,7 @@ from builder.errors import MdbuildError, first_line
 _FALLBACK_OPSET = 17  # the newest opset whose operators onnx2torch 1.5 implements
 
 
-def compile_model(onnx_path: Path, target: dict[str, Any], hardware: dict[str, Any], out: Path) -> dict[str, Any]:
+def compile_model(onnx_path: Path, config: dict[str, Any], out: Path) -> dict[str, Any]:
     import onnx
 
     model = onnx.load(str(onnx_path))
@@ -49,7 +41,7 @@ def compile_model(onnx_path: Path, target: dict[str, Any], hardware: dict[str, A
         "model_file": model_file,
         "inputs": tensors["inputs"],
         "outputs": tensors["outputs"],
-        "intra_op_threads": hardware["intra_op_threads"],
+        "intra_op_threads": config["hardware"]["intra_op_threads"],
         "converter": converter_record("onnx2torch", format=how, folded_weight_identities=folded, opset=opset),
     }
 

@@ -1,4 +1,4 @@
-from backends import GRAPH_TYPES, Backend
+from backends import GRAPH_TYPES, Backend, Triton
 
 BACKEND = Backend(
     name="tensorflow",
@@ -6,10 +6,11 @@ BACKEND = Backend(
     distribution="tensorflow",
     extra="tensorflow",
     precisions=GRAPH_TYPES,
-    runtime_module="backends.tensorflow.runtime",
-    compile_function="backends.tensorflow.compile:compile_model",
     compile_version=1,
     libraries=("tensorflow", "tf_keras", "onnx2tf", "onnx-graphsurgeon", "sng4onnx", "onnx"),
+    reads=("hardware.intra_op_threads", "hardware.inter_op_threads"),
     converter="onnx2tf",
+    triton=Triton("tensorflow", platform="tensorflow_savedmodel"),
+    # TensorFlow loaded before PyTorch's Triton or MindSpore crashes the interpreter: never in the build's.
     isolated=("compile", "verify", "package"),
 )

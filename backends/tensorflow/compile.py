@@ -16,7 +16,7 @@ MODEL_DIR = "model.savedmodel"
 SIGNATURE = "serving_default"
 
 
-def compile_model(onnx_path: Path, target: dict[str, Any], hardware: dict[str, Any], out: Path) -> dict[str, Any]:
+def compile_model(onnx_path: Path, config: dict[str, Any], out: Path) -> dict[str, Any]:
     import onnx
     import onnx2tf
     import tensorflow as tf
@@ -54,8 +54,8 @@ def compile_model(onnx_path: Path, target: dict[str, Any], hardware: dict[str, A
         "model_file": MODEL_DIR,
         "inputs": tensors["inputs"],
         "outputs": tensors["outputs"],
-        "intra_op_threads": hardware["intra_op_threads"],
-        "inter_op_threads": hardware["inter_op_threads"],
+        "intra_op_threads": config["hardware"]["intra_op_threads"],
+        "inter_op_threads": config["hardware"]["inter_op_threads"],
         "converter": converter_record("onnx2tf", format="SavedModel", inputs_layout_kept=kept),
     }
 

@@ -2,6 +2,8 @@
 (numpy + tensorflow only): the build's verification imports it, and the generated serve.py embeds
 this same source, so the served model runs exactly as it was verified."""
 
+from pathlib import Path
+
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter, not its errors
@@ -33,6 +35,4 @@ class LoadedModel:
 
 
 def load(model_dir, settings):
-    from pathlib import Path
-
     return LoadedModel(Path(model_dir) / settings["model_file"], settings)

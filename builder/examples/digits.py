@@ -1,13 +1,7 @@
-"""A small CNN trained in seconds on scikit-learn's bundled digits (8x8 images, 10 classes), with
-three disjoint splits: training, calibration and held-out evaluation.
-
-    python -m builder.examples.digits [--save PATH]     trains, prints held-out accuracy
-
-The `digits` recipe builds `build_cnn` with the shipped weights (digits_cnn.pt, written by
-`--save builder/examples/digits_cnn.pt`): training is seeded and single-threaded, but its float
-kernels differ between CPUs (AVX-512 and AVX2 give other weights), so the weights are shipped and
-every machine builds the same model. `calibration_set` and `evaluation_set` are the recipe's data.
-"""
+"""A small CNN trained in seconds on scikit-learn's bundled digits, with three disjoint splits:
+training, calibration and held-out evaluation. `python -m builder.examples.digits [--save PATH]`
+trains and prints held-out accuracy; the `digits` recipe builds `build_cnn` with the shipped weights
+(digits_cnn.pt: float kernels differ between CPUs, so every machine loads the same weights)."""
 
 from __future__ import annotations
 
@@ -15,6 +9,8 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+
+from builder.errors import missing_extra
 
 SEED = 0
 EPOCHS = 12
@@ -28,8 +24,6 @@ def splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:
-        from builder.errors import missing_extra
-
         raise missing_extra("scikit-learn", "examples", "model.factory") from exc
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)[:, None, :, :]

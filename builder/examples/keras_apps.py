@@ -1,14 +1,9 @@
-"""Keras applications with seeded random weights that are numerically healthy, for recipes that
-have no trained weights to ship.
-
-With Keras' default initialisation and untouched BatchNorm statistics (mean 0, variance 1), a random
-MobileNetV2's activations shrink block after block: its logits are about 1e-11 (measured), so every
-relative comparison of an optimized artifact is a comparison of rounding noise, and int8
-quantization rounds everything to zero. One forward pass in training mode over a seeded batch, with
-the BatchNorm momentum at 0, sets each BatchNorm's statistics to those of the activations it really
-sees, the usual data-dependent initialisation: the logits become O(1), as in a trained network."""
+"""Keras applications with seeded random weights that are numerically healthy: one forward pass in
+training mode over a seeded batch sets each BatchNorm's statistics (README, "Recipes", says why)."""
 
 from __future__ import annotations
+
+import numpy as np
 
 
 def application(name: str, input_shape=(224, 224, 3), classes: int = 1000, calibration_batch: int = 16,
@@ -16,7 +11,6 @@ def application(name: str, input_shape=(224, 224, 3), classes: int = 1000, calib
     """keras.applications.<name> (e.g. MobileNetV2, ResNet50) with random weights, logits output, and
     BatchNorm statistics from one seeded pass over inputs uniform in [-1, 1]."""
     import keras
-    import numpy as np
 
     model = getattr(keras.applications, name)(input_shape=tuple(input_shape), classes=classes, weights=None,
                                               classifier_activation=None, **kwargs)

@@ -14,14 +14,14 @@ from builder.inputs import dynamic_axes, make_inputs
 
 def load_network(ctx) -> Any:
     ms = import_sdk("mindspore", "mindspore", "model.source")
-    model_cfg = ctx.spec.model
+    model_cfg = ctx.config["model"]
     ms.set_seed(model_cfg["seed"])
-    network = build_from_factory(model_cfg, ctx.spec.workdir)
+    network = build_from_factory(model_cfg, ctx.workdir)
     if not isinstance(network, ms.nn.Cell):
         raise MdbuildError(f"the factory returned {type(network).__name__}, not a mindspore.nn.Cell", "model.factory",
                            "point model.factory at a function or class that builds the network")
-    if model_cfg.get("weights"):
-        _load_checkpoint(ms, network, ctx.spec.resolve_path(model_cfg["weights"]))
+    if "weights" in ctx.paths:
+        _load_checkpoint(ms, network, ctx.paths["weights"])
     network.set_train(False)
     return network
 
@@ -50,7 +50,7 @@ def export(ctx, inputs: dict[str, Path], out: Path) -> None:
     ms = import_sdk("mindspore", "mindspore", "model.source")
     import onnx
 
-    model_cfg = ctx.spec.model
+    model_cfg = ctx.config["model"]
     network = load_network(ctx)
     arrays = make_inputs(model_cfg["inputs"], model_cfg["dims"], 1, model_cfg["seed"])
     tensors = [ms.Tensor(arrays[spec["name"]][0]) for spec in model_cfg["inputs"]]
@@ -82,18 +82,16 @@ def _batch_outputs(model, axes: dict[str, dict[int, str]], sizes: dict[str, int]
             dims[0].dim_param = name
 
 
-def reference(ctx, inputs: dict[str, Path], out: Path) -> None:
-    """The source network's outputs on the seeded samples, and its score on the labelled set."""
+def runner(ctx):
+    """The source network as a function of numpy feeds, for the reference step."""
     ms = import_sdk("mindspore", "mindspore", "model.source")
-    from builder.steps.reference import record_reference
-
     network = load_network(ctx)
-    names = [spec["name"] for spec in ctx.spec.model["inputs"]]
+    names = [spec["name"] for spec in ctx.config["model"]["inputs"]]
 
     def run(feeds):
         result = network(*(ms.Tensor(feeds[name]) for name in names))
         if not isinstance(result, (tuple, list)):
             result = (result,)
-        return dict(zip(ctx.spec.model["outputs"], (r.asnumpy() for r in result)))
+        return dict(zip(ctx.config["model"]["outputs"], (r.asnumpy() for r in result)))
 
-    record_reference(ctx, out, run)
+    return run

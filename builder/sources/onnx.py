@@ -13,22 +13,22 @@ from builder.imports import import_sdk
 def export(ctx, inputs: dict[str, Path], out: Path) -> None:
     import onnx
 
-    path = ctx.spec.resolve_path(ctx.spec.model["path"])
+    path = ctx.paths["model"]
     try:
         model = onnx.load(str(path), load_external_data=True)
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises DecodeError, ValidationError, OSError...
         raise MdbuildError(f"not a valid ONNX model: {path} ({first_line(exc, 200)})", "model.path",
                            "point model.path at a .onnx file that onnx.checker accepts") from exc
-    declared = [spec["name"] for spec in ctx.spec.model["inputs"]]
+    declared = [spec["name"] for spec in ctx.config["model"]["inputs"]]
     initializers = {init.name for init in model.graph.initializer}
     actual = [i.name for i in model.graph.input if i.name not in initializers]
     if sorted(declared) != sorted(actual):
         raise MdbuildError(f"the recipe declares inputs {declared} but the model has {actual}", "model.inputs",
                            "name the model's graph inputs in model.inputs")
-    outputs = [o.name for o in model.graph.output]
-    if outputs != list(ctx.spec.model["outputs"]):
-        raise MdbuildError(f"the recipe declares outputs {list(ctx.spec.model['outputs'])} but the model has {outputs}",
+    outputs, declared_outputs = [o.name for o in model.graph.output], list(ctx.config["model"]["outputs"])
+    if outputs != declared_outputs:
+        raise MdbuildError(f"the recipe declares outputs {declared_outputs} but the model has {outputs}",
                            "model.outputs", f"set model.outputs to {outputs}")
     if model.ByteSize() < 2**31 - 1 and not _has_external_data(path):
         shutil.copyfile(path, out / "model.onnx")
@@ -43,14 +43,12 @@ def _has_external_data(path: Path) -> bool:
     return any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
 
 
-def reference(ctx, inputs: dict[str, Path], out: Path) -> None:
+def runner(ctx):
+    """The model file run unoptimized in ONNX Runtime, for the reference step."""
     onnxruntime = import_sdk("onnxruntime", "onnxruntime", "model.source")
-    from builder.steps.reference import record_reference
-
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    path = ctx.spec.resolve_path(ctx.spec.model["path"])
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = list(ctx.spec.model["outputs"])
-    record_reference(ctx, out, lambda feeds: dict(zip(names, session.run(names, feeds))))
+    session = onnxruntime.InferenceSession(str(ctx.paths["model"]), options, providers=["CPUExecutionProvider"])
+    names = list(ctx.config["model"]["outputs"])
+    return lambda feeds: dict(zip(names, session.run(names, feeds)))

@@ -21,18 +21,18 @@ from builder.inputs import dynamic_axes, make_inputs
 def load_module(ctx) -> Any:
     """The source model in eval mode, built the same way for export and for reference."""
     torch = import_sdk("torch", "torch", "model.source")
-    model_cfg = ctx.spec.model
+    model_cfg = ctx.config["model"]
     torch.manual_seed(model_cfg["seed"])
     if model_cfg["source"] == "torchscript":
-        path = ctx.spec.resolve_path(model_cfg["path"])
+        path = ctx.paths["model"]
         try:
             return torch.jit.load(str(path), map_location="cpu").eval()
         except Exception as exc:  # torch raises RuntimeError with a C++ trace for a bad file
             raise MdbuildError(f"not a TorchScript file: {path} ({first_line(exc)})", "model.path",
                                "point model.path at a file written by torch.jit.save") from exc
-    module = build_from_factory(model_cfg, ctx.spec.workdir)
-    if model_cfg.get("weights"):
-        _load_weights(torch, module, ctx.spec.resolve_path(model_cfg["weights"]))
+    module = build_from_factory(model_cfg, ctx.workdir)
+    if "weights" in ctx.paths:
+        _load_weights(torch, module, ctx.paths["weights"])
     return module.eval()
 
 
@@ -63,7 +63,7 @@ def _load_weights(torch, module, path: Path) -> None:
 
 def example_inputs(ctx) -> tuple:
     torch = import_sdk("torch", "torch", "model.source")
-    model_cfg = ctx.spec.model
+    model_cfg = ctx.config["model"]
     arrays = make_inputs(model_cfg["inputs"], model_cfg["dims"], 1, model_cfg["seed"])
     return tuple(torch.from_numpy(arrays[spec["name"]][0]) for spec in model_cfg["inputs"])
 
@@ -72,7 +72,7 @@ def export(ctx, inputs: dict[str, Path], out: Path) -> None:
     torch = import_sdk("torch", "torch", "model.source")
     import onnx
 
-    model_cfg = ctx.spec.model
+    model_cfg = ctx.config["model"]
     module = load_pruned(ctx, inputs)
     args = example_inputs(ctx)
     names = [spec["name"] for spec in model_cfg["inputs"]]
@@ -117,14 +117,11 @@ def _export_error(exc: Exception, model_cfg: dict[str, Any]) -> MdbuildError:
                         "run with traceback=true for the exporter's full error")
 
 
-def reference(ctx, inputs: dict[str, Path], out: Path) -> None:
-    """The source model's outputs on the seeded samples, and its score on the labelled set."""
+def runner(ctx):
+    """The source model as a function of numpy feeds, for the reference step."""
     torch = import_sdk("torch", "torch", "model.source")
-
-    from builder.steps.reference import record_reference
-
     module = load_module(ctx)
-    names = [spec["name"] for spec in ctx.spec.model["inputs"]]
+    names = [spec["name"] for spec in ctx.config["model"]["inputs"]]
 
     def run(feeds):
         with torch.no_grad():
@@ -133,6 +130,6 @@ def reference(ctx, inputs: dict[str, Path], out: Path) -> None:
             result = (result,)
         elif isinstance(result, dict):
             result = tuple(result.values())
-        return dict(zip(ctx.spec.model["outputs"], (r.detach().numpy() for r in result)))
+        return dict(zip(ctx.config["model"]["outputs"], (r.detach().numpy() for r in result)))
 
-    record_reference(ctx, out, run)
+    return run

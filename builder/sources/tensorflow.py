@@ -4,7 +4,9 @@ tf2onnx. The ONNX outputs are renamed to the recipe's output names."""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,11 @@ def _import_tf():
 def load_model(ctx) -> Any:
     """A callable Keras model, or a SavedModel's serving signature."""
     tf = _import_tf()
-    model_cfg = ctx.spec.model
+    model_cfg = ctx.config["model"]
     tf.keras.utils.set_random_seed(model_cfg["seed"])
-    if model_cfg.get("factory"):
-        return build_from_factory(model_cfg, ctx.spec.workdir)
-    path = ctx.spec.resolve_path(model_cfg["path"])
+    if "model" not in ctx.paths:
+        return build_from_factory(model_cfg, ctx.workdir)
+    path = ctx.paths["model"]
     try:
         if path.is_dir():
             return _SavedModel(tf.saved_model.load(str(path)))
@@ -55,7 +57,7 @@ def export(ctx, inputs: dict[str, Path], out: Path) -> None:
     import onnx
     import tf2onnx
 
-    model_cfg = ctx.spec.model
+    model_cfg = ctx.config["model"]
     model = load_model(ctx)
     ctx.progress(f"tf2onnx (opset {model_cfg['opset']})")
     signature = _signature(tf, model_cfg)
@@ -95,15 +97,12 @@ def _rename_outputs(proto, names: list[str]) -> None:
             output.name = name
 
 
-def reference(ctx, inputs: dict[str, Path], out: Path) -> None:
-    """The source model's outputs on the seeded samples, and its score on the labelled set."""
+def runner(ctx):
+    """The source model as a function of numpy feeds, for the reference step."""
     tf = _import_tf()
-
-    from builder.steps.reference import record_reference
-
     model = load_model(ctx)
-    names = [spec["name"] for spec in ctx.spec.model["inputs"]]
-    outputs_named = list(ctx.spec.model["outputs"])
+    names = [spec["name"] for spec in ctx.config["model"]["inputs"]]
+    outputs_named = list(ctx.config["model"]["outputs"])
 
     def run(feeds):
         if isinstance(model, tf.keras.Model):
@@ -117,7 +116,7 @@ def reference(ctx, inputs: dict[str, Path], out: Path) -> None:
             result = [result]
         return dict(zip(outputs_named, (r.numpy() for r in result)))
 
-    record_reference(ctx, out, run)
+    return run
 
 
 def read_signature(path: Path) -> list[dict[str, Any]]:
@@ -134,7 +133,4 @@ def read_signature(path: Path) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":  # python -m builder.sources.tensorflow MODEL ANSWER.json (see builder.signature)
-    import json
-    import sys
-
     Path(sys.argv[2]).write_text(json.dumps(read_signature(Path(sys.argv[1]))))

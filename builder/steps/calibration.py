@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,10 +14,14 @@ from builder import data
 CALIBRATION_FILE = "calibration.npz"
 
 
+def reads(config: dict[str, Any]) -> list[str]:
+    return data.reads(config, "calibration")
+
+
 def run(ctx, inputs: dict[str, Path], out: Path) -> None:
-    source = ctx.spec.config["calibration"]["source"]
+    source = ctx.config["calibration"]["source"]
     ctx.progress(f"loading calibration data ({source})")
-    arrays, _ = data.load(ctx.spec, "calibration")
+    arrays, _ = data.load(ctx.config, ctx.paths, "calibration", ctx.workdir)
     with open(out / CALIBRATION_FILE, "wb") as handle:
         np.savez(handle, **arrays)
     count = len(next(iter(arrays.values())))

@@ -2,69 +2,82 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import shutil
 import zlib
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-from pathlib import Path
 
 from backends import get_backend
 from builder import __version__
 from builder.hashing import list_files, sha256_file
+from builder.optimize.summary import SUMMARY_FILE, read_summary
 from builder.render import render
+from builder.serving import SERVING_DIR
 from builder.serving.host import host_fingerprint
+from builder.serving.protocol import V2_NAMES
 from builder.steps import REPORT_FILE, REPORT_PAGE
 from builder.steps.compile import RUNTIME_FILE, load_settings
 from builder.steps.reference import REFERENCE_FILE
 from builder.steps.verify import OUTPUTS_FILE
-from builder.triton import config_pbtxt, serves
-from builder.transforms.record import RECORD_FILE, read_record
+from builder.triton import config_pbtxt
 from builder.versions import library_version
 
-MANIFEST_SCHEMA = 1
+MANIFEST_SCHEMA = 2
 MANIFEST_FILE = "manifest.json"
-_V2 = {"float32": "FP32", "float16": "FP16", "float64": "FP64", "int64": "INT64", "int32": "INT32",
-       "int8": "INT8", "uint8": "UINT8", "bool": "BOOL"}
+_SERVER_DEFAULTS = ("max_batch_size", "max_queue_delay_ms", "max_body_bytes", "allow_nonfinite", "top_k", "scores")
+
+
+def reads(config: dict[str, Any]) -> list[str]:
+    """The labels file is an input of its own (its path is not read); with labels, the server's image
+    route applies the recipe's preprocessing."""
+    keys = ["target.name", "target.backend", "target.precision",
+            *(f"serving.{key}" for key in config["serving"] if key != "labels")]
+    return keys + (["preprocess"] if config["serving"]["labels"] else [])
 
 
 def run(ctx, inputs: dict[str, Path], out: Path) -> None:
-    spec = ctx.spec
-    backend = get_backend(spec.target["backend"])
-    model_dir = Path("model_repository") / spec.recipe / "1"  # also a Triton model repository
+    config, target = ctx.config, ctx.config["target"]
+    recipe = config["recipe"]
+    backend = get_backend(target["backend"])
+    model_dir = Path("model_repository") / recipe / "1"  # also a Triton model repository
     settings = {**load_settings(inputs["compiled"]), "model_dir": str(model_dir)}
-    shutil.copytree(inputs["compiled"], out / model_dir, ignore=shutil.ignore_patterns(RUNTIME_FILE, RECORD_FILE))
+    shutil.copytree(inputs["compiled"], out / model_dir, ignore=shutil.ignore_patterns(RUNTIME_FILE, SUMMARY_FILE))
     _write_samples(inputs, out / "samples.npz")
-    report = _final_report(inputs, out / model_dir)
+    report = {**_final_report(inputs, out / model_dir), "recipe": recipe}
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))
     model = backend.runtime().load(out / model_dir, settings)
-    serving = spec.config["serving"]
-    if serves(backend.name):
+    serving = config["serving"]
+    labels = "labels" in ctx.paths
+    if backend.triton:
         (out / model_dir.parent / "config.pbtxt").write_text(
-            config_pbtxt(spec.recipe, backend.name, model.inputs, model.outputs, settings, serving))
+            config_pbtxt(recipe, backend.triton, model.inputs, model.outputs, settings, serving))
     _write_server(ctx, backend, out)
-    if serving["labels"]:
-        shutil.copyfile(ctx.node.files["labels"], out / "labels.txt")
-    tensors = {kind: [{"name": name, "datatype": _V2.get(dtype, dtype), "shape": [-1 if d is None else d for d in dims]}
+    if labels:
+        shutil.copyfile(ctx.paths["labels"], out / "labels.txt")
+    tensors = {kind: [{"name": name, "datatype": V2_NAMES.get(dtype, dtype), "shape": [-1 if d is None else d for d in dims]}
                       for name, (dtype, dims) in getattr(model, kind).items()] for kind in ("inputs", "outputs")}
     values = {
-        "mdbuild_version": __version__, "recipe": spec.recipe, "target": spec.target["name"],
-        "backend": backend.name, "precision": spec.target["precision"], "build_key": ctx.key,
-        "report": report, "host": host_fingerprint(), "model_dir": str(model_dir), "labels": bool(serving["labels"]),
+        "mdbuild_version": __version__, "recipe": recipe, "target": target["name"],
+        "backend": backend.name, "precision": target["precision"], "build_key": ctx.key,
+        "report": report, "host": host_fingerprint(), "model_dir": str(model_dir), "labels": labels,
         **tensors, "example_request": json.dumps(_example_request(tensors["inputs"])),
     }
     (out / "README.md").write_text(render("README.md.j2", **values))
     (out / REPORT_PAGE).write_text(render("report.md.j2", **values))
-    requirements = ["numpy", backend.distribution] + (["pillow"] if serving["labels"] else [])
+    requirements = ["numpy", *backend.pinned] + (["pillow"] if labels else [])
     (out / "requirements.txt").write_text("".join(f"{name}=={library_version(name)}\n" for name in requirements))
     manifest = {
         "schema": MANIFEST_SCHEMA,
         "mdbuild": __version__,
-        "recipe": spec.recipe,
-        "target": spec.target["name"],
+        "recipe": recipe,
+        "target": target["name"],
         "build_key": ctx.key,
-        "config": spec.artifact_config,
+        "config": _shaping_config(ctx),
         "steps": {step_id: {"key": result.key, "digest": result.entry.digest, "libraries": result.description["libraries"]}
                   for step_id, result in ctx.results.items()}
                  | {"package": {"key": ctx.key, "libraries": ctx.description["libraries"]}},
@@ -94,33 +107,46 @@ def _write_server(ctx, backend, out: Path) -> None:
     """serve.py and the serving package beside it: the server modules and the backend's runtime."""
     package = out / "serving"
     package.mkdir()
-    for source in sorted(_SERVING.glob("*.py")):
+    for source in sorted(SERVING_DIR.glob("*.py")):
         shutil.copyfile(source, package / source.name)
     shutil.copyfile(importlib.util.find_spec(backend.runtime_module).origin, package / "runtime.py")
-    serving = ctx.spec.config["serving"]
-    defaults = {key: serving[key] for key in ("max_batch_size", "max_queue_delay_ms", "max_body_bytes",
-                                              "allow_nonfinite", "top_k", "scores")}
-    (out / "serve.py").write_text(render("serve.py.j2", mdbuild_version=__version__, recipe=ctx.spec.recipe,
-                                         target=ctx.spec.target["name"], build_key=ctx.key, defaults=defaults))
+    defaults = {key: ctx.config["serving"][key] for key in _SERVER_DEFAULTS}
+    (out / "serve.py").write_text(render("serve.py.j2", mdbuild_version=__version__, recipe=ctx.config["recipe"],
+                                         target=ctx.config["target"]["name"], build_key=ctx.key, defaults=defaults))
 
 
 def _final_report(inputs: dict[str, Path], model_dir: Path) -> dict:
     """Verification, plus what the optimization steps did, the model's size, and warnings."""
     report = json.loads((inputs["report"] / REPORT_FILE).read_text())
-    records = [r for r in (read_record(path) for name, path in inputs.items() if name not in _NOT_STEPS) if r]
-    report["optimizations"] = records
+    summaries = [r for r in (read_summary(path) for name, path in inputs.items() if name not in _NOT_STEPS) if r]
+    report["optimizations"] = summaries
     raw = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
     compressed = sum(len(zlib.compress(p.read_bytes(), 6)) for p in model_dir.rglob("*") if p.is_file())
     report["size"] = {"model_bytes": raw, "compressed_bytes": compressed}
     report["warnings"] = [
         f"{r['step']} was calibrated on RANDOM data (calibration.source=random): its int8 accuracy on real inputs is unproven"
-        for r in records if r.get("random_calibration")
+        for r in summaries if r.get("random_calibration")
     ]
     return report
 
 
 _NOT_STEPS = ("compiled", "report", "reference", "export")
-_SERVING = Path(__file__).resolve().parents[1] / "serving"
+
+
+def _shaping_config(ctx) -> dict[str, Any]:
+    """The config that shaped the artifact: what its steps read (their node configs, merged)."""
+    merged: dict[str, Any] = {}
+    for config in [result.description["config"] for result in ctx.results.values()] + [ctx.config]:
+        _merge(merged, config)
+    return merged
+
+
+def _merge(into: dict[str, Any], config: dict[str, Any]) -> None:
+    for key, value in config.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
 
 
 def _all_libraries(ctx) -> dict[str, str | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,24 +17,32 @@ from builder.serving.accuracy import compare, judge
 from builder.steps import REPORT_FILE
 from builder.steps.compile import load_settings
 from builder.steps.reference import load_reference
-from builder.transforms import lossiest
+from builder.optimize import lossiest
 
 OUTPUTS_FILE = "outputs.npz"
 
+# What to try when a level's limits are broken; a backend puts its own advice first (Backend.advice).
 _ADVICE = {
-    "fp32": "compare with target.graph_optimization=basic, try another model.opset or model.exporter, "
-            "and loosen verify.tolerances.fp32 only if the difference is expected",
-    "fp16": "keep the inputs and outputs in fp32 (fp16.keep_io_types=true), or build an fp32 target",
-    "bf16": "build openvino_fp32 or openvino_fp16 (bfloat16 keeps 8 bits of mantissa), or loosen "
-            "verify.tolerances.bf16 if this loss is acceptable",
-    "int8": "calibrate on more representative data (calibration.*), try quantization.calibration_method / "
-            "quantization.range_estimator / quantization.preset=mixed, or build an fp16/fp32 target",
+    "fp32": "try another model.opset or model.exporter, and loosen verify.tolerances.fp32 only if the difference "
+            "is expected",
+    "fp16": "build an fp32 target, or loosen verify.tolerances.fp16 if this loss is acceptable",
+    "bf16": "build an fp32 or fp16 target (bfloat16 keeps 8 bits of mantissa), or loosen verify.tolerances.bf16 "
+            "if this loss is acceptable",
+    "int8": "calibrate on more representative data (calibration.*), or build an fp16/fp32 target",
     "pruned": "lower prune.amount, or fine-tune the pruned model and point model.weights at it",
 }
 
 
+def reads(config: dict[str, Any], levels: list[str]) -> list[str]:
+    """`levels`: the tolerance levels this build may use (what it stores, and what its runtime may
+    compute in)."""
+    keys = ["target.name", "target.backend", "target.precision", "model.inputs", "model.dims", "verify.latency"]
+    keys += [f"verify.tolerances.{level}" for level in levels]
+    return keys + (["evaluation.max_drop"] if config["evaluation"]["source"] else [])
+
+
 def run(ctx, inputs: dict[str, Path], out: Path) -> None:
-    target, verify = ctx.spec.target, ctx.node.config["verify"]  # verify.tolerances: the levels this build may use
+    target, verify = ctx.config["target"], ctx.config["verify"]
     backend = get_backend(target["backend"])
     runtime = backend.runtime()
     try:
@@ -43,7 +52,7 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
                            f"build another precision of {backend.name} (choose one of: {', '.join(backend.precisions)})") from exc
     # What the runtime really computes in on this CPU (OpenVINO says; the others run the graph's types).
     compute = getattr(model, "compute", None)
-    stored = ctx.node.config["level"]
+    stored = ctx.config["level"]
     level = lossiest([stored, compute["precision"]]) if compute else stored
     tolerance = verify["tolerances"][level]
     if compute:
@@ -67,14 +76,13 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     latency = measure(lambda: model.run(first), verify["latency"], batch, ctx.progress)
     failures = [_failure_text(name, check) for name, result in outputs.items()
                 for check in result["checks"] if not check["passed"]]
-    evaluation = evaluate_artifact(inputs["reference"], ctx.spec, model.run, ctx.progress)
+    evaluation = evaluate_artifact(ctx, inputs["reference"], model.run)
     if evaluation and not evaluation["passed"]:
         failures.append(f"{evaluation['metric']} on the labelled set fell from {evaluation['source_score']:.2f} to "
                         f"{evaluation['artifact_score']:.2f} ({evaluation['drop']:.2f} points > evaluation.max_drop "
                         f"{evaluation['max_drop']:g})")
     report = {
         "passed": not failures,
-        "recipe": ctx.spec.recipe,
         "target": target["name"],
         "backend": backend.name,
         "precision": target["precision"],
@@ -91,8 +99,8 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))
     if failures:
         where = "evaluation.max_drop" if evaluation and not evaluation["passed"] else f"verify.tolerances.{level}"
-        raise GateFailed("verification failed: " + "; ".join(failures), where,
-                         _ADVICE.get(level, f"loosen verify.tolerances.{level} only if this loss is acceptable"))
+        advice = [backend.advice.get(level), _ADVICE.get(level, f"loosen verify.tolerances.{level} only if this loss is acceptable")]
+        raise GateFailed("verification failed: " + "; ".join(failures), where, "; ".join(filter(None, advice)))
 
 
 def _limits_by_compute(compute: dict | None, stored: str, tolerances: dict) -> dict | None:
@@ -105,9 +113,10 @@ def _limits_by_compute(compute: dict | None, stored: str, tolerances: dict) -> d
 
 
 def _batch_size(ctx) -> int:
-    first = ctx.spec.model["inputs"][0]["shape"]
+    model = ctx.config["model"]
+    first = model["inputs"][0]["shape"]
     if first and isinstance(first[0], str):
-        return int(ctx.spec.model["dims"].get(first[0], 1))
+        return int(model["dims"].get(first[0], 1))
     return int(first[0]) if first else 1
 
 

@@ -4,8 +4,13 @@ pattern rewrites, before the backend's own optimizations."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from builder.transforms.record import write_record
+from builder.optimize.summary import write_summary
+
+
+def reads(config: dict[str, Any]) -> list[str]:
+    return []
 
 
 def run(ctx, inputs: dict[str, Path], out: Path) -> None:
@@ -18,4 +23,4 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     simplified = onnxscript.optimizer.optimize(model)
     onnx.checker.check_model(simplified)
     onnx.save(simplified, str(out / "model.onnx"))
-    write_record(out, "simplify", nodes_before=before, nodes_after=len(simplified.graph.node))
+    write_summary(out, "simplify", nodes_before=before, nodes_after=len(simplified.graph.node))

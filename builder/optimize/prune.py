@@ -4,20 +4,29 @@ export. Writes the pruned state_dict (weights.pt) that the export step loads."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from builder.errors import MdbuildError
-from builder.transforms.record import write_record
+from builder.optimize.summary import write_summary
+from builder.sources import get_source
+from builder.sources.pytorch import load_module
+
+
+def reads(config: dict[str, Any]) -> list[str]:
+    return ["prune.amount", *get_source(config["model"]).model_keys]
+
+
+def check(config: dict[str, Any]) -> None:
+    amount = config["prune"]["amount"]
+    if not 0.0 < amount < 1.0:
+        raise MdbuildError(f"pruning amount {amount} is not a fraction", "prune.amount", "choose a value between 0 and 1, e.g. 0.3")
 
 
 def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     import torch
     from torch.nn.utils import prune
 
-    from builder.sources.pytorch import load_module
-
-    amount = ctx.spec.config["prune"]["amount"]
-    if not 0.0 < amount < 1.0:
-        raise MdbuildError(f"pruning amount {amount} is not a fraction", "prune.amount", "choose a value between 0 and 1, e.g. 0.3")
+    amount = ctx.config["prune"]["amount"]
     module = load_module(ctx)
     layers = [(m, "weight") for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Linear))]
     if not layers:
@@ -30,5 +39,5 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     prunable = sum(layer.weight.numel() for layer, _ in layers)
     total = sum(p.numel() for p in module.parameters())
     torch.save(module.state_dict(), out / "weights.pt")
-    write_record(out, "prune", amount=amount, layers=len(layers), zero_weights=pruned,
-                 sparsity_prunable=pruned / prunable, sparsity_total=pruned / total)
+    write_summary(out, "prune", amount=amount, layers=len(layers), zero_weights=pruned,
+                  sparsity_prunable=pruned / prunable, sparsity_total=pruned / total)

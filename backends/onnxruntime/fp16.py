@@ -1,11 +1,15 @@
-"""fp16 conversion of the ONNX graph (ONNX Runtime targets); inputs and outputs stay float32 unless
-fp16.keep_io_types=false."""
+"""fp16 conversion of the ONNX graph; inputs and outputs stay float32 unless fp16.keep_io_types=false."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from builder.transforms.record import write_record
+from builder.optimize.summary import write_summary
+
+
+def reads(config: dict[str, Any]) -> list[str]:
+    return ["fp16.keep_io_types"]
 
 
 def run(ctx, inputs: dict[str, Path], out: Path) -> None:
@@ -13,8 +17,8 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(inputs["model"] / "model.onnx"))
-    keep_io = ctx.spec.config["fp16"]["keep_io_types"]
+    keep_io = ctx.config["fp16"]["keep_io_types"]
     ctx.progress("converting initializers and ops to float16")
     converted = convert_float_to_float16(model, keep_io_types=keep_io, disable_shape_infer=False)
     onnx.save(converted, str(out / "model.onnx"))
-    write_record(out, "fp16", keep_io_types=keep_io)
+    write_summary(out, "fp16", keep_io_types=keep_io)

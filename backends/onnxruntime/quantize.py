@@ -1,0 +1,78 @@
+"""int8 quantization for ONNX Runtime (ort_quantize): static QDQ with per-channel int8 weights and
+uint8 activations calibrated on the recipe's data, or dynamic quantization (weights only) with
+ort_quantize.mode=dynamic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from builder.errors import MdbuildError
+from builder.optimize.summary import write_summary
+from builder.steps.calibration import batches, load_calibration
+
+_MODES = ("static", "dynamic")
+_TYPES = {"uint8": "QUInt8", "int8": "QInt8"}
+_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+def calibrates(config: dict[str, Any]) -> bool:
+    return config["ort_quantize"]["mode"] != "dynamic"
+
+
+def reads(config: dict[str, Any]) -> list[str]:
+    keys = ["mode", "per_channel", "weight_type"]
+    if calibrates(config):
+        keys += ["activation_type", "calibration_method"]
+    return [f"ort_quantize.{key}" for key in keys]
+
+
+def check(config: dict[str, Any]) -> None:
+    settings = config["ort_quantize"]
+    for key, choices in (("mode", _MODES), ("weight_type", _TYPES), ("activation_type", _TYPES),
+                         ("calibration_method", _METHODS)):
+        if settings[key] not in choices:
+            raise MdbuildError(f"'{settings[key]}' is not valid", f"ort_quantize.{key}", f"choose one of: {', '.join(choices)}")
+
+
+def run(ctx, inputs: dict[str, Path], out: Path) -> None:
+    from onnxruntime import quantization as q
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    cfg = ctx.config["ort_quantize"]
+    prepared = Path("prepared.onnx")  # the step's scratch directory
+    ctx.progress("pre-processing (shape inference, folding)")
+    quant_pre_process(str(inputs["model"] / "model.onnx"), str(prepared), skip_symbolic_shape=True)
+    weight_type = getattr(q.QuantType, _TYPES[cfg["weight_type"]])
+    if cfg["mode"] == "dynamic":
+        ctx.progress("dynamic quantization of the weights")
+        q.quantize_dynamic(str(prepared), str(out / "model.onnx"), per_channel=cfg["per_channel"], weight_type=weight_type)
+        write_summary(out, "ort_quantize", mode="dynamic", per_channel=cfg["per_channel"], weight_type=cfg["weight_type"])
+        return
+    arrays, info = load_calibration(inputs["calibration"])
+    q.quantize_static(
+        str(prepared), str(out / "model.onnx"), _Reader(arrays, ctx.progress),
+        quant_format=q.QuantFormat.QDQ, per_channel=cfg["per_channel"],
+        activation_type=getattr(q.QuantType, _TYPES[cfg["activation_type"]]), weight_type=weight_type,
+        calibrate_method=getattr(q.CalibrationMethod, _METHODS[cfg["calibration_method"]]),
+    )
+    write_summary(out, "ort_quantize", mode="static", per_channel=cfg["per_channel"], activation_type=cfg["activation_type"],
+                  weight_type=cfg["weight_type"], calibration_method=cfg["calibration_method"],
+                  calibration_samples=info["samples"], calibration_source=info["source"], random_calibration=info["random"])
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over calibration.npz."""
+
+    def __init__(self, arrays, progress):
+        self._batches = batches(arrays)
+        self._count = len(next(iter(arrays.values())))
+        self._seen = 0
+        self._progress = progress
+
+    def get_next(self):
+        batch = next(self._batches, None)
+        if batch is not None:
+            self._seen += 1
+            self._progress(f"calibrating: {self._seen}/{self._count} samples")
+        return batch
