@@ -68,7 +68,10 @@ def _run_mode(plan: Plan, cache: Cache, console: Console, run_dir: Path | None) 
     if report:
         console.line(report)
     if spec.config["lock"]["update"]:
-        console.line(f"lock: {write_lock(spec, results)}")
+        path, note = write_lock(spec, results)
+        if note:
+            console.line(f"note: {note}")
+        console.line(f"lock: {path}")
     destination = materialize(package.entry, artifact_path(spec, package.key))
     console.line(f"artifact: {destination}")
     return destination
@@ -82,7 +85,7 @@ def print_plan(plan: Plan, cache: Cache, console: Console) -> None:
         node = keyed.node
         after = ", ".join(sorted(set(node.upstream.values()))) or "-"
         if keyed.pending:
-            console.line(f"  {node.id:<13} after {after:<36} key pending   will run: {', '.join(keyed.pending)} will run first")
+            console.line(f"  {node.id:<13} after {after:<36} key pending until {', '.join(keyed.pending)} have run")
             continue
         digest = cache.peek_digest(keyed.key)
         if digest is not None:

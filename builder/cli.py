@@ -50,7 +50,7 @@ def _task(cfg) -> None:
     recipe = hydra_cfg.runtime.choices.get("recipe")
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     _reject_unknown_keys(config)
-    _default_options(config["target"])
+    _backend_options(config["target"])
     path, packaged = _RECIPES[recipe]
     spec = BuildSpec(recipe=recipe, recipe_path=path, packaged_recipe=packaged, config=config,
                      workdir=Path(hydra_cfg.runtime.cwd))
@@ -100,11 +100,20 @@ def _reject_unknown_keys(config: dict[str, Any], prefix: str = "") -> None:
             _reject_unknown_keys(value, f"{prefix}{key}.")
 
 
-def _default_options(target: dict[str, Any]) -> None:
-    """A target file without `- options: <backend>` in its defaults gets its backend's defaults."""
+def _backend_options(target: dict[str, Any]) -> None:
+    """target.options against its backend's schema: defaults for what a target file leaves out (one
+    without `- options: <backend>` in its defaults), one line for a key the backend does not have."""
     backend = next((b for b in all_backends() if b.name == target["backend"]), None)
-    if target["options"] is None and backend is not None:
-        target["options"] = dataclasses.asdict(backend.options())
+    if backend is None:
+        return  # not a backend that builds: planning says why
+    schema = {f.name: f for f in dataclasses.fields(backend.options)}
+    given = target["options"] or {}
+    for key in given:
+        if key not in schema:
+            valid = ", ".join(schema) or "none"
+            raise MdbuildError("no such key", f"target.options.{key}",
+                               f"valid keys of target.options for {backend.name}: {valid}")
+    target["options"] = {**dataclasses.asdict(backend.options()), **given}
 
 
 def main() -> None:

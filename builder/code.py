@@ -1,8 +1,6 @@
-"""The code a step runs that is not mdbuild's: a factory (model, data or metric, by import path),
-identified by the files it imports and the distributions they come from. A factory from an installed
-distribution is that distribution's version; one from the user's tree is its module, the local
-modules it imports (transitively, found by reading their imports, never by importing them) and the
-versions of the installed distributions those import (transformers, timm, keras, ...)."""
+"""The code a step runs besides mdbuild's core (whose changes are step versions): a user's factory
+(model, data or metric, by import path) and a backend's modules, identified by the files they import
+and the distributions those come from. The imports are read from the files, never executed."""
 
 from __future__ import annotations
 
@@ -13,6 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 from builder.errors import MdbuildError
 from builder.imports import importable_from
@@ -22,7 +21,7 @@ _INSTALLED = ("site-packages", "dist-packages")
 
 @dataclass(frozen=True)
 class Code:
-    files: dict[str, Path] = field(default_factory=dict)  # "<label> code <file relative to its root>" -> file
+    files: dict[str, Path] = field(default_factory=dict)  # "<label> code <file>" -> file
     versions: dict[str, str | None] = field(default_factory=dict)  # distribution -> version
 
     def __or__(self, other: Code) -> Code:
@@ -30,49 +29,69 @@ class Code:
 
 
 def factory_code(dotted: str, workdir: Path, key: str, label: str) -> Code:
-    """The code behind `package.module.function` (imported from `workdir`); `label` names its
-    inputs in the step's description (`factory code models/lstm.py`)."""
+    """The code behind `package.module.function` imported from `workdir`: from the standard library,
+    nothing; from an installed distribution, its version; from the user's tree, its module, the local
+    modules it imports (transitively) and the versions of the distributions those import. `label`
+    names its inputs in the step's description (`factory code models/lstm.py`)."""
     module = dotted.rpartition(".")[0]
     top = module.split(".")[0]
+    if top in sys.stdlib_module_names:
+        return Code()
     location = _top_location(top, str(workdir))
     if location is None or not module:
         raise MdbuildError(f"cannot find the module of '{dotted}'", key,
                            "give a full import path (package.module.function) importable from this directory")
-    if _installed(location):
-        distribution = _distribution(top)
-        return Code(versions={distribution: metadata.version(distribution)} if distribution else {})
     root = location.parent
+    if _installed(location) or (not root.is_relative_to(workdir) and _distributions(top)):
+        return Code(versions=_versions(top))
+    return _walk(module, label, lambda name: _module_file([root], name), lambda path: path.relative_to(root),
+                 lambda first: _module_file([root], first) is not None
+                 or ((root / first).is_dir() and not _distributions(first)))  # a namespace package
+
+
+def module_code(module: str, label: str) -> Code:
+    """A backend module and the modules of its package it imports, wherever the package's folders are
+    (`backends` may span several); the distributions they import are the backend's libraries."""
+    top = module.split(".")[0]
+    folders = [Path(folder) for folder in sys.modules[top].__path__]
+    return _walk(module, label, lambda name: _module_file(folders, name, top),
+                 lambda path: Path(top) / next(path.relative_to(f) for f in folders if path.is_relative_to(f)),
+                 lambda first: first == top, local_only=True)
+
+
+def _walk(module: str, label: str, locate: Callable[[str], Path | None], name_of: Callable[[Path], Path],
+          local: Callable[[str], bool], local_only: bool = False) -> Code:
+    """From `module`, every module file `locate` finds that it imports, transitively, named by
+    `name_of`; `local` says whether a top-level name is part of the tree walked."""
     files: dict[str, Path] = {}
     versions: dict[str, str | None] = {}
-    pending = [module]
-    seen: set[str] = set()
+    pending, seen = [module], set()
     while pending:
         name = pending.pop()
         if name in seen:
             continue
         seen.add(name)
-        path = _module_file(root, name)
+        path = locate(name)
         if path is None:
             continue  # an attribute imported from a package, not a module
-        files[f"{label} code {path.relative_to(root).as_posix()}"] = path
+        files[f"{label} code {name_of(path).as_posix()}"] = path
         parent = name.rpartition(".")[0]
         if parent:
             pending.append(parent)  # importing a.b runs a/__init__.py
         package = name if path.name == "__init__.py" else parent
-        for imported in _imports(path, package):
+        for imported in _imports(path, path.stat().st_mtime_ns, package):
             first = imported.split(".")[0]
-            if _local(root, first):
+            if local(first):
                 pending.append(imported)
-            elif first not in sys.stdlib_module_names:
-                distribution = _distribution(first)
-                if distribution:
-                    versions[distribution] = metadata.version(distribution)
+            elif not local_only and first not in sys.stdlib_module_names:
+                versions.update(_versions(first))
     return Code(dict(sorted(files.items())), dict(sorted(versions.items())))
 
 
-def _imports(path: Path, package: str) -> list[str]:
+@functools.lru_cache(maxsize=4096)
+def _imports(path: Path, _mtime_ns: int, package: str) -> tuple[str, ...]:
     """The modules a file imports anywhere in it (factories often import inside functions); for
-    `from m import x`, both m and m.x (x may be a submodule)."""
+    `from m import x`, both m and m.x (x may be a submodule). Dynamic imports are not seen."""
     try:
         tree = ast.parse(path.read_bytes(), filename=str(path))
     except SyntaxError as exc:
@@ -84,26 +103,31 @@ def _imports(path: Path, package: str) -> list[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)] if package else []
+                parts = package.split(".") if package else []
+                anchor = parts[: len(parts) - (node.level - 1)]
                 base = ".".join([*anchor, base] if base else anchor)
             if base:
                 found.append(base)
                 found += [f"{base}.{alias.name}" for alias in node.names if alias.name != "*"]
-    return found
+    return tuple(found)
 
 
-def _module_file(root: Path, name: str) -> Path | None:
-    base = root.joinpath(*name.split("."))
-    for candidate in (base / "__init__.py", base.with_suffix(".py")):
-        if candidate.is_file():
-            return candidate
+def _module_file(folders: list[Path], name: str, top: str | None = None) -> Path | None:
+    """The file of a module under `folders` (the roots the top-level name lives in, or, with `top`,
+    the folders of that package)."""
+    parts = name.split(".")
+    if top is not None:
+        if parts[0] != top:
+            return None
+        parts = parts[1:]
+        if not parts:
+            return next((f / "__init__.py" for f in folders if (f / "__init__.py").is_file()), None)
+    for folder in folders:
+        base = folder.joinpath(*parts)
+        for candidate in (base / "__init__.py", base.with_suffix(".py")):
+            if candidate.is_file():
+                return candidate
     return None
-
-
-def _local(root: Path, top: str) -> bool:
-    """Whether a top-level module lives in the user's tree (a namespace package: a folder that no
-    installed distribution provides)."""
-    return _module_file(root, top) is not None or ((root / top).is_dir() and _distribution(top) is None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -125,16 +149,20 @@ def _installed(location: Path) -> bool:
     return any(part in _INSTALLED for part in location.parts)
 
 
+def _versions(top: str) -> dict[str, str | None]:
+    """The versions of the installed distributions that provide a top-level module (several share
+    some names, e.g. `nvidia`: all of them, in a stable order)."""
+    return {name: metadata.version(name) for name in _distributions(top)}
+
+
 @functools.lru_cache(maxsize=None)
-def _distribution(top: str) -> str | None:
-    """The installed distribution providing a top-level module, or None."""
+def _distributions(top: str) -> tuple[str, ...]:
     try:
         # Most distributions are named like their package (torch, transformers); the full scan of every
         # installed distribution costs half a second, so it is only the fallback.
-        return metadata.distribution(top).metadata["Name"]
+        return (metadata.distribution(top).metadata["Name"],)
     except metadata.PackageNotFoundError:
-        names = _packages_distributions().get(top)
-        return names[0] if names else None
+        return tuple(sorted(set(_packages_distributions().get(top, ()))))
 
 
 @functools.lru_cache(maxsize=None)

@@ -24,8 +24,9 @@ class Keyed:
     pending: list[str]  # those upstream steps
 
 
-def describe(node: StepNode, upstream_digests: dict[str, str], cache: Cache) -> dict[str, Any]:
-    """Everything the step's output depends on; its sha256 is the step's key."""
+def describe(node: StepNode, upstream_digests: dict[str, str], cache: Cache, keys: dict[str, str]) -> dict[str, Any]:
+    """Everything the step's output depends on; its sha256 is the step's key. `keys`: those of the
+    steps before it, which a step that embeds them (the package's manifest) depends on too."""
     inputs = {name: upstream_digests[step_id] for name, step_id in node.upstream.items()}
     for name, path in node.files.items():
         inputs[name] = cache.digests.path(path, "*.py" if name.endswith("_code") else "*")
@@ -37,6 +38,8 @@ def describe(node: StepNode, upstream_digests: dict[str, str], cache: Cache) -> 
         "inputs": inputs,
         "libraries": {**library_versions(*node.libraries), **node.extra_versions},
     }
+    if node.embeds_keys:
+        description["steps"] = dict(keys)
     if node.host_dependent:
         description["host"] = _host(node.host)
     return description
@@ -51,15 +54,19 @@ def walk(plan: Plan, cache: Cache, digests: dict[str, str],
     """Each step with its description and key, in plan order. The caller puts a step's output digest
     into `digests` (under its id) before asking for the next; `adjust` may change a description
     before it is keyed (check mode: a host-dependent step as if on the host that wrote the lock)."""
-    for node in plan.steps:
-        pending = sorted({step for step in node.upstream.values() if step not in digests})
-        if pending:
-            yield Keyed(node, None, None, pending)
+    keys: dict[str, str] = {}
+    for index, node in enumerate(plan.steps):
+        waiting = {step for step in node.upstream.values() if step not in digests}
+        if node.embeds_keys:
+            waiting |= {step.id for step in plan.steps[:index] if step.id not in keys}
+        if waiting:
+            yield Keyed(node, None, None, sorted(waiting))
             continue
-        description = describe(node, digests, cache)
+        description = describe(node, digests, cache, keys)
         if adjust is not None:
             adjust(node, description)
-        yield Keyed(node, description, step_key(description), [])
+        keys[node.id] = step_key(description)
+        yield Keyed(node, description, keys[node.id], [])
 
 
 def _host(facts: str | None) -> dict[str, Any]:

@@ -35,27 +35,34 @@ def lock_path(spec: BuildSpec) -> Path:
     return spec.workdir / "recipes" / f"{spec.recipe}.lock.json"
 
 
-def _read(path: Path, for_check: bool) -> dict[str, Any]:
-    """The lock's data; a lock of another schema is an error to check against and is started anew by
-    a build (its entries were keyed otherwise)."""
+def _read(path: Path, for_check: bool) -> tuple[dict[str, Any], str | None]:
+    """The lock's data, and a note when a build starts anew from an older schema's lock (its entries
+    were keyed otherwise). Check mode refuses another schema; every mode refuses a newer one."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        return {"schema": LOCK_SCHEMA, "targets": {}}
+        return {"schema": LOCK_SCHEMA, "targets": {}}, None
     except ValueError as exc:
         raise MdbuildError(f"lock file is not valid JSON ({exc})", str(path), "restore it from version control or delete it") from exc
-    if data.get("schema") == LOCK_SCHEMA:
-        return data
+    schema = data.get("schema")
+    if schema == LOCK_SCHEMA:
+        return data, None
+    if not isinstance(schema, int) or schema > LOCK_SCHEMA:
+        raise MdbuildError(f"lock file schema {schema} is newer than this mdbuild's ({LOCK_SCHEMA})", str(path),
+                           "use the mdbuild that wrote it (upgrade), or point lock.path elsewhere")
     if for_check:
-        raise MdbuildError(f"lock file schema {data.get('schema')} was written by another mdbuild (this one writes "
-                           f"schema {LOCK_SCHEMA}, whose keys differ)", str(path),
+        raise MdbuildError(f"lock file schema {schema} was written by an older mdbuild (this one writes schema "
+                           f"{LOCK_SCHEMA}, whose keys differ)", str(path),
                            "rebuild each target once (mdbuild +recipe=... target=...) to rewrite it; check mode then works")
-    return {"schema": LOCK_SCHEMA, "targets": {}}
+    dropped = ", ".join(sorted(data.get("targets", {}))) or "none"
+    return {"schema": LOCK_SCHEMA, "targets": {}}, (f"{path} was schema {schema} (older keys): started anew, its "
+                                                     f"entries dropped (targets: {dropped}); build those once to add them")
 
 
-def write_lock(spec: BuildSpec, results: dict[str, StepResult]) -> Path:
+def write_lock(spec: BuildSpec, results: dict[str, StepResult]) -> tuple[Path, str | None]:
+    """Writes this target's entry; returns the path and a note when an older lock was started anew."""
     path = lock_path(spec)
-    data = _read(path, for_check=False)
+    data, note = _read(path, for_check=False)
     data["recipe"] = spec.recipe
     data["targets"][spec.target["name"]] = {
         "steps": [
@@ -68,7 +75,7 @@ def write_lock(spec: BuildSpec, results: dict[str, StepResult]) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
-    return path
+    return path, note
 
 
 def check_lock(plan: Plan, cache: Cache) -> tuple[Path, int, str | None]:
@@ -78,7 +85,7 @@ def check_lock(plan: Plan, cache: Cache) -> tuple[Path, int, str | None]:
     path = lock_path(spec)
     if not path.is_file():
         raise MdbuildError(f"no lock file at {path}", "lock.path", "build once to write it, or point lock.path at it")
-    entry = _read(path, for_check=True)["targets"].get(spec.target["name"])
+    entry = _read(path, for_check=True)[0]["targets"].get(spec.target["name"])
     if entry is None:
         raise MdbuildError(f"{path} has no entry for target '{spec.target['name']}'", "target",
                            "build this target once to add it to the lock")

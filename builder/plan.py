@@ -4,14 +4,13 @@ so every target of a sweep shares them (the README's "The build" draws the DAG).
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from backends import all_backends, get_backend
 from builder import __version__
-from builder.code import Code, factory_code
+from builder.code import Code, factory_code, module_code
 from builder.data import data_inputs
 from builder.errors import MdbuildError
 from builder.optimize import STAGES, lossiest, resolve_optimizations, verification_level
@@ -37,6 +36,7 @@ class StepNode:
     host_dependent: bool = False
     host: str | None = None  # "module:function" of the host facts its output depends on (None: the CPU's)
     reports: tuple[str, ...] = ()  # output files that report this run (latency): kept, not in its digest
+    embeds_keys: bool = False  # writes the keys of the steps before it into its output (the manifest)
     shared: bool = False  # the same for every target of the recipe (slot ignores the target)
     isolated: bool = False  # runs in a fresh process (see builder.execute)
 
@@ -68,8 +68,10 @@ def make_plan(spec: BuildSpec) -> Plan:
         if step.uses_calibration(config):
             upstream = {**upstream, "calibration": "calibration"}
         reads = tuple(step.reads(config))
+        code = module_code(step.module, step.name) if step.module.startswith("backends.") else Code()  # a backend's
         return StepNode(id=step.name, run=step.run, version=step.version, config=select(config, reads), reads=reads,
-                        upstream=upstream, libraries=step.libraries, isolated=step.isolated, **extra)
+                        upstream=upstream, libraries=step.libraries, isolated=step.isolated,
+                        **{"files": code.files, **extra})
 
     if any(step.uses_calibration(config) for step in optimizations):
         if config["calibration"]["source"] is None:
@@ -89,7 +91,7 @@ def make_plan(spec: BuildSpec) -> Plan:
         steps.append(optimization_node(step, {}, files={**files, **code.files}, extra_versions=code.versions,
                                        shared=True))
         export_upstream = {"pruned": step.name}
-    reads = (*source.model_keys, *source.export_keys)
+    reads = (*source.loads_with(spec.model), *source.export_keys)
     steps.append(StepNode(
         id="export", run=source.export, version=2, config=select(config, reads), reads=reads, upstream=export_upstream,
         files={**files, **code.files}, libraries=source.libraries, extra_versions=code.versions,
@@ -101,7 +103,8 @@ def make_plan(spec: BuildSpec) -> Plan:
     reads = tuple(reference.reads(config))
     steps.append(StepNode(
         id="reference", run="builder.steps.reference:run", version=2, config=select(config, reads), reads=reads,
-        files={**files, **evaluation_files, **reference_code.files}, libraries=source.libraries + ("numpy",),
+        files={**files, **evaluation_files, **reference_code.files},
+        libraries=source.libraries + ("numpy",) + (("pillow",) if config["evaluation"]["source"] == "images" else ()),
         extra_versions=reference_code.versions, shared=True, isolated=source.isolated,
     ))
     previous = "export"
@@ -113,7 +116,8 @@ def make_plan(spec: BuildSpec) -> Plan:
     backend.check(compile_config)
     steps.append(StepNode(
         id="compile", run="builder.steps.compile:run", version=backend.compile_version, config=compile_config, reads=reads,
-        upstream={"model": previous}, files=_compile_code(backend), libraries=backend.libraries,
+        upstream={"model": previous}, files=module_code(f"backends.{backend.name}.compile", "compile").files,
+        libraries=backend.libraries,
         host_dependent=backend.host is not None, host=backend.host, isolated="compile" in backend.isolated,
     ))
     previous = "compile"
@@ -125,7 +129,8 @@ def make_plan(spec: BuildSpec) -> Plan:
     steps.append(StepNode(
         id="verify", run="builder.steps.verify:run", version=2, config={**select(config, reads), "level": level},
         reads=reads,
-        upstream={"compiled": previous, "reference": "reference"}, files=metric.files,
+        upstream={"compiled": previous, "reference": "reference"},
+        files={**metric.files, **module_code(backend.runtime_module, "runtime").files},
         libraries=backend.libraries + ("numpy",), extra_versions=metric.versions, host_dependent=True,
         reports=(REPORT_FILE,), isolated="verify" in backend.isolated,
     ))
@@ -136,9 +141,11 @@ def make_plan(spec: BuildSpec) -> Plan:
         config={**select(config, reads), "recipe": spec.recipe, "mdbuild": __version__}, reads=reads,
         upstream={"compiled": previous, "report": "verify", "reference": "reference", "export": "export",
                   **{step.name: step.name for step in optimizations}},
-        files={**serving_files, **_shipped_code(backend)},
+        files={**serving_files, **module_code(f"backends.{backend.name}", "backend").files,
+               **module_code(backend.runtime_module, "runtime").files,
+               "serving_code": SERVING_DIR, "templates": resource_dir("templates")},
         libraries=("jinja2", "numpy", "pillow", *backend.pinned),
-        host_dependent=True, reports=(REPORT_FILE, REPORT_PAGE), isolated="package" in backend.isolated,
+        host_dependent=True, reports=(REPORT_FILE, REPORT_PAGE), embeds_keys=True, isolated="package" in backend.isolated,
     ))
     return Plan(spec, tuple(steps))
 
@@ -153,20 +160,6 @@ def _tolerance_levels(config: dict[str, Any], level: str, computes: tuple[str, .
             raise MdbuildError(f"no tolerances for level '{name}'", f"verify.tolerances.{name}",
                                "add max_rel_l2 / min_cosine limits for it (conf/verify/default.yaml has defaults)")
     return needed
-
-
-def _compile_code(backend) -> dict[str, Path]:
-    """The backend's folder (compile and runtime) and, for the framework converters, their shared
-    helpers: editing them rebuilds the compiled model."""
-    folder = Path(importlib.util.find_spec(backend.runtime_module).origin).parent
-    converters = {"converter_code": folder.parent / "onnx_graph.py"} if backend.converter else {}
-    return {"backend_code": folder, **converters}
-
-
-def _shipped_code(backend) -> dict[str, Path]:
-    """The code the package step copies into the artifact: the server, the runtime, the templates."""
-    return {"serving_code": SERVING_DIR, "runtime_code": Path(importlib.util.find_spec(backend.runtime_module).origin),
-            "templates": resource_dir("templates")}
 
 
 def _metric_code(spec: BuildSpec) -> Code:

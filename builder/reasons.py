@@ -39,6 +39,10 @@ def explain(previous: dict[str, Any] | None, current: dict[str, Any]) -> str:
     for name in sorted(old_libs.keys() | new_libs.keys()):
         if old_libs.get(name) != new_libs.get(name):
             reasons.append(f"library changed: {name} {old_libs.get(name)}->{new_libs.get(name)}")
+    old_steps, new_steps = previous.get("steps", {}), current.get("steps", {})
+    changed_steps = sorted(step for step in old_steps.keys() | new_steps.keys() if old_steps.get(step) != new_steps.get(step))
+    if changed_steps:
+        reasons.append(f"recorded step keys changed: {', '.join(changed_steps)}")
     if previous.get("host") != current.get("host"):
         reasons.append("host changed: " + ", ".join(changed_keys(previous.get("host"), current.get("host"))))
     return "; ".join(reasons) or "description changed"

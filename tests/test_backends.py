@@ -37,6 +37,7 @@ FILES = {
             optimizations=(Optimization("strip_doc", "onnx", "backends.plainort.strip_doc", 1, ("onnx",),
                                         options=StripDocOptions),),
             triton=Triton("onnxruntime"), requirements=("onnxruntime", "onnx"),
+            host="backends.plainort.host:facts",  # its compiled model depends on them (as an engine on a GPU)
         )
     ''',
     "backends/plainort/compile.py": '''
@@ -82,6 +83,10 @@ FILES = {
 
         def load(model_dir, settings):
             return LoadedModel(Path(model_dir) / settings["model_file"], settings)
+    ''',
+    "backends/plainort/host.py": '''
+        def facts():
+            return {"device": "simulated accelerator", "driver": "1.0"}
     ''',
     "backends/plainort/strip_doc.py": '''
         import onnx
@@ -149,4 +154,9 @@ def test_a_new_backend_is_its_folder_and_a_target_file(workspace, tmp_path):
     assert "error: target.options.level: not a level (fix: choose disabled or basic)" in bad.stderr
     typo = workspace.run(*args, "target.options.levle=basic", "mode=plan", check=False, env=env)
     assert "target.options.levle: no such key (valid keys of target.options: level)" in typo.stderr
+    lock_path = workspace.root / "recipes" / "cnn.lock.json"
+    compile_step = next(step for step in read_json(lock_path)["targets"]["plainort_fp32"]["steps"] if step["id"] == "compile")
+    assert compile_step["description"]["host"] == {"device": "simulated accelerator", "driver": "1.0"}
+    check = workspace.run(*args, "target.options.level=basic", "strip_doc.keep_producer=false", "mode=check", env=env)
+    assert "lock check passed: 6 steps" in check.stdout
     assert _tree_state() == before  # nothing of mdbuild was written

@@ -100,3 +100,15 @@ def test_build_without_cache_leaves_no_scratch(workspace):
     artifact = workspace.run("+recipe=cnn", *QUICK, "cache=disabled").artifact
     assert (artifact / "manifest.json").is_file()
     assert not workspace.cache.exists()
+
+
+def test_a_changed_limit_reaches_the_artifact(workspace):
+    """The verdict is part of verify's output: the package, which writes it into the manifest (and
+    serve.py --selftest, which reads the limits from there), is rebuilt with it."""
+    workspace.recipe("cnn", cnn_recipe())
+    first = workspace.run("+recipe=cnn", *QUICK)
+    changed = workspace.run("+recipe=cnn", *QUICK, "verify.tolerances.fp32.max_rel_l2=0.0002")
+    assert changed.ran() == ["verify", "package"] and changed.artifact != first.artifact
+    manifest = read_json(changed.artifact / "manifest.json")
+    assert manifest["verification"]["tolerance"]["max_rel_l2"] == 0.0002
+    assert manifest["steps"]["verify"]["key"] != read_json(first.artifact / "manifest.json")["steps"]["verify"]["key"]

@@ -29,6 +29,9 @@ def test_typo_in_an_override_key(workspace):
     options = _one_error_line(workspace.run("+recipe=cnn", "target.options.graph_optimisation=basic", check=False))
     assert options == ("error: target.options.graph_optimisation: no such key "
                        "(valid keys of target.options: graph_optimization)")
+    added = _one_error_line(workspace.run("+recipe=cnn", "+target.options.streams=2", "mode=plan", check=False))
+    assert added == ("error: target.options.streams: no such key "
+                     "(fix: valid keys of target.options for onnxruntime: graph_optimization)")
 
 
 def test_typo_in_a_recipe_file(workspace):

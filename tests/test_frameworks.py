@@ -39,6 +39,12 @@ def test_pytorch_to_tensorflow(workspace):
     assert 'platform: "tensorflow_savedmodel"' in (artifact / "model_repository/cnn/config.pbtxt").read_text()
     assert f"tensorflow=={metadata.version('tensorflow')}" in (artifact / "requirements.txt").read_text()
     assert "logits: rel_l2" in selftest(artifact)
+    # A cold rebuild (another cache) saves the same SavedModel: TensorFlow's random fingerprint uuid is
+    # derived from the model's own hashes, so the lock and the artifact's path stay the same.
+    lock = (workspace.root / "recipes" / "cnn.lock.json").read_text()
+    again = workspace.run("+recipe=cnn", *QUICK, "target=tensorflow", f"cache.dir={workspace.root / 'other-cache'}")
+    assert again.artifact == artifact and "compile       running" in again.stdout
+    assert (workspace.root / "recipes" / "cnn.lock.json").read_text() == lock
 
 
 @pytest.mark.torch

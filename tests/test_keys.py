@@ -44,7 +44,7 @@ def _compose(recipe: str, target: str) -> BuildSpec:
     with initialize_config_dir(version_base="1.3", config_dir=str(resource_dir("conf"))):
         config = OmegaConf.to_container(compose("config", overrides=[f"+recipe={recipe}", f"target={target}"]),
                                         resolve=True)
-    cli._default_options(config["target"])
+    cli._backend_options(config["target"])
     path, packaged = recipe_files(workdir)[recipe]
     return BuildSpec(recipe=recipe, recipe_path=path, packaged_recipe=packaged, config=config, workdir=workdir)
 

@@ -85,8 +85,13 @@ def test_a_lock_from_before_exact_keys_says_to_rebuild_once(workspace):
     lock = recipe.with_name("cnn.lock.json")
     lock.write_text(json.dumps({"schema": 1, "recipe": "cnn", "targets": {"onnxruntime_fp32": {"steps": []}}}))
     failed = workspace.run("+recipe=cnn", *QUICK, "mode=check", check=False)
-    assert failed.code == 1 and "lock file schema 1 was written by another mdbuild" in failed.stderr
+    assert failed.code == 1 and "lock file schema 1 was written by an older mdbuild" in failed.stderr
     assert "rebuild each target once" in failed.stderr
-    workspace.run("+recipe=cnn", *QUICK)  # the build starts the lock anew
+    built = workspace.run("+recipe=cnn", *QUICK)  # the build starts the lock anew, and says so
+    assert "was schema 1 (older keys): started anew, its entries dropped (targets: onnxruntime_fp32)" in built.stdout
     assert read_json(lock)["schema"] == 2
     assert "lock check passed" in workspace.run("+recipe=cnn", *QUICK, "mode=check").stdout
+
+    lock.write_text(json.dumps({"schema": 3, "recipe": "cnn", "targets": {}}))
+    newer = workspace.run("+recipe=cnn", *QUICK, check=False)
+    assert newer.code == 1 and "lock file schema 3 is newer than this mdbuild's (2)" in newer.stderr

@@ -156,10 +156,13 @@ def _rehost(lock_path, target: str) -> None:
     from builder.keys import step_key
 
     data = read_json(lock_path)
+    keys = {}
     for step in data["targets"][target]["steps"]:
         if "host" in step["description"]:
             step["description"]["host"]["cpu_flags"] = sorted(set(step["description"]["host"]["cpu_flags"]) ^ {"avx512_bf16"})
-            step["key"] = step_key(step["description"])
+        if "steps" in step["description"]:  # the package embeds the keys of the steps before it
+            step["description"]["steps"] = dict(keys)
+        step["key"] = keys[step["id"]] = step_key(step["description"])
     lock_path.write_text(json.dumps(data))
 
 

@@ -28,11 +28,13 @@ def reads(config: dict[str, Any]) -> list[str]:
 
 
 def check(config: dict[str, Any]) -> None:
+    """Checks the keys the step reads (a dynamic quantization reads no activation settings)."""
     settings = config["ort_quantize"]
-    for key, choices in (("mode", _MODES), ("weight_type", _TYPES), ("activation_type", _TYPES),
-                         ("calibration_method", _METHODS)):
-        if settings[key] not in choices:
-            raise MdbuildError(f"'{settings[key]}' is not valid", f"ort_quantize.{key}", f"choose one of: {', '.join(choices)}")
+    choices = {"mode": _MODES, "weight_type": _TYPES, "activation_type": _TYPES, "calibration_method": _METHODS}
+    for key in (path.split(".", 1)[1] for path in reads(config)):
+        if key in choices and settings[key] not in choices[key]:
+            raise MdbuildError(f"'{settings[key]}' is not valid", f"ort_quantize.{key}",
+                               f"choose one of: {', '.join(choices[key])}")
 
 
 def run(ctx, inputs: dict[str, Path], out: Path) -> None:

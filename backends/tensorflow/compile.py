@@ -5,6 +5,7 @@ backend loads (model.savedmodel)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ def compile_model(onnx_path: Path, config: dict[str, Any], out: Path) -> dict[st
         return {name: result[key] for name, key in renamed.items()}
 
     tf.saved_model.save(loaded, str(out / MODEL_DIR), signatures={SIGNATURE: serve})
+    _reproducible_fingerprint(out / MODEL_DIR / "fingerprint.pb")
     return {
         "model_file": MODEL_DIR,
         "inputs": tensors["inputs"],
@@ -58,6 +60,19 @@ def compile_model(onnx_path: Path, config: dict[str, Any], out: Path) -> dict[st
         "inter_op_threads": config["hardware"]["inter_op_threads"],
         "converter": converter_record("onnx2tf", format="SavedModel", inputs_layout_kept=kept),
     }
+
+
+def _reproducible_fingerprint(path: Path) -> None:
+    """TensorFlow writes a random `uuid` into the SavedModel's fingerprint, the only part of the saved
+    model that differs between two saves (measured): it becomes one derived from the fingerprint's own
+    content hashes, so the same model gives the same files."""
+    from tensorflow.core.protobuf import fingerprint_pb2
+
+    fingerprint = fingerprint_pb2.FingerprintDef.FromString(path.read_bytes())
+    hashes = (fingerprint.saved_model_checksum, fingerprint.graph_def_program_hash, fingerprint.signature_def_hash,
+              fingerprint.saved_object_graph_hash, fingerprint.checkpoint_hash)
+    fingerprint.uuid = str(int(hashlib.sha256(repr(hashes).encode()).hexdigest()[:32], 16))
+    path.write_bytes(fingerprint.SerializeToString(deterministic=True))
 
 
 def _output_index(key: str) -> int:

@@ -8,12 +8,11 @@ from typing import Any
 
 from builder.errors import MdbuildError
 from builder.optimize.summary import write_summary
-from builder.sources import get_source
 from builder.sources.pytorch import load_module
 
 
 def reads(config: dict[str, Any]) -> list[str]:
-    return ["prune.amount", *get_source(config["model"]).model_keys]
+    return ["prune.amount", "model.source", "model.seed", "model.factory", "model.kwargs"]  # what load_module reads
 
 
 def check(config: dict[str, Any]) -> None:

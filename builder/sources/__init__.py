@@ -26,7 +26,7 @@ _READ = ("model.source", "model.seed", "model.inputs", "model.outputs")
 class Source:
     name: str
     module: str
-    model_keys: tuple[str, ...]  # what builds and runs the model (export, reference, prune read them)
+    model_keys: tuple[str, ...]  # what builds and runs the model (export and reference read them)
     export_keys: tuple[str, ...]  # what the export reads besides
     libraries: tuple[str, ...]
     package: str  # what must be importable to export and run it
@@ -36,6 +36,11 @@ class Source:
     @property
     def export(self) -> str:
         return f"{self.module}:export"
+
+    def loads_with(self, model: dict[str, Any]) -> tuple[str, ...]:
+        """The model keys that build and run this model: one loaded from a file has no factory."""
+        unused = () if model.get("factory") else ("model.factory", "model.kwargs")
+        return tuple(key for key in self.model_keys if key not in unused)
 
     def runner(self, ctx) -> Callable[[dict[str, Any]], dict[str, Any]]:
         return importlib.import_module(self.module).runner(ctx)

@@ -23,7 +23,7 @@ from builder.serving.protocol import V2_NAMES
 from builder.steps import REPORT_FILE, REPORT_PAGE
 from builder.steps.compile import RUNTIME_FILE, load_settings
 from builder.steps.reference import REFERENCE_FILE
-from builder.steps.verify import OUTPUTS_FILE
+from builder.steps.verify import OUTPUTS_FILE, VERDICT_FILE
 from builder.triton import config_pbtxt
 from builder.versions import library_version
 
@@ -49,6 +49,7 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     shutil.copytree(inputs["compiled"], out / model_dir, ignore=shutil.ignore_patterns(RUNTIME_FILE, SUMMARY_FILE))
     _write_samples(inputs, out / "samples.npz")
     report = {**_final_report(inputs, out / model_dir), "recipe": recipe}
+    verdict = json.loads((inputs["report"] / VERDICT_FILE).read_text())
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))
     model = backend.runtime().load(out / model_dir, settings)
     serving = config["serving"]
@@ -84,9 +85,9 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
         "libraries": _all_libraries(ctx),
         "runtime": settings,
         "host": host_fingerprint(),
-        "verification": {"passed": report["passed"],
-                         "tolerance": {"level": report["tolerance_level"], **report["tolerance"]},
-                         "compute": report.get("compute"), "limits_by_compute": report.get("limits_by_compute")},
+        "verification": {"passed": verdict["passed"],
+                         "tolerance": {"level": verdict["tolerance_level"], **verdict["tolerance"]},
+                         "compute": verdict["compute"], "limits_by_compute": verdict["limits_by_compute"]},
         # The reports are not integrity-checked by serve.py: they say how fast this build ran, not what it is.
         "files": {str(rel): sha256_file(out / rel) for rel in list_files(out) if str(rel) not in ctx.node.reports},
         "reports": list(ctx.node.reports),

@@ -19,7 +19,8 @@ REFERENCE_FILE = "reference.npz"
 
 
 def reads(config: dict[str, Any]) -> list[str]:
-    keys = [*get_source(config["model"]).model_keys, "model.dims", "verify.samples", "verify.seed", "evaluation.source"]
+    keys = [*get_source(config["model"]).loads_with(config["model"]), "model.dims", "verify.samples", "verify.seed",
+            "evaluation.source"]
     if config["evaluation"]["source"]:
         keys += ["evaluation.metric", "evaluation.output", *data.reads(config, "evaluation")]
     return keys

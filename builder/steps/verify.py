@@ -20,6 +20,9 @@ from builder.steps.reference import load_reference
 from builder.optimize import lossiest
 
 OUTPUTS_FILE = "outputs.npz"
+# The verdict: everything the report says but latency. Determined by the compiled model, the reference
+# and the limits, it is part of the output (the package step writes it into the manifest).
+VERDICT_FILE = "verification.json"
 
 # What to try when a level's limits are broken; a backend puts its own advice first (Backend.advice).
 _ADVICE = {
@@ -81,7 +84,7 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
         failures.append(f"{evaluation['metric']} on the labelled set fell from {evaluation['source_score']:.2f} to "
                         f"{evaluation['artifact_score']:.2f} ({evaluation['drop']:.2f} points > evaluation.max_drop "
                         f"{evaluation['max_drop']:g})")
-    report = {
+    verdict = {
         "passed": not failures,
         "target": target["name"],
         "backend": backend.name,
@@ -93,10 +96,10 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
         "tolerance": tolerance,
         "outputs": outputs,
         "evaluation": evaluation,
-        "latency": latency,
         "failures": failures,
     }
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))
+    (out / VERDICT_FILE).write_text(json.dumps(verdict, indent=2, sort_keys=True))
+    (out / REPORT_FILE).write_text(json.dumps({**verdict, "latency": latency}, indent=2, sort_keys=True))
     if failures:
         where = "evaluation.max_drop" if evaluation and not evaluation["passed"] else f"verify.tolerances.{level}"
         advice = [backend.advice.get(level), _ADVICE.get(level, f"loosen verify.tolerances.{level} only if this loss is acceptable")]
