@@ -16,7 +16,7 @@ from builder.artifact import artifact_path, materialize
 from builder.cache import Cache, default_cache_dir
 from builder.execute import execute
 from builder.keys import walk
-from builder.lock import check_lock, write_lock
+from builder.lock import check_lock, check_writable, write_lock
 from builder.plan import Plan, make_plan
 from builder.progress import Console
 from builder.reasons import explain
@@ -61,6 +61,8 @@ def _run_mode(plan: Plan, cache: Cache, console: Console, run_dir: Path | None) 
         return None
     get_source(spec.model).require()
     get_backend(spec.target["backend"]).require("target.backend")
+    if spec.config["lock"]["update"]:
+        check_writable(spec)
     console.line(f"mdbuild {__version__} · recipe {spec.recipe} · target {spec.target['name']} · cache {cache.root}")
     results = execute(plan, cache, console, failure_dir=run_dir)
     package = results["package"]

@@ -108,12 +108,20 @@ def _backend_options(target: dict[str, Any]) -> None:
         return  # not a backend that builds: planning says why
     schema = {f.name: f for f in dataclasses.fields(backend.options)}
     given = target["options"] or {}
+    if not isinstance(given, dict):
+        raise MdbuildError(f"{given!r} is not a section of options", "target.options",
+                           f"give key: value pairs of the {backend.name} options, or `- options: {backend.name}` in the target's defaults")
     for key in given:
         if key not in schema:
             valid = ", ".join(schema) or "none"
             raise MdbuildError("no such key", f"target.options.{key}",
                                f"valid keys of target.options for {backend.name}: {valid}")
-    target["options"] = {**dataclasses.asdict(backend.options()), **given}
+    defaults = {name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                for name, f in schema.items()}
+    for name, value in {**defaults, **given}.items():
+        if value is dataclasses.MISSING:
+            raise MdbuildError("required and not set", f"target.options.{name}", f"set target.options.{name}")
+    target["options"] = {**defaults, **given}
 
 
 def main() -> None:

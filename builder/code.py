@@ -7,7 +7,9 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.util
+import json
 import sys
+import sysconfig
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -17,6 +19,7 @@ from builder.errors import MdbuildError
 from builder.imports import importable_from
 
 _INSTALLED = ("site-packages", "dist-packages")
+_STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 
 @dataclass(frozen=True)
@@ -35,16 +38,20 @@ def factory_code(dotted: str, workdir: Path, key: str, label: str) -> Code:
     names its inputs in the step's description (`factory code models/lstm.py`)."""
     module = dotted.rpartition(".")[0]
     top = module.split(".")[0]
-    if top in sys.stdlib_module_names:
-        return Code()
     location = _top_location(top, str(workdir))
+    if location is None and top in sys.stdlib_module_names:
+        return Code()  # built into the interpreter
     if location is None or not module:
         raise MdbuildError(f"cannot find the module of '{dotted}'", key,
                            "give a full import path (package.module.function) importable from this directory")
+    if location.is_relative_to(_STDLIB) and not _installed(location):
+        return Code()  # the standard library: the Python version is in the host facts
     root = location.parent
-    if _installed(location) or (not root.is_relative_to(workdir) and _distributions(top)):
+    distributions = _distributions(top)
+    if _installed(location) or (distributions and not root.is_relative_to(workdir) and not _editable(distributions)):
         return Code(versions=_versions(top))
-    return _walk(module, label, lambda name: _module_file([root], name), lambda path: path.relative_to(root),
+    # The user's tree, or a library installed in editable mode (its files and its version).
+    return Code(versions=_versions(top)) | _walk(module, label, lambda name: _module_file([root], name), lambda path: path.relative_to(root),
                  lambda first: _module_file([root], first) is not None
                  or ((root / first).is_dir() and not _distributions(first)))  # a namespace package
 
@@ -79,7 +86,8 @@ def _walk(module: str, label: str, locate: Callable[[str], Path | None], name_of
         if parent:
             pending.append(parent)  # importing a.b runs a/__init__.py
         package = name if path.name == "__init__.py" else parent
-        for imported in _imports(path, path.stat().st_mtime_ns, package):
+        stat = path.stat()
+        for imported in _imports(path, (stat.st_mtime_ns, stat.st_size, stat.st_ino), package):
             first = imported.split(".")[0]
             if local(first):
                 pending.append(imported)
@@ -89,7 +97,7 @@ def _walk(module: str, label: str, locate: Callable[[str], Path | None], name_of
 
 
 @functools.lru_cache(maxsize=4096)
-def _imports(path: Path, _mtime_ns: int, package: str) -> tuple[str, ...]:
+def _imports(path: Path, _stat: tuple[int, int, int], package: str) -> tuple[str, ...]:
     """The modules a file imports anywhere in it (factories often import inside functions); for
     `from m import x`, both m and m.x (x may be a submodule). Dynamic imports are not seen."""
     try:
@@ -150,13 +158,22 @@ def _installed(location: Path) -> bool:
 
 
 def _versions(top: str) -> dict[str, str | None]:
-    """The versions of the installed distributions that provide a top-level module (several share
-    some names, e.g. `nvidia`: all of them, in a stable order)."""
     return {name: metadata.version(name) for name in _distributions(top)}
+
+
+def _editable(distributions: tuple[str, ...]) -> bool:
+    """Whether one of them is installed in editable mode (pip install -e): its files are the code."""
+    for name in distributions:
+        recorded = metadata.distribution(name).read_text("direct_url.json")
+        if recorded and json.loads(recorded).get("dir_info", {}).get("editable"):
+            return True
+    return False
 
 
 @functools.lru_cache(maxsize=None)
 def _distributions(top: str) -> tuple[str, ...]:
+    """The installed distribution named like a top-level module, else all that provide it (several
+    share some names, e.g. `nvidia`), in a stable order."""
     try:
         # Most distributions are named like their package (torch, transformers); the full scan of every
         # installed distribution costs half a second, so it is only the fallback.

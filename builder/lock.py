@@ -59,6 +59,11 @@ def _read(path: Path, for_check: bool) -> tuple[dict[str, Any], str | None]:
                                                      f"entries dropped (targets: {dropped}); build those once to add them")
 
 
+def check_writable(spec: BuildSpec) -> None:
+    """Before a build: a lock it could not update (invalid JSON, a newer schema) fails it at once."""
+    _read(lock_path(spec), for_check=False)
+
+
 def write_lock(spec: BuildSpec, results: dict[str, StepResult]) -> tuple[Path, str | None]:
     """Writes this target's entry; returns the path and a note when an older lock was started anew."""
     path = lock_path(spec)

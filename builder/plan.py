@@ -69,9 +69,9 @@ def make_plan(spec: BuildSpec) -> Plan:
             upstream = {**upstream, "calibration": "calibration"}
         reads = tuple(step.reads(config))
         code = module_code(step.module, step.name) if step.module.startswith("backends.") else Code()  # a backend's
+        files = {**code.files, **extra.pop("files", {})}
         return StepNode(id=step.name, run=step.run, version=step.version, config=select(config, reads), reads=reads,
-                        upstream=upstream, libraries=step.libraries, isolated=step.isolated,
-                        **{"files": code.files, **extra})
+                        upstream=upstream, files=files, libraries=step.libraries, isolated=step.isolated, **extra)
 
     if any(step.uses_calibration(config) for step in optimizations):
         if config["calibration"]["source"] is None:
@@ -127,7 +127,7 @@ def make_plan(spec: BuildSpec) -> Plan:
     level = verification_level(config, optimizations, precision.stores, backend)
     reads = tuple(verify.reads(config, _tolerance_levels(config, level, precision.computes)))
     steps.append(StepNode(
-        id="verify", run="builder.steps.verify:run", version=2, config={**select(config, reads), "level": level},
+        id="verify", run="builder.steps.verify:run", version=3, config={**select(config, reads), "level": level},
         reads=reads,
         upstream={"compiled": previous, "reference": "reference"},
         files={**metric.files, **module_code(backend.runtime_module, "runtime").files},

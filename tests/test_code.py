@@ -1,6 +1,7 @@
 """A factory's code is what it imports: its module, the local modules it imports (transitively, by
 reading their imports), and the versions of the installed distributions they import."""
 
+import sys
 import textwrap
 
 import pytest
@@ -15,6 +16,13 @@ def _write(root, files):
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text))
+
+
+@pytest.fixture(autouse=True)
+def _own_sys_path(monkeypatch):
+    """factory_code puts the work directory first on sys.path, as a build does; here a test's tree
+    (one holds a package named `profile`) must not shadow modules for the rest of the session."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
 
 
 @pytest.fixture
@@ -62,3 +70,32 @@ def test_a_missing_module_names_the_key(tmp_path):
     with pytest.raises(MdbuildError) as failure:
         factory_code("nowhere.build", tmp_path, "evaluation.metric", "metric")
     assert failure.value.where == "evaluation.metric" and "cannot find the module of 'nowhere.build'" in failure.value.what
+
+
+def _library(site, name: str, editable: bool):
+    _write(site, {f"{name}/__init__.py": "", f"{name}/models.py": "import numpy\ndef build(): pass\n",
+                  f"{name}-0.1.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n"})
+    if editable:
+        (site / f"{name}-0.1.dist-info" / "direct_url.json").write_text(
+            f'{{"url": "file://{site}", "dir_info": {{"editable": true}}}}')
+
+
+def test_an_editable_library_is_its_files_and_an_installed_one_its_version(tmp_path, monkeypatch):
+    site = tmp_path / "src"
+    _library(site, "mdb_editable_lib", editable=True)
+    _library(site, "mdb_plain_lib", editable=False)
+    monkeypatch.syspath_prepend(str(site))
+    work = tmp_path / "work"
+    work.mkdir()
+    editable = factory_code("mdb_editable_lib.models.build", work, "model.factory", "factory")
+    assert sorted(editable.files) == ["factory code mdb_editable_lib/__init__.py", "factory code mdb_editable_lib/models.py"]
+    assert editable.versions == {"mdb_editable_lib": "0.1", "numpy": library_version("numpy")}
+    plain = factory_code("mdb_plain_lib.models.build", work, "model.factory", "factory")
+    assert plain.files == {} and plain.versions == {"mdb_plain_lib": "0.1"}
+
+
+def test_a_local_package_named_like_a_stdlib_module_is_user_code(tmp_path):
+    _write(tmp_path, {"profile/__init__.py": "", "profile/models.py": "def build(): pass\n"})  # profile: stdlib
+    code = factory_code("profile.models.build", tmp_path, "model.factory", "factory")
+    assert sorted(code.files) == ["factory code profile/__init__.py", "factory code profile/models.py"]
+    assert factory_code("statistics.fmean", tmp_path, "evaluation.metric", "metric").files == {}  # the real stdlib

@@ -68,6 +68,8 @@ def _reproducible_fingerprint(path: Path) -> None:
     content hashes, so the same model gives the same files."""
     from tensorflow.core.protobuf import fingerprint_pb2
 
+    if not path.is_file():  # older TensorFlow writes none
+        return
     fingerprint = fingerprint_pb2.FingerprintDef.FromString(path.read_bytes())
     hashes = (fingerprint.saved_model_checksum, fingerprint.graph_def_program_hash, fingerprint.signature_def_hash,
               fingerprint.saved_object_graph_hash, fingerprint.checkpoint_hash)
