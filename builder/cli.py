@@ -110,7 +110,8 @@ def _backend_options(target: dict[str, Any]) -> None:
     given = target["options"] or {}
     if not isinstance(given, dict):
         raise MdbuildError(f"{given!r} is not a section of options", "target.options",
-                           f"give key: value pairs of the {backend.name} options, or `- options: {backend.name}` in the target's defaults")
+                           f"give key: value pairs of the {backend.name} options, or `- options: {backend.name}` "
+                           "in the target's defaults")
     for key in given:
         if key not in schema:
             valid = ", ".join(schema) or "none"

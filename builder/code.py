@@ -51,9 +51,10 @@ def factory_code(dotted: str, workdir: Path, key: str, label: str) -> Code:
     if _installed(location) or (distributions and not root.is_relative_to(workdir) and not _editable(distributions)):
         return Code(versions=_versions(top))
     # The user's tree, or a library installed in editable mode (its files and its version).
-    return Code(versions=_versions(top)) | _walk(module, label, lambda name: _module_file([root], name), lambda path: path.relative_to(root),
-                 lambda first: _module_file([root], first) is not None
-                 or ((root / first).is_dir() and not _distributions(first)))  # a namespace package
+    walked = _walk(module, label, lambda name: _module_file([root], name), lambda path: path.relative_to(root),
+                   lambda first: _module_file([root], first) is not None
+                   or ((root / first).is_dir() and not _distributions(first)))  # a namespace package
+    return Code(versions=_versions(top)) | walked
 
 
 def module_code(module: str, label: str) -> Code:
@@ -103,7 +104,8 @@ def _imports(path: Path, _stat: tuple[int, int, int], package: str) -> tuple[str
     try:
         tree = ast.parse(path.read_bytes(), filename=str(path))
     except SyntaxError as exc:
-        raise MdbuildError(f"cannot parse {path}: {exc.msg} (line {exc.lineno})", str(path), "fix the syntax error") from exc
+        raise MdbuildError(f"cannot parse {path}: {exc.msg} (line {exc.lineno})", str(path),
+                           "fix the syntax error") from exc
     found: list[str] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

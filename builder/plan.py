@@ -68,15 +68,17 @@ def make_plan(spec: BuildSpec) -> Plan:
         if step.uses_calibration(config):
             upstream = {**upstream, "calibration": "calibration"}
         reads = tuple(step.reads(config))
-        code = module_code(step.module, step.name) if step.module.startswith("backends.") else Code()  # a backend's
-        files = {**code.files, **extra.pop("files", {})}
+        # A backend's own step: its module's files (mdbuild's generic steps are versioned instead).
+        own = module_code(step.module, step.name) if step.module.startswith("backends.") else Code()
+        files = {**own.files, **extra.pop("files", {})}
         return StepNode(id=step.name, run=step.run, version=step.version, config=select(config, reads), reads=reads,
                         upstream=upstream, files=files, libraries=step.libraries, isolated=step.isolated, **extra)
 
     if any(step.uses_calibration(config) for step in optimizations):
         if config["calibration"]["source"] is None:
             raise MdbuildError(
-                f"{'/'.join(s.name for s in optimizations if s.calibrated)} needs calibration data and the recipe declares none",
+                f"{'/'.join(s.name for s in optimizations if s.calibrated)} needs calibration data and the recipe "
+                "declares none",
                 "calibration.source", "declare npz, images or factory data; calibration.source=random opts in to "
                 "random inputs, which the report then flags")
         data_files, data_code = data_inputs(spec, "calibration")
@@ -115,9 +117,9 @@ def make_plan(spec: BuildSpec) -> Plan:
     compile_config = select(config, reads)
     backend.check(compile_config)
     steps.append(StepNode(
-        id="compile", run="builder.steps.compile:run", version=backend.compile_version, config=compile_config, reads=reads,
-        upstream={"model": previous}, files=module_code(f"backends.{backend.name}.compile", "compile").files,
-        libraries=backend.libraries,
+        id="compile", run="builder.steps.compile:run", version=backend.compile_version, config=compile_config,
+        reads=reads, upstream={"model": previous},
+        files=module_code(f"backends.{backend.name}.compile", "compile").files, libraries=backend.libraries,
         host_dependent=backend.host is not None, host=backend.host, isolated="compile" in backend.isolated,
     ))
     previous = "compile"
@@ -134,7 +136,8 @@ def make_plan(spec: BuildSpec) -> Plan:
         libraries=backend.libraries + ("numpy",), extra_versions=metric.versions, host_dependent=True,
         reports=(REPORT_FILE,), isolated="verify" in backend.isolated,
     ))
-    serving_files = {"labels": spec.existing_path(config["serving"]["labels"], "serving.labels")} if config["serving"]["labels"] else {}
+    labels = config["serving"]["labels"]
+    serving_files = {"labels": spec.existing_path(labels, "serving.labels")} if labels else {}
     reads = tuple(package.reads(config))
     steps.append(StepNode(
         id="package", run="builder.steps.package:run", version=2,
@@ -145,7 +148,8 @@ def make_plan(spec: BuildSpec) -> Plan:
                **module_code(backend.runtime_module, "runtime").files,
                "serving_code": SERVING_DIR, "templates": resource_dir("templates")},
         libraries=("jinja2", "numpy", "pillow", *backend.pinned),
-        host_dependent=True, reports=(REPORT_FILE, REPORT_PAGE), embeds_keys=True, isolated="package" in backend.isolated,
+        host_dependent=True, reports=(REPORT_FILE, REPORT_PAGE), embeds_keys=True,
+        isolated="package" in backend.isolated,
     ))
     return Plan(spec, tuple(steps))
 
