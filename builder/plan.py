@@ -51,6 +51,12 @@ class Plan:
         return f"{self.spec.recipe}{target}/{node.id}"
 
 
+def _reading(config: dict[str, Any], keys) -> dict[str, Any]:
+    """A node's `config` and `reads` from the keys its step declares."""
+    reads = tuple(keys)
+    return {"config": select(config, reads), "reads": reads}
+
+
 def make_plan(spec: BuildSpec) -> Plan:
     config, target = spec.config, spec.target
     source = get_source(spec.model)
@@ -67,11 +73,10 @@ def make_plan(spec: BuildSpec) -> Plan:
     def optimization_node(step, upstream: dict[str, str], **extra) -> StepNode:
         if step.uses_calibration(config):
             upstream = {**upstream, "calibration": "calibration"}
-        reads = tuple(step.reads(config))
         # A backend's own step: its module's files (mdbuild's generic steps are versioned instead).
         own = module_code(step.module, step.name) if step.module.startswith("backends.") else Code()
         files = {**own.files, **extra.pop("files", {})}
-        return StepNode(id=step.name, run=step.run, version=step.version, config=select(config, reads), reads=reads,
+        return StepNode(id=step.name, run=step.run, version=step.version, **_reading(config, step.reads(config)),
                         upstream=upstream, files=files, libraries=step.libraries, isolated=step.isolated, **extra)
 
     if any(step.uses_calibration(config) for step in optimizations):
@@ -82,10 +87,9 @@ def make_plan(spec: BuildSpec) -> Plan:
                 "calibration.source", "declare npz, images or factory data; calibration.source=random opts in to "
                 "random inputs, which the report then flags")
         data_files, data_code = data_inputs(spec, "calibration")
-        reads = tuple(calibration.reads(config))
         steps.append(StepNode(
             id="calibration", run="builder.steps.calibration:run", version=2,
-            config=select(config, reads), reads=reads, files={**data_files, **data_code.files},
+            **_reading(config, calibration.reads(config)), files={**data_files, **data_code.files},
             libraries=("numpy", "pillow"), extra_versions=data_code.versions, shared=True,
         ))
     export_upstream: dict[str, str] = {}
@@ -93,18 +97,18 @@ def make_plan(spec: BuildSpec) -> Plan:
         steps.append(optimization_node(step, {}, files={**files, **code.files}, extra_versions=code.versions,
                                        shared=True))
         export_upstream = {"pruned": step.name}
-    reads = (*source.loads_with(spec.model), *source.export_keys)
     steps.append(StepNode(
-        id="export", run=source.export, version=2, config=select(config, reads), reads=reads, upstream=export_upstream,
+        id="export", run=source.export, version=2,
+        **_reading(config, (*source.loads_with(spec.model), *source.export_keys)),
+        upstream=export_upstream,
         files={**files, **code.files}, libraries=source.libraries, extra_versions=code.versions,
         shared=not export_upstream, isolated=source.isolated,
     ))
     evaluation_files, evaluation_code = data_inputs(spec, "evaluation")
     metric = _metric_code(spec)
     reference_code = code | evaluation_code | metric
-    reads = tuple(reference.reads(config))
     steps.append(StepNode(
-        id="reference", run="builder.steps.reference:run", version=2, config=select(config, reads), reads=reads,
+        id="reference", run="builder.steps.reference:run", version=2, **_reading(config, reference.reads(config)),
         files={**files, **evaluation_files, **reference_code.files},
         libraries=source.libraries + ("numpy",) + (("pillow",) if config["evaluation"]["source"] == "images" else ()),
         extra_versions=reference_code.versions, shared=True, isolated=source.isolated,
@@ -113,12 +117,11 @@ def make_plan(spec: BuildSpec) -> Plan:
     for step in by_stage["onnx"]:
         steps.append(optimization_node(step, {"model": previous}))
         previous = step.name
-    reads = tuple(compile_step.reads(backend))
-    compile_config = select(config, reads)
-    backend.check(compile_config)
+    compile_reading = _reading(config, compile_step.reads(backend))
+    backend.check(compile_reading["config"])
     steps.append(StepNode(
-        id="compile", run="builder.steps.compile:run", version=backend.compile_version, config=compile_config,
-        reads=reads, upstream={"model": previous},
+        id="compile", run="builder.steps.compile:run", version=backend.compile_version, **compile_reading,
+        upstream={"model": previous},
         files=module_code(f"backends.{backend.name}.compile", "compile").files, libraries=backend.libraries,
         host_dependent=backend.host is not None, host=backend.host, isolated="compile" in backend.isolated,
     ))
@@ -127,25 +130,25 @@ def make_plan(spec: BuildSpec) -> Plan:
         steps.append(optimization_node(step, {"compiled": previous}))
         previous = step.name
     level = verification_level(config, optimizations, precision.stores, backend)
-    reads = tuple(verify.reads(config, _tolerance_levels(config, level, precision.computes)))
+    verify_reading = _reading(config, verify.reads(config, _tolerance_levels(config, level, precision.computes)))
+    runtime_code = module_code(backend.runtime_module, "runtime").files  # what verify runs and package ships
     steps.append(StepNode(
-        id="verify", run="builder.steps.verify:run", version=3, config={**select(config, reads), "level": level},
-        reads=reads,
-        upstream={"compiled": previous, "reference": "reference"},
-        files={**metric.files, **module_code(backend.runtime_module, "runtime").files},
+        id="verify", run="builder.steps.verify:run", version=3,
+        config={**verify_reading["config"], "level": level}, reads=verify_reading["reads"],
+        upstream={"compiled": previous, "reference": "reference"}, files={**metric.files, **runtime_code},
         libraries=backend.libraries + ("numpy",), extra_versions=metric.versions, host_dependent=True,
         reports=(REPORT_FILE,), isolated="verify" in backend.isolated,
     ))
     labels = config["serving"]["labels"]
     serving_files = {"labels": spec.existing_path(labels, "serving.labels")} if labels else {}
-    reads = tuple(package.reads(config))
+    package_reading = _reading(config, package.reads(config))
     steps.append(StepNode(
         id="package", run="builder.steps.package:run", version=2,
-        config={**select(config, reads), "recipe": spec.recipe, "mdbuild": __version__}, reads=reads,
+        config={**package_reading["config"], "recipe": spec.recipe, "mdbuild": __version__},
+        reads=package_reading["reads"],
         upstream={"compiled": previous, "report": "verify", "reference": "reference", "export": "export",
                   **{step.name: step.name for step in optimizations}},
-        files={**serving_files, **module_code(f"backends.{backend.name}", "backend").files,
-               **module_code(backend.runtime_module, "runtime").files,
+        files={**serving_files, **module_code(f"backends.{backend.name}", "backend").files, **runtime_code,
                "serving_code": SERVING_DIR, "templates": resource_dir("templates")},
         libraries=("jinja2", "numpy", "pillow", *backend.pinned),
         host_dependent=True, reports=(REPORT_FILE, REPORT_PAGE), embeds_keys=True,

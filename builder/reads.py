@@ -19,7 +19,3 @@ def select(config: dict[str, Any], paths: Iterable[str]) -> dict[str, Any]:
         target[last] = copy.deepcopy(source[last])
     return chosen
 
-
-def covers(paths: Iterable[str], key: str) -> bool:
-    """Whether the dotted `key` is one of `paths` or lies under one of them."""
-    return any(key == path or key.startswith(path + ".") for path in paths)

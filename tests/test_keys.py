@@ -14,7 +14,6 @@ from omegaconf import OmegaConf
 from builder import cli
 from builder.errors import MdbuildError
 from builder.plan import make_plan
-from builder.reads import covers
 from builder.recipes import recipe_files
 from builder.resources import resource_dir
 from builder.spec import BuildSpec
@@ -47,6 +46,11 @@ def _compose(recipe: str, target: str) -> BuildSpec:
     cli._backend_options(config["target"])
     path, packaged = recipe_files(workdir)[recipe]
     return BuildSpec(recipe=recipe, recipe_path=path, packaged_recipe=packaged, config=config, workdir=workdir)
+
+
+def covers(paths, key):
+    """Whether the dotted `key` is one of `paths` or lies under one of them."""
+    return any(key == path or key.startswith(path + ".") for path in paths)
 
 
 def _leaves(value, prefix=""):
