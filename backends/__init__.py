@@ -7,12 +7,15 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from builder.errors import MdbuildError, missing_extra
+from builder.errors import MdbuildError, first_line, missing_extra
 from builder.optimize import Optimization
 from builder.versions import importable, library_version
+
+_RANGE = re.compile(r"[<>=!~]")
 
 
 @dataclass(frozen=True)
@@ -36,11 +39,15 @@ class NoOptions:
 @dataclass(frozen=True)
 class Triton:
     """How Triton serves the compiled model: its backend (and platform), and the `parameters` its
-    config.pbtxt carries, from the runtime settings (runtime.json)."""
+    config.pbtxt carries, from the runtime settings (runtime.json); where it runs (`kind`), the model
+    file when it is not Triton's default name, and the GPU execution accelerator with its parameters."""
 
     backend: str
     platform: str | None = None
     parameters: Callable[[dict[str, Any]], dict[str, str]] | None = None
+    kind: str = "KIND_CPU"
+    model_file: str | None = None
+    accelerator: tuple[str, dict[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -56,8 +63,11 @@ class Backend:
     reads: tuple[str, ...] = ()
     options: type = NoOptions  # dataclass: the schema of target.options (conf group target/options)
     optimizations: tuple[Optimization, ...] = ()  # its own optimization steps
-    triton: Triton | None = None  # None: Triton cannot serve it (no config.pbtxt)
-    requirements: tuple[str, ...] = ()  # the artifact's runtime distributions; () = (distribution,)
+    # None: Triton cannot serve it (no config.pbtxt); a function: the settings (runtime.json) decide.
+    triton: Triton | Callable[[dict[str, Any]], Triton] | None = None
+    # The artifact's runtime distributions, "name" (pinned to this build's version) or "name>=x,<y";
+    # () = (distribution,).
+    requirements: tuple[str, ...] = ()
     # "module:function" -> {fact: value} of the host the compiled model depends on (GPU model, driver);
     # None: compile gives the same output on any host.
     host: str | None = None
@@ -65,6 +75,12 @@ class Backend:
     converter: str | None = None  # framework targets: the ONNX converter's distribution (= its module)
     # Its steps ("compile", "verify", "package") that run in a fresh process (see builder.execute).
     isolated: tuple[str, ...] = ()
+    # Where its runtime cannot run on the build host (TensorRT without a GPU): the runtime module that
+    # runs the graph the device computes, loaded with the settings' "proxy" section (see load_here).
+    proxy: str | None = None
+    # "module:function" -> the host facts of where its runtime runs, which verify's outcome depends on
+    # (a GPU, or the proxy on this CPU); None: the CPU's.
+    runtime_host: str | None = None
 
     @property
     def runtime_module(self) -> str:
@@ -73,7 +89,13 @@ class Backend:
 
     @property
     def pinned(self) -> tuple[str, ...]:
-        return self.requirements or (self.distribution,)
+        """The runtime distributions requirements.txt pins to this build's versions."""
+        return tuple(r for r in self.requirements or (self.distribution,) if not _RANGE.search(r))
+
+    @property
+    def ranges(self) -> tuple[str, ...]:
+        """Runtime requirements given as a range (what the serving host needs differs from the build's)."""
+        return tuple(r for r in self.requirements if _RANGE.search(r))
 
     def require(self, where: str) -> None:
         """Fail with the pip extra to install when the SDK (or its converter) cannot be imported here."""
@@ -95,6 +117,23 @@ class Backend:
 
     def runtime(self):
         return importlib.import_module(self.runtime_module)
+
+    def triton_for(self, settings: dict[str, Any]) -> Triton | None:
+        return self.triton(settings) if callable(self.triton) else self.triton
+
+    def load_here(self, model_dir, settings: dict[str, Any]):
+        """(the compiled model on this host, what its proxy ran and the checks left for the target
+        device): its own runtime where it runs here (None, []), else its proxy on the graph the device
+        computes, with the runtime's `pending(settings, why)` list."""
+        runtime = self.runtime()
+        try:
+            return runtime.load(model_dir, settings), None, []
+        except getattr(runtime, "NotHere", ()) as exc:
+            if self.proxy is None:
+                raise
+            why = first_line(exc)
+            proxy = importlib.import_module(self.proxy).load(model_dir, settings["proxy"])
+            return proxy, why, runtime.pending(settings, why)
 
 
 @dataclass(frozen=True)

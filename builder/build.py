@@ -112,7 +112,14 @@ def _report_line(artifact: Path) -> str | None:
     if report.get("compute"):
         parts.insert(0, f"computed in {report['compute']['words']}")
     parts.insert(0, f"tolerances {report['tolerance_level']}")
+    if report.get("proxy"):
+        parts.insert(0, f"on {report['proxy']['model_file']} with ONNX Runtime CPU ({report['proxy']['why']})")
     latency = report["latency"]
-    line = (f"verify: {'passed' if report['passed'] else 'FAILED'} · " + " · ".join(parts)
-            + f" · p50 {latency['p50_ms']:.2f} ms, p99 {latency['p99_ms']:.2f} ms")
-    return "\n".join([line] + [f"WARNING: {warning}" for warning in report.get("warnings", [])])
+    speed = latency["why"] if latency.get("measured") is False else \
+        f"p50 {latency['p50_ms']:.2f} ms, p99 {latency['p99_ms']:.2f} ms"
+    lines = [f"verify: {'passed' if report['passed'] else 'FAILED'} · " + " · ".join(parts) + f" · {speed}"]
+    lines += [f"engine: {engine['file']} ({engine['sdk']}) runs on {engine['runs_on']}" for engine in report.get("engines") or []]
+    if report.get("deferred"):
+        lines.append(f"engine: deferred full TensorRT build, for {report['deferred']['runs_on']}")
+    lines += [f"pending on the target: {check}" for check in report.get("pending") or []]
+    return "\n".join(lines + [f"WARNING: {warning}" for warning in report.get("warnings", [])])

@@ -202,6 +202,11 @@ def describe_error(exc: BaseException) -> str:
         valid = declared_keys(parent) or _option_keys(unknown.group(2))
         hint = f" (valid keys of {parent or 'the config'}: {', '.join(valid)})" if valid else ""
         return f"{key}: no such key{hint}"
+    absent = re.search(r"Key '([^']+)' is not in struct", text)
+    if absent and full_key:  # a new key of a free-form section (kwargs, target.options.profiles)
+        key = full_key.group(1)
+        value = next((arg.split("=", 1)[1] for arg in sys.argv[1:] if arg.startswith(f"{key}=")), "VALUE")
+        return f"{key}: not in the config yet; add it with +{key}={value}"
     if "No match in the defaults list" in text:
         override = re.search(r"Could not override '([^']+)'", text)
         name = override.group(1) if override else "the option"

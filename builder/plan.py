@@ -132,12 +132,14 @@ def make_plan(spec: BuildSpec) -> Plan:
     level = verification_level(config, optimizations, precision.stores, backend)
     verify_reading = _reading(config, verify.reads(config, _tolerance_levels(config, level, precision.computes)))
     runtime_code = module_code(backend.runtime_module, "runtime").files  # what verify runs and package ships
+    if backend.proxy:  # what verify runs where the backend's runtime cannot run (TensorRT without a GPU)
+        runtime_code |= module_code(backend.proxy, "proxy").files
     steps.append(StepNode(
         id="verify", run="builder.steps.verify:run", version=3,
         config={**verify_reading["config"], "level": level}, reads=verify_reading["reads"],
         upstream={"compiled": previous, "reference": "reference"}, files={**metric.files, **runtime_code},
         libraries=backend.libraries + ("numpy",), extra_versions=metric.versions, host_dependent=True,
-        reports=(REPORT_FILE,), isolated="verify" in backend.isolated,
+        host=backend.runtime_host, reports=(REPORT_FILE,), isolated="verify" in backend.isolated,
     ))
     labels = config["serving"]["labels"]
     serving_files = {"labels": spec.existing_path(labels, "serving.labels")} if labels else {}

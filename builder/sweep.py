@@ -28,7 +28,7 @@ def job_result(spec, artifact: Path | None, run_dir: Path, error: str | None) ->
         "rel_l2": max((o["metrics"]["rel_l2"] for o in outputs.values()), default=None),
         "min_cosine": min((o["metrics"]["min_cosine"] for o in outputs.values()), default=None),
         "p50_ms": latency.get("p50_ms"), "p99_ms": latency.get("p99_ms"),
-        "throughput_per_s": latency.get("throughput_per_s"),
+        "throughput_per_s": latency.get("throughput_per_s"), "latency_note": latency.get("why"),
         "model_bytes": report.get("size", {}).get("model_bytes"),
         "artifact": str(artifact) if artifact else None, "error": error,
     }
@@ -58,6 +58,8 @@ _COLUMNS = [("target", "target"), ("precision", "precision"), ("computed", "comp
 
 def _cell(row: dict[str, Any], key: str) -> str:
     value = row.get(key)
+    if value is None and key in ("p50_ms", "p99_ms", "throughput_per_s") and row.get("latency_note"):
+        return row["latency_note"]
     if value is None:
         return "-"
     if key == "model_bytes":

@@ -27,12 +27,19 @@ def config_pbtxt(name: str, triton, inputs: dict[str, tuple[str, list]], outputs
     lines = [f'name: "{name}"', f'backend: "{triton.backend}"']
     if triton.platform:
         lines += [f'platform: "{triton.platform}"']
+    if triton.model_file:
+        lines += [f'default_model_filename: "{triton.model_file}"']
     lines += [f"max_batch_size: {max_batch}"]
     lines += tensors("input", inputs) + tensors("output", outputs)
-    lines += ["instance_group [ { kind: KIND_CPU count: 1 } ]"]
+    lines += [f"instance_group [ {{ kind: {triton.kind} count: 1 }} ]"]
     if batched and serving["max_batch_size"] > 1:
         delay_us = int(serving["max_queue_delay_ms"] * 1000)
         lines += [f"dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}"]
     for key, value in (triton.parameters(runtime) if triton.parameters else {}).items():
         lines += [f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}']
+    if triton.accelerator:
+        accelerator, parameters = triton.accelerator
+        lines += ["optimization { execution_accelerators { gpu_execution_accelerator: [ {", f'  name: "{accelerator}"']
+        lines += [f'  parameters {{ key: "{key}" value: "{value}" }}' for key, value in parameters.items()]
+        lines += ["} ] } }"]
     return "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,3 +135,31 @@ def python(code: str, cwd: Path) -> None:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def triton_config(path: Path):
+    """Parse a config.pbtxt with Triton's own ModelConfig protobuf schema (from tritonclient)."""
+    import importlib.util
+
+    import tritonclient
+    from google.protobuf import text_format
+
+    source = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
+    spec = importlib.util.spec_from_file_location("triton_model_config_pb2", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return text_format.Parse(path.read_text(), module.ModelConfig())
+
+
+def hiding(directory: Path, *packages: str) -> dict:
+    """The environment of an interpreter in which `packages` cannot be imported (as if not installed)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "sitecustomize.py").write_text(textwrap.dedent(f"""
+        import sys
+        class Hide:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {packages!r}:
+                    raise ModuleNotFoundError(f"No module named {{name!r}}")
+        sys.meta_path.insert(0, Hide())
+    """))
+    return {"PYTHONPATH": str(directory)}

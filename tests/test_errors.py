@@ -4,11 +4,10 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
-from conftest import MDBUILD, QUICK, cnn_recipe, onnx_recipe
+from conftest import MDBUILD, QUICK, cnn_recipe, hiding, onnx_recipe
 
 pytestmark = pytest.mark.torch
 
@@ -68,27 +67,19 @@ def test_operator_the_exporter_cannot_handle(workspace):
     assert_nothing_left(workspace)
 
 
-@pytest.mark.parametrize(("hidden", "args", "where", "extra"), [
-    ("onnxruntime", ["+recipe=cnn"], "target.backend", "onnxruntime"),
-    ("onnx2torch", ["+recipe=cnn", "target=pytorch"], "target.backend", "torch"),
-    ("onnx2tf", ["+recipe=cnn", "target=tensorflow"], "target.backend", "tensorflow"),
-    ("mindspore", ["+recipe=lenet_mindspore"], "model.source", "mindspore"),
+@pytest.mark.parametrize(("hidden", "args", "where", "extra", "named"), [
+    ("onnxruntime", ["+recipe=cnn"], "target.backend", "onnxruntime", "onnxruntime"),
+    ("onnx2torch", ["+recipe=cnn", "target=pytorch"], "target.backend", "torch", "onnx2torch"),
+    ("onnx2tf", ["+recipe=cnn", "target=tensorflow"], "target.backend", "tensorflow", "onnx2tf"),
+    ("mindspore", ["+recipe=lenet_mindspore"], "model.source", "mindspore", "mindspore"),
+    ("tensorrt_rtx_bindings", ["+recipe=cnn", "target=tensorrt_fp16", "target.options.flavor=rtx"],
+     "target.options.flavor", "tensorrt-rtx", "tensorrt-rtx-cu12-bindings"),
 ])
-def test_a_missing_package_names_its_extra(workspace, tmp_path, hidden, args, where, extra):
-    hide = tmp_path / "hide"
-    hide.mkdir()
-    (hide / "sitecustomize.py").write_text(textwrap.dedent(f"""
-        import sys
-        class Hide:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == {hidden!r}:
-                    raise ModuleNotFoundError("No module named {hidden!r}")
-        sys.meta_path.insert(0, Hide())
-    """))
+def test_a_missing_package_names_its_extra(workspace, tmp_path, hidden, args, where, extra, named):
     workspace.recipe("cnn", cnn_recipe())
-    result = workspace.run(*args, check=False, env={"PYTHONPATH": str(hide)})
+    result = workspace.run(*args, check=False, env=hiding(tmp_path / "hide", hidden))
     assert result.code == 1
-    assert f"{where}: the Python package '{hidden}' is not installed" in result.stderr
+    assert f"{where}: the Python package '{named}' is not installed" in result.stderr
     assert f"pip install 'mdbuild[{extra}]'" in result.stderr
     assert_nothing_left(workspace)
 

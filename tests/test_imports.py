@@ -11,7 +11,8 @@ import pytest
 
 from conftest import QUICK, cnn_recipe
 
-HEAVY = ("torch", "tensorflow", "onnxruntime", "openvino", "tensorrt", "mindspore")
+HEAVY = ("torch", "tensorflow", "onnxruntime", "openvino", "tensorrt", "tensorrt_rtx", "tensorrt_rtx_bindings", "cuda",
+         "mindspore")
 REPO = Path(__file__).resolve().parents[1]
 PROBE = """
 import atexit, json, sys
@@ -46,6 +47,17 @@ def test_help_plan_and_cached_rebuild_import_no_sdk(workspace):
     workspace.run("+recipe=cnn", *QUICK)
     assert heavy_modules(workspace, "+recipe=cnn", *QUICK) == []
     assert heavy_modules(workspace, "+recipe=cnn", *QUICK, "mode=check") == []
+
+
+@pytest.mark.torch
+@pytest.mark.tensorrt
+def test_a_tensorrt_plan_and_cached_rebuild_import_no_sdk(workspace):
+    """Host facts (nvidia-smi, which SDKs are installed) are found without importing an SDK."""
+    workspace.recipe("cnn", cnn_recipe())
+    args = ("+recipe=cnn", "target=tensorrt_fp16", *QUICK)
+    assert heavy_modules(workspace, *args, "mode=plan") == []
+    workspace.run(*args)
+    assert heavy_modules(workspace, *args) == []
 
 
 @pytest.mark.torch

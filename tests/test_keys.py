@@ -25,6 +25,7 @@ CHOICES = {
     "ort_quantize.calibration_method": "entropy", "nncf_quantize.preset": "mixed", "nncf_quantize.range_estimator": "default",
     "target.options.graph_optimization": "basic", "target.options.performance_hint": "throughput",
     "preprocess.color": "BGR", "preprocess.layout": "NHWC", "serving.scores": "raw", "model.exporter": "dynamo",
+    "target.options.flavor": "rtx", "trt_quantize.calibration_method": "entropy",
 }
 # Keys whose change re-shapes the plan (another source, backend, step list or file) rather than a value.
 STRUCTURAL = ("model.source", "model.factory", "target.backend", "target.name", "target.precision", "optimize",
@@ -32,7 +33,8 @@ STRUCTURAL = ("model.source", "model.factory", "target.backend", "target.name", 
               "calibration.factory", "evaluation.factory", "evaluation.metric", "serving.labels", "model.inputs.0.name",
               "model.inputs.0.dtype", "model.outputs", "calibration.source", "evaluation.source")
 CASES = [("digits", target) for target in ("onnxruntime_fp32", "onnxruntime_int8", "openvino_fp16", "openvino_bf16",
-                                           "openvino_int8", "pytorch", "tensorflow")] + [
+                                           "openvino_int8", "pytorch", "tensorflow", "tensorrt_fp16",
+                                           "tensorrt_int8")] + [("tiny", "tensorrt_fp16"), 
     ("resnet50", "onnxruntime_fp32"), ("resnet50_keras", "openvino_int8"), ("tiny", "openvino_fp32"),
     ("lenet_mindspore", "onnxruntime_fp32"), ("mobilenet_v2", "onnxruntime_int8")]
 

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from conftest import QUICK, cnn_recipe, read_json
@@ -150,6 +151,9 @@ def test_fp16_step_on_onnxruntime(workspace):
     result = workspace.run("+recipe=digits", *QUICK, "target=onnxruntime_fp32", "optimize=[fp16]")
     report = read_json(result.artifact / "report.json")
     assert report["tolerance_level"] == "fp16" and report["passed"]
+    key = read_json(result.artifact / "manifest.json")["steps"]["fp16"]["key"]
+    # The converter appends its input casts after their readers; the step sorts the graph.
+    onnx.checker.check_model(str(workspace.cache / "entries" / key[:2] / key / "out" / "model.onnx"))
 
 
 def test_a_step_for_another_backend_names_the_targets_it_serves(workspace):

@@ -37,3 +37,24 @@ def test_resnet50_every_cpu_target_in_one_sweep(workspace):
             assert report["outputs"]["logits"]["metrics"]["min_cosine"] > 0.99
         else:
             assert report["warnings"] == []
+
+
+@pytest.mark.tensorrt
+def test_resnet50_tensorrt_engines_in_a_sweep_beside_a_cpu_target(workspace):
+    """The mission's command: real TensorRT-RTX engines on a CPU-only host, fp16 and int8 Q/DQ; the sweep
+    summary says their latency is not measured rather than dropping them."""
+    targets = ["onnxruntime_fp32", "tensorrt_fp16", "tensorrt_int8"]
+    workspace.run("-m", "+recipe=resnet50", *QUICK, "calibration.samples=8", "target=" + ",".join(targets))
+    sweep = next((workspace.root / "mdbuild-outputs" / "sweeps").glob("*/*"))
+    rows = {row["target"]: row for row in json.loads((sweep / "summary.json").read_text())}
+    assert all(row["passed"] for row in rows.values())
+    assert rows["tensorrt_fp16"]["rel_l2"] < 2e-3 and rows["tensorrt_int8"]["min_cosine"] > 0.99
+    for target in targets[1:]:
+        assert rows[target]["p50_ms"] is None and rows[target]["latency_note"] == "not measured: no GPU"
+    assert "| tensorrt_fp16 | fp16 | - | - |" in (sweep / "summary.md").read_text()
+    assert "not measured: no GPU" in (sweep / "summary.md").read_text()
+    fp32 = Path(rows["onnxruntime_fp32"]["artifact"]) / "model_repository" / "resnet50" / "1" / "model.onnx"
+    engines = {t: Path(rows[t]["artifact"]) / "model_repository" / "resnet50" / "1" / "model.rtx.engine" for t in targets[1:]}
+    # fp16 weights: about half the fp32 model (a few nodes stay fp32 by range); int8 weights smaller still.
+    assert engines["tensorrt_fp16"].stat().st_size < 0.6 * fp32.stat().st_size
+    assert engines["tensorrt_int8"].stat().st_size < 0.75 * engines["tensorrt_fp16"].stat().st_size

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import QUICK, cnn_recipe, onnx_recipe, read_json
+from conftest import QUICK, cnn_recipe, onnx_recipe, read_json, triton_config
 
 pytestmark = pytest.mark.onnxruntime
 REPO = Path(__file__).resolve().parents[1]
@@ -513,22 +513,8 @@ def _rss(served) -> int:
     return int(line.split()[1])
 
 
-def _model_config(path: Path):
-    """Parse a config.pbtxt with Triton's own ModelConfig protobuf schema (from tritonclient)."""
-    import importlib.util
-
-    import tritonclient
-    from google.protobuf import text_format
-
-    source = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
-    spec = importlib.util.spec_from_file_location("triton_model_config_pb2", source)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return text_format.Parse(path.read_text(), module.ModelConfig())
-
-
 def test_triton_model_repository_parses_against_tritons_schema(heads, heads_openvino):
-    config = _model_config(heads / "model_repository" / "heads" / "config.pbtxt")
+    config = triton_config(heads / "model_repository" / "heads" / "config.pbtxt")
     assert config.name == "heads" and config.backend == "onnxruntime" and config.max_batch_size == 8
     assert [(i.name, list(i.dims)) for i in config.input] == [("image", [3, 16, 16]), ("extra", [4])]
     assert [o.name for o in config.output] == ["score", "embedding"]
@@ -536,7 +522,7 @@ def test_triton_model_repository_parses_against_tritons_schema(heads, heads_open
     assert (heads / "model_repository" / "heads" / "1" / "model.onnx").is_file()
 
     artifact = heads_openvino
-    config = _model_config(artifact / "model_repository" / "heads" / "config.pbtxt")
+    config = triton_config(artifact / "model_repository" / "heads" / "config.pbtxt")
     assert config.backend == "openvino" and config.max_batch_size == 1
     assert config.parameters["INFERENCE_PRECISION_HINT"].string_value == "f32"
     assert (artifact / "model_repository" / "heads" / "1" / "model.xml").is_file()

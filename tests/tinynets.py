@@ -68,3 +68,13 @@ def top2(outputs, labels) -> float:
 def exits() -> nn.Module:
     """A factory that ends the process, as some converters do on unsupported input."""
     raise SystemExit(3)
+
+
+def overflowing():
+    """An MLP whose hidden activations (about 1e5) overflow float16 (largest 65504)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[0].weight.mul_(1e5)
+        model[2].weight.mul_(1e-5)
+    return model

@@ -43,7 +43,7 @@ BACKEND = Backend(
     reads=("hardware.intra_op_threads", "hardware.inter_op_threads"),
     options=OnnxRuntimeOptions,
     optimizations=(
-        Optimization("fp16", "onnx", "backends.onnxruntime.fp16", 1, ("onnx", "onnxruntime"), loss="fp16",
+        Optimization("fp16", "onnx", "backends.onnxruntime.fp16", 2, ("onnx", "onnxruntime"), loss="fp16",
                      options=Fp16Options),
         Optimization("ort_quantize", "onnx", "backends.onnxruntime.quantize", 1, ("onnx", "onnxruntime"),
                      loss="int8", calibrated=True, options=OrtQuantizeOptions),

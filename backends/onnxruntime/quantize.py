@@ -7,9 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from backends.onnx_graph import prepared_for_quantization
 from builder.errors import MdbuildError
 from builder.optimize.summary import write_summary
-from builder.steps.calibration import batches, load_calibration
+from builder.steps.calibration import CalibrationReader, load_calibration
 
 _MODES = ("static", "dynamic")
 _TYPES = {"uint8": "QUInt8", "int8": "QInt8"}
@@ -39,12 +40,9 @@ def check(config: dict[str, Any]) -> None:
 
 def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     from onnxruntime import quantization as q
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     cfg = ctx.config["ort_quantize"]
-    prepared = Path("prepared.onnx")  # the step's scratch directory
-    ctx.progress("pre-processing (shape inference, folding)")
-    quant_pre_process(str(inputs["model"] / "model.onnx"), str(prepared), skip_symbolic_shape=True)
+    prepared = prepared_for_quantization(inputs["model"] / "model.onnx", ctx.progress)
     weight_type = getattr(q.QuantType, _TYPES[cfg["weight_type"]])
     if cfg["mode"] == "dynamic":
         ctx.progress("dynamic quantization of the weights")
@@ -53,7 +51,7 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
         return
     arrays, info = load_calibration(inputs["calibration"])
     q.quantize_static(
-        str(prepared), str(out / "model.onnx"), _Reader(arrays, ctx.progress),
+        str(prepared), str(out / "model.onnx"), CalibrationReader(arrays, ctx.progress),
         quant_format=q.QuantFormat.QDQ, per_channel=cfg["per_channel"],
         activation_type=getattr(q.QuantType, _TYPES[cfg["activation_type"]]), weight_type=weight_type,
         calibrate_method=getattr(q.CalibrationMethod, _METHODS[cfg["calibration_method"]]),
@@ -62,19 +60,3 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
                   weight_type=cfg["weight_type"], calibration_method=cfg["calibration_method"],
                   calibration_samples=info["samples"], calibration_source=info["source"], random_calibration=info["random"])
 
-
-class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over calibration.npz."""
-
-    def __init__(self, arrays, progress):
-        self._batches = batches(arrays)
-        self._count = len(next(iter(arrays.values())))
-        self._seen = 0
-        self._progress = progress
-
-    def get_next(self):
-        batch = next(self._batches, None)
-        if batch is not None:
-            self._seen += 1
-            self._progress(f"calibrating: {self._seen}/{self._count} samples")
-        return batch

@@ -81,6 +81,9 @@ class Service:
         def prepare():
             request, binary = protocol.split_body(body, header_length)
             feeds = protocol.decode_inputs(request, binary, self.model.inputs, self.settings["allow_nonfinite"])
+            rows = self.manifest["runtime"].get("max_batch_size")  # an engine's profile bounds its batch
+            if rows and any(len(value) > rows for value in feeds.values()):
+                raise RequestError(f"this engine takes at most {rows} rows per request (its optimization profile)")
             return feeds, (request.get("id"), protocol.requested_outputs(request, self.model.outputs))
 
         def answer(results, context):
@@ -384,6 +387,10 @@ def _differences(model, manifest):
         f"{' '.join(manifest['host'].get('cpu_flags') or []) or '-'})"]
     if computed and built and computed["precision"] != built["precision"]:
         differences.append(f"this host computes in {computed['words']}; the build verified {built['words']}")
+    proxy = manifest["verification"].get("proxy")
+    if proxy:
+        differences.append(f"the build verified {proxy['model_file']} with ONNX Runtime CPU ({proxy['why']}); "
+                           f"this host runs {getattr(model, 'description', 'the model')}")
     return differences
 
 
@@ -399,30 +406,57 @@ def parse_args(argv, defaults):
     parser.add_argument("--token", default=os.environ.get("MDBUILD_SERVE_TOKEN"),
                         help="require 'Authorization: Bearer TOKEN' (default: $MDBUILD_SERVE_TOKEN; health stays open)")
     parser.add_argument("--selftest", action="store_true", help="rerun the stored verification samples and exit")
+    parser.add_argument("--build-engine", action="store_true",
+                        help="build this GPU's TensorRT engine now (a deferred build), self-test it and exit; "
+                             "a start builds it too when it is missing")
     parser.add_argument("--selftest-tolerance", type=float, default=1e-3,
                         help="largest relative L2 error of --selftest against the build's own outputs, on a host that "
                              "computes as the build host did")
     return parser.parse_args(argv)
 
 
-def main(here, load, defaults, argv=None):
+def _first_line(exc):
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def main(here, runtime, defaults, argv=None):
+    """`runtime`: the backend's runtime module (load; optionally build, for an engine built on this host)."""
     args = parse_args(argv, defaults)
     manifest = json.loads((here / "manifest.json").read_text())
     problem = check_files(here, manifest)
     if problem:
         print(f"refusing to start: {problem}; the artifact was modified or damaged after the build", file=sys.stderr)
         return 2
+    model_dir = here / manifest["runtime"]["model_dir"]
+    build = getattr(runtime, "build", None)
+    built = None
     try:
-        model = load(here / manifest["runtime"]["model_dir"], manifest["runtime"])
-    except RuntimeError as exc:  # e.g. this CPU cannot compute in a precision the artifact allows
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"refusing to start: the model does not load on this host: {reason}", file=sys.stderr)
+        if args.build_engine and build is None:
+            raise RuntimeError(f"the {manifest['runtime']['backend']} backend builds nothing on the serving host")
+        if build is not None:  # an engine built on this host: until its self-test passes, it is not served
+            built = build(model_dir, manifest["runtime"], required=args.build_engine)
+            if built is not None:
+                print(f"{built.name}: built on this host; self-testing it", flush=True)
+        model = runtime.load(model_dir, manifest["runtime"])
+    except RuntimeError as exc:  # e.g. this CPU cannot compute in a precision the artifact allows; no GPU
+        print(f"refusing to start: the model does not load on this host: {_first_line(exc)}", file=sys.stderr)
         return 2
+    if built is not None:
+        if not selftest(here, model, args.selftest_tolerance, manifest):
+            runtime.reject(built)
+            print(f"refusing to serve: the engine built here fails the self-test (moved aside as {built.name}.rejected)",
+                  file=sys.stderr)
+            return 1
+        runtime.accept(built)
     if args.selftest:
         return 0 if selftest(here, model, args.selftest_tolerance, manifest) else 1
+    if args.build_engine:
+        return 0
     labels_path = here / "labels.txt"
     labels = labels_path.read_text().splitlines() if labels_path.is_file() else None
-    settings = {**defaults, "max_batch_size": args.max_batch_size, "max_queue_delay_ms": args.max_queue_delay_ms,
+    # An engine takes batches up to its optimization profile's max.
+    largest = min(args.max_batch_size, manifest["runtime"].get("max_batch_size") or args.max_batch_size)
+    settings = {**defaults, "max_batch_size": largest, "max_queue_delay_ms": args.max_queue_delay_ms,
                 "max_body_bytes": args.max_body_bytes}
     service = Service(model, manifest, settings, labels)
     httpd = Server((args.host, args.port), service, args.token)

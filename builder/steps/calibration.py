@@ -39,3 +39,20 @@ def batches(arrays: dict[str, np.ndarray]):
     count = len(next(iter(arrays.values())))
     for index in range(count):
         yield {name: array[index : index + 1] for name, array in arrays.items()}
+
+
+class CalibrationReader:
+    """ONNX Runtime's CalibrationDataReader protocol over the calibration set (its quantization steps)."""
+
+    def __init__(self, arrays, progress):
+        self._batches = batches(arrays)
+        self._count = len(next(iter(arrays.values())))
+        self._seen = 0
+        self._progress = progress
+
+    def get_next(self):
+        batch = next(self._batches, None)
+        if batch is not None:
+            self._seen += 1
+            self._progress(f"calibrating: {self._seen}/{self._count} samples")
+        return batch

@@ -48,15 +48,18 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     settings = {**load_settings(inputs["compiled"]), "model_dir": str(model_dir)}
     shutil.copytree(inputs["compiled"], out / model_dir, ignore=shutil.ignore_patterns(RUNTIME_FILE, SUMMARY_FILE))
     _write_samples(inputs, out / "samples.npz")
-    report = {**_final_report(inputs, out / model_dir), "recipe": recipe}
+    # What each engine runs on, and the build deferred to the GPU host (backends that build engines).
+    report = {**_final_report(inputs, out / model_dir), "recipe": recipe,
+              **{key: settings[key] for key in ("engines", "deferred") if key in settings}}
     verdict = json.loads((inputs["report"] / VERDICT_FILE).read_text())
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))
-    model = backend.runtime().load(out / model_dir, settings)
+    model, _, _ = backend.load_here(out / model_dir, settings)
     serving = config["serving"]
     labels = "labels" in ctx.paths
-    if backend.triton:
+    triton = backend.triton_for(settings)
+    if triton:
         (out / model_dir.parent / "config.pbtxt").write_text(
-            config_pbtxt(recipe, backend.triton, model.inputs, model.outputs, settings, serving))
+            config_pbtxt(recipe, triton, model.inputs, model.outputs, settings, serving))
     _write_server(ctx, backend, out)
     if labels:
         shutil.copyfile(ctx.paths["labels"], out / "labels.txt")
@@ -71,7 +74,8 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     (out / "README.md").write_text(render("README.md.j2", **values))
     (out / REPORT_PAGE).write_text(render("report.md.j2", **values))
     requirements = ["numpy", *backend.pinned] + (["pillow"] if labels else [])
-    (out / "requirements.txt").write_text("".join(f"{name}=={library_version(name)}\n" for name in requirements))
+    (out / "requirements.txt").write_text("".join(f"{name}=={library_version(name)}\n" for name in requirements)
+                                          + "".join(f"{spec}\n" for spec in backend.ranges))
     manifest = {
         "schema": MANIFEST_SCHEMA,
         "mdbuild": __version__,
@@ -87,7 +91,8 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
         "host": host_fingerprint(),
         "verification": {"passed": verdict["passed"],
                          "tolerance": {"level": verdict["tolerance_level"], **verdict["tolerance"]},
-                         "compute": verdict["compute"], "limits_by_compute": verdict["limits_by_compute"]},
+                         "compute": verdict["compute"], "limits_by_compute": verdict["limits_by_compute"],
+                         "proxy": verdict["proxy"], "pending": verdict["pending"]},
         # The reports are not integrity-checked by serve.py: they say how fast this build ran, not what it is.
         "files": {str(rel): sha256_file(out / rel) for rel in list_files(out) if str(rel) not in ctx.node.reports},
         "reports": list(ctx.node.reports),

@@ -48,11 +48,14 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     target, verify = ctx.config["target"], ctx.config["verify"]
     backend = get_backend(target["backend"])
     runtime = backend.runtime()
+    settings = load_settings(inputs["compiled"])
     try:
-        model = runtime.load(inputs["compiled"], load_settings(inputs["compiled"]))
+        model, proxied, pending = backend.load_here(inputs["compiled"], settings)
     except getattr(runtime, "UnsupportedPrecision", ()) as exc:  # a runtime that chooses its arithmetic may refuse
         raise MdbuildError(f"target {target['name']}: {first_line(exc)}", "target.precision",
                            f"build another precision of {backend.name} (choose one of: {', '.join(backend.precisions)})") from exc
+    if proxied:
+        ctx.progress(f"{proxied}: verifying the graph the engine computes on ONNX Runtime CPU")
     # What the runtime really computes in on this CPU (OpenVINO says; the others run the graph's types).
     compute = getattr(model, "compute", None)
     stored = ctx.config["level"]
@@ -76,7 +79,9 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
         outputs[name] = {"metrics": metrics, "checks": judge(metrics, tolerance)}
     first = {name: value[0] for name, value in feeds.items()}
     batch = _batch_size(ctx)
-    latency = measure(lambda: model.run(first), verify["latency"], batch, ctx.progress)
+    # A proxy's speed is not the target's: no figure rather than a wrong one.
+    latency = {"measured": False, "why": _unmeasured(proxied)} if proxied else \
+        measure(lambda: model.run(first), verify["latency"], batch, ctx.progress)
     failures = [_failure_text(name, check) for name, result in outputs.items()
                 for check in result["checks"] if not check["passed"]]
     evaluation = evaluate_artifact(ctx, inputs["reference"], model.run)
@@ -97,6 +102,9 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
         "outputs": outputs,
         "evaluation": evaluation,
         "failures": failures,
+        # Where the backend's runtime cannot run here: what ran instead, and the checks left for the target.
+        "proxy": {"runtime": backend.proxy, "model_file": settings["proxy"]["model_file"], "why": proxied} if proxied else None,
+        "pending": pending,
     }
     (out / VERDICT_FILE).write_text(json.dumps(verdict, indent=2, sort_keys=True))
     (out / REPORT_FILE).write_text(json.dumps({**verdict, "latency": latency}, indent=2, sort_keys=True))
@@ -104,6 +112,10 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
         where = "evaluation.max_drop" if evaluation and not evaluation["passed"] else f"verify.tolerances.{level}"
         advice = [backend.advice.get(level), _ADVICE.get(level, f"loosen verify.tolerances.{level} only if this loss is acceptable")]
         raise GateFailed("verification failed: " + "; ".join(failures), where, "; ".join(filter(None, advice)))
+
+
+def _unmeasured(why: str) -> str:
+    return "not measured: no GPU" if why.startswith("no NVIDIA GPU") else f"not measured: {why}"
 
 
 def _limits_by_compute(compute: dict | None, stored: str, tolerances: dict) -> dict | None:
