@@ -93,11 +93,20 @@ def prepared_for_quantization(model_path: Path, progress) -> Path:
 def tidy_fp16_graph(model) -> None:
     """Mends what ONNX Runtime's float16 converter leaves: it casts a float32 tensor passed between two
     nodes it kept in float32 (or from a float32 input to one) to float16 and back, a lossy round trip
-    and inf beyond 65504 (each one goes); and it appends its casts after the nodes that read them,
-    which ONNX's checker refuses (the nodes are sorted)."""
+    and inf beyond 65504 (each one goes); it appends its casts after the nodes that read them, which
+    ONNX's checker refuses (the nodes are sorted); and it may leave stale value_info."""
     import onnx
 
-    typed = onnx.shape_inference.infer_shapes(model).graph
+    # The converter leaves value_info with the old float types on some graphs (a dynamo-exported
+    # TransformerEncoder): stale, it is dropped (it is optional) and the types are inferred anew.
+    del model.graph.value_info[:]
+    ordered = _sorted_nodes(list(model.graph.node))  # inference types a node only after those it reads
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+    try:
+        typed = onnx.shape_inference.infer_shapes(model).graph
+    except onnx.shape_inference.InferenceError:  # no types: no round trip is provably one; the sort still runs
+        typed = onnx.GraphProto()
     types = {v.name: v.type.tensor_type.elem_type for v in [*typed.input, *typed.value_info, *typed.output]}
     graph = model.graph
     made_by = {output: node for node in graph.node for output in node.output}

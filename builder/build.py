@@ -121,5 +121,8 @@ def _report_line(artifact: Path) -> str | None:
     lines += [f"engine: {engine['file']} ({engine['sdk']}) runs on {engine['runs_on']}" for engine in report.get("engines") or []]
     if report.get("deferred"):
         lines.append(f"engine: deferred full TensorRT build, for {report['deferred']['runs_on']}")
+    if report.get("profiles"):
+        lines.append("engine profile [min, opt, max]: " + ", ".join(f"{dim} {r}" for dim, r in report["profiles"].items()))
+    lines += [f"note: {note}" for note in report.get("notes") or []]
     lines += [f"pending on the target: {check}" for check in report.get("pending") or []]
     return "\n".join(lines + [f"WARNING: {warning}" for warning in report.get("warnings", [])])

@@ -21,7 +21,9 @@ def config_pbtxt(name: str, triton, inputs: dict[str, tuple[str, list]], outputs
             shown = dims[1:] if batched else dims
             shape = ", ".join("-1" if d is None else str(d) for d in shown)
             comma = "," if index < len(items) - 1 else ""
-            lines.append(f'  {{ name: "{tensor}" data_type: {_TYPES[dtype]} dims: [ {shape} ] }}{comma}')
+            # Triton wants dims: a scalar per batch row is [ 1 ] reshaped to [ ].
+            dims_text = f"dims: [ {shape} ]" if shown else "dims: [ 1 ] reshape: { shape: [ ] }"
+            lines.append(f'  {{ name: "{tensor}" data_type: {_TYPES[dtype]} {dims_text} }}{comma}')
         return lines + ["]"]
 
     lines = [f'name: "{name}"', f'backend: "{triton.backend}"']

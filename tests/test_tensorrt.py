@@ -70,9 +70,10 @@ def test_fp16_builds_a_real_rtx_engine_and_leaves_the_gpu_checks_pending(fp16):
     assert "tensorrt-rtx-cu12-bindings==1.7.1.116" in requirements and "cuda-bindings>=12.8,<13" in requirements
 
     # No GPU here: the server refuses to start, the self-test and the deferred build say why.
-    for args in ([], ["--selftest"], ["--build-engine"]):
+    for args, said in (([], "refusing to start: the model does not load on this host"), (["--selftest"], "refusing"),
+                       (["--build-engine"], "cannot build the engine here")):
         proc = serve(artifact, "--port", "0", *args)
-        assert proc.returncode == 2 and "does not load on this host: no NVIDIA GPU here" in proc.stderr
+        assert proc.returncode == 2 and proc.stderr.startswith(said) and ": no NVIDIA GPU here" in proc.stderr
 
     assert workspace.run("+recipe=cnn", "target=tensorrt_fp16", "serving.max_batch_size=4", *QUICK).ran() == []
 
@@ -239,10 +240,41 @@ def test_triton_serves_a_full_tensorrt_engine_with_its_tensorrt_backend(tmp_path
     settings = {"engines": [{"flavor": "tensorrt", "file": "model.tensorrt.engine"}], "model_file": "model.onnx",
                 "precision": "fp16", "builder": {"workspace_mb": 0}}
     text = config_pbtxt("cnn", triton(settings), {"image": ("float32", [None, 3, 16, 16])},
-                        {"logits": ("float32", [None, 5])}, settings, {"max_batch_size": 8, "max_queue_delay_ms": 1})
+                        {"logits": ("float32", [None, 5]), "total": ("float32", [None])}, settings,
+                        {"max_batch_size": 8, "max_queue_delay_ms": 1})
     (tmp_path / "config.pbtxt").write_text(text)
     config = triton_config(tmp_path / "config.pbtxt")
     assert config.platform == "tensorrt_plan" and config.backend == "tensorrt"
     assert config.default_model_filename == "model.tensorrt.engine" and config.max_batch_size == 8
     assert config.instance_group[0].kind == config.instance_group[0].KIND_GPU
     assert list(config.input[0].dims) == [3, 16, 16]
+    # A scalar per batch row: Triton wants dims, so [ 1 ] reshaped to [ ].
+    assert list(config.output[1].dims) == [1] and config.output[1].HasField("reshape")
+    assert list(config.output[1].reshape.shape) == []
+
+
+def test_a_token_model_with_a_mask_exported_by_dynamo(workspace):
+    """A transformer with token inputs and a padding mask (dynamo export): the fp16 graph keeps the mask
+    exact, and the build says the sequence profile stops at model.dims.seq."""
+    import numpy as np
+    import onnxruntime
+
+    token = {"dtype": "int64", "low": 0, "high": 100}
+    workspace.recipe("enc", cnn_recipe(
+        factory="tinynets.tiny_encoder", kwargs={}, exporter="dynamo", opset=18, outputs=["hidden"], dims={"batch": 2, "seq": 16},
+        inputs=[{"name": "input_ids", "shape": ["batch", "seq"], **token},
+                {"name": "attention_mask", "shape": ["batch", "seq"], "dtype": "int64", "low": 1, "high": 2}]))
+    result = workspace.run("+recipe=enc", "target=tensorrt_fp16", *QUICK)
+    assert "engine profile [min, opt, max]: batch [1, 2, 2], seq [1, 16, 16]" in result.stdout
+    assert "note: the engines take seq up to 16 (model.dims.seq); for longer inputs set " \
+           "+target.options.profiles.seq=[1,16,<max>]" in result.stdout
+    graph = result.artifact / "model_repository" / "enc" / "1" / "model.onnx"
+    onnx.checker.check_model(str(graph))
+    session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    ids = np.random.default_rng(0).integers(0, 100, (2, 16))
+    mask = np.ones((2, 16), np.int64)
+    mask[:, 10:] = 0
+    first = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    ids[:, 10:] = 7  # the masked tokens change: the others must not
+    second = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    assert np.isfinite(first).all() and np.array_equal(first[:, :10], second[:, :10])

@@ -78,3 +78,24 @@ def overflowing():
         model[0].weight.mul_(1e5)
         model[2].weight.mul_(1e-5)
     return model
+
+
+class TinyEncoder(nn.Module):
+    """BERT-like: token and position embeddings, a TransformerEncoder layer with a padding mask."""
+
+    def __init__(self, vocab: int = 100, width: int = 16, max_len: int = 64):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, width)
+        self.positions = nn.Embedding(max_len, width)
+        layer = nn.TransformerEncoderLayer(width, 2, dim_feedforward=32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+
+    def forward(self, input_ids, attention_mask):
+        positions = torch.arange(input_ids.shape[1]).unsqueeze(0)
+        hidden = self.tokens(input_ids) + self.positions(positions)
+        return self.encoder(hidden, src_key_padding_mask=attention_mask == 0)
+
+
+def tiny_encoder():
+    torch.manual_seed(0)
+    return TinyEncoder().eval()

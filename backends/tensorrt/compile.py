@@ -31,7 +31,8 @@ def check(config: dict[str, Any]) -> None:
                            f"choose one of: {', '.join(FLAVORS)}")
     capabilities = [str(c) for c in options["compute_capabilities"]]
     unknown = [c for c in capabilities if c not in RTX_COMPUTE_CAPABILITIES]
-    if not capabilities or unknown or len(set(capabilities)) != len(capabilities):
+    rtx = options["flavor"] != "tensorrt"  # flavor=tensorrt builds no RTX engine: the list does not apply
+    if rtx and (not capabilities or unknown or len(set(capabilities)) != len(capabilities)):
         raise MdbuildError(f"{capabilities} is not a list of distinct compute capabilities TensorRT-RTX builds for",
                            "target.options.compute_capabilities",
                            f"choose from: {', '.join(RTX_COMPUTE_CAPABILITIES)} (data-center GPUs such as H100/H200 "
@@ -123,10 +124,20 @@ def compile_model(onnx_path: Path, config: dict[str, Any], out: Path) -> dict[st
             raise MdbuildError(first_line(exc), "target.backend",
                                "build an onnxruntime or openvino target, or export the model without that op "
                                "(model.opset, model.exporter)") from exc
+        except runtime.BuildFailed as exc:
+            what = " ".join(str(exc).split())
+            what = what if len(what) <= 400 else what[:400].rsplit(" ", 1)[0] + " ..."
+            if "workspace" in what.lower():
+                raise MdbuildError(what, "target.options.workspace_mb",
+                                   "raise target.options.workspace_mb, or 0 for TensorRT's default") from exc
+            raise MdbuildError(what, "target.backend", "build another precision or an onnxruntime or openvino "
+                               "target; the message is TensorRT's") from exc
         engines.append(_engine_record(flavor, file, version, capabilities))
     return {
         "model_file": MODEL_FILE,
         "engines": engines,
+        "profiles": profiles(config),
+        "notes": _profile_notes(config),
         "deferred": {"flavor": "tensorrt", "install": FULL_TENSORRT,
                      "runs_on": "any NVIDIA GPU with full TensorRT, after one engine build there "
                                 "(serve.py --build-engine, or the first start)"} if deferred else None,
@@ -148,3 +159,13 @@ def _engine_record(flavor: str, file: str, version: str, capabilities: list[str]
     return {"flavor": "tensorrt", "file": file, "sdk": f"TensorRT {version}", "gpu": gpu["name"],
             "compute_capability": gpu["compute_capability"],
             "runs_on": f"{gpu['name']} (compute capability {gpu['compute_capability']}) with TensorRT {version}"}
+
+
+def _profile_notes(config: dict[str, Any]) -> list[str]:
+    """What the default profile of a dimension other than the batch leaves out: sizes above model.dims."""
+    given = config["target"]["options"]["profiles"] or {}
+    first = config["model"]["inputs"][0]["shape"]
+    batch = first[0] if first and isinstance(first[0], str) else None
+    return [f"the engines take {name} up to {low_opt_high[2]} (model.dims.{name}); for longer inputs set "
+            f"+target.options.profiles.{name}=[1,{low_opt_high[1]},<max>]"
+            for name, low_opt_high in profiles(config).items() if name != batch and name not in given]

@@ -38,18 +38,27 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     cfg = ctx.config["trt_quantize"]
     prepared = prepared_for_quantization(inputs["model"] / "model.onnx", ctx.progress)
     arrays, info = load_calibration(inputs["calibration"])
+    try:
+        _quantize(q, prepared, out / "model.onnx", CalibrationReader(arrays, ctx.progress), cfg)
+    except AssertionError as exc:  # ONNX Runtime asserts on a range it cannot scale (NaN activations)
+        raise MdbuildError(f"calibration gave activation ranges ONNX Runtime cannot quantize ({exc or 'scale issue'})",
+                           "calibration.source", "check that the source model's outputs are finite on the "
+                           "calibration data (model.inputs[i].low/high for integer inputs)") from exc
+    _check_scales(out / "model.onnx")
+    write_summary(out, "trt_quantize", per_channel=cfg["per_channel"], calibration_method=cfg["calibration_method"],
+                  calibration_samples=info["samples"], calibration_source=info["source"],
+                  random_calibration=info["random"])
+
+
+def _quantize(q, prepared: Path, output: Path, reader, cfg: dict[str, Any]) -> None:
     q.quantize_static(
-        str(prepared), str(out / "model.onnx"), CalibrationReader(arrays, ctx.progress),
+        str(prepared), str(output), reader,
         quant_format=q.QuantFormat.QDQ, per_channel=cfg["per_channel"],
         activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
         calibrate_method=getattr(q.CalibrationMethod, _METHODS[cfg["calibration_method"]]),
         op_types_to_quantize=list(_QUANTIZED_OPS),
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
     )
-    _check_scales(out / "model.onnx")
-    write_summary(out, "trt_quantize", per_channel=cfg["per_channel"], calibration_method=cfg["calibration_method"],
-                  calibration_samples=info["samples"], calibration_source=info["source"],
-                  random_calibration=info["random"])
 
 
 def _check_scales(path: Path) -> None:

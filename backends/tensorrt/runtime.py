@@ -33,6 +33,10 @@ class UnsupportedGraph(RuntimeError):
     """TensorRT's ONNX parser refused a node: the message names it and its op."""
 
 
+class BuildFailed(RuntimeError):
+    """TensorRT's builder gave no engine: the message holds its errors."""
+
+
 def import_sdk(flavor):
     for name in SDK_MODULES[flavor]:
         try:
@@ -75,7 +79,7 @@ def build_engine(flavor, onnx_path, builder, out_path, compute_capabilities=None
             config.set_compute_capability(getattr(trt.ComputeCapability, "SM" + capability.replace(".", "")), index)
     plan = builder_.build_serialized_network(network, config)
     if plan is None:
-        raise RuntimeError(f"{SDK_NAMES[flavor]} could not build the engine: " + ("; ".join(logger.errors) or "no reason given"))
+        raise BuildFailed(f"{SDK_NAMES[flavor]} could not build the engine: " + ("; ".join(logger.errors) or "no reason given"))
     Path(out_path).write_bytes(bytes(plan))
     return trt.__version__
 
@@ -204,6 +208,9 @@ def load(model_dir, settings):
                 return EngineModel(full, model_dir / engine["file"], f"TensorRT engine on {gpu[0]}")
         if settings.get("deferred"):
             reasons.append("no TensorRT engine for this GPU yet (serve.py --build-engine builds it)")
+    elif settings.get("deferred"):
+        reasons.append(f"full TensorRT is not installed here: pip install {settings['deferred']['install']}, then "
+                       "serve.py --build-engine builds this GPU's engine")
     for engine in settings["engines"]:
         if engine["flavor"] != "rtx":
             continue

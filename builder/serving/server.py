@@ -439,7 +439,8 @@ def main(here, runtime, defaults, argv=None):
                 print(f"{built.name}: built on this host; self-testing it", flush=True)
         model = runtime.load(model_dir, manifest["runtime"])
     except RuntimeError as exc:  # e.g. this CPU cannot compute in a precision the artifact allows; no GPU
-        print(f"refusing to start: the model does not load on this host: {_first_line(exc)}", file=sys.stderr)
+        what = "cannot build the engine here" if args.build_engine else "refusing to start: the model does not load on this host"
+        print(f"{what}: {_first_line(exc)}", file=sys.stderr)
         return 2
     if built is not None:
         if not selftest(here, model, args.selftest_tolerance, manifest):

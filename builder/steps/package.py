@@ -50,7 +50,7 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     _write_samples(inputs, out / "samples.npz")
     # What each engine runs on, and the build deferred to the GPU host (backends that build engines).
     report = {**_final_report(inputs, out / model_dir), "recipe": recipe,
-              **{key: settings[key] for key in ("engines", "deferred") if key in settings}}
+              **{key: settings[key] for key in ("engines", "deferred", "profiles", "notes") if key in settings}}
     verdict = json.loads((inputs["report"] / VERDICT_FILE).read_text())
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))
     model, _, _ = backend.load_here(out / model_dir, settings)
