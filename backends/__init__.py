@@ -124,7 +124,7 @@ class Backend:
     def load_here(self, model_dir, settings: dict[str, Any]):
         """(the compiled model on this host, what its proxy ran and the checks left for the target
         device): its own runtime where it runs here (None, []), else its proxy on the graph the device
-        computes, with the runtime's `pending(settings, why)` list."""
+        computes, with the runtime's `pending(settings)` list."""
         runtime = self.runtime()
         try:
             return runtime.load(model_dir, settings), None, []
@@ -133,7 +133,7 @@ class Backend:
                 raise
             why = first_line(exc)
             proxy = importlib.import_module(self.proxy).load(model_dir, settings["proxy"])
-            return proxy, why, runtime.pending(settings, why)
+            return proxy, why, runtime.pending(settings)
 
 
 @dataclass(frozen=True)

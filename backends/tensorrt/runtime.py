@@ -179,7 +179,7 @@ def _write_record(path, record):
     partial.replace(path.with_suffix(".json"))
 
 
-def pending(settings, reason):
+def pending(settings):
     """The checks the build host could not run (it verified the prepared graph with ONNX Runtime CPU)."""
     checks = ["engine outputs against the stored reference on the target GPU (serve.py --selftest there)",
               "latency on the target GPU"]

@@ -474,4 +474,6 @@ def main(here, runtime, defaults, argv=None):
         httpd.server_close()
         if service.batcher is not None:
             service.batcher.close()
+        if hasattr(model, "close"):  # a runtime holding device memory (TensorRT) frees it
+            model.close()
     return 0
