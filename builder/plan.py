@@ -108,7 +108,7 @@ def make_plan(spec: BuildSpec) -> Plan:
     metric = _metric_code(spec)
     reference_code = code | evaluation_code | metric
     steps.append(StepNode(
-        id="reference", run="builder.steps.reference:run", version=2, **_reading(config, reference.reads(config)),
+        id="reference", run="builder.steps.reference:run", version=3, **_reading(config, reference.reads(config)),
         files={**files, **evaluation_files, **reference_code.files},
         libraries=source.libraries + ("numpy",) + (("pillow",) if config["evaluation"]["source"] == "images" else ()),
         extra_versions=reference_code.versions, shared=True, isolated=source.isolated,
@@ -135,7 +135,7 @@ def make_plan(spec: BuildSpec) -> Plan:
     if backend.proxy:  # what verify runs where the backend's runtime cannot run (TensorRT without a GPU)
         runtime_code |= module_code(backend.proxy, "proxy").files
     steps.append(StepNode(
-        id="verify", run="builder.steps.verify:run", version=3,
+        id="verify", run="builder.steps.verify:run", version=4,
         config={**verify_reading["config"], "level": level}, reads=verify_reading["reads"],
         upstream={"compiled": previous, "reference": "reference"}, files={**metric.files, **runtime_code},
         libraries=backend.libraries + ("numpy",), extra_versions=metric.versions, host_dependent=True,

@@ -135,6 +135,9 @@ class VerifyConfig:
     seed: int = 0
     tolerances: Dict[str, Tolerance] = field(default_factory=dict)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
+    # Outputs of the source model that may be (near) zero or the same for every verification input
+    # (otherwise such an output fails the gate: comparing with it proves nothing).
+    allow_uninformative: List[str] = field(default_factory=list)
 
 
 @dataclass

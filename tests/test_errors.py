@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import MDBUILD, QUICK, cnn_recipe, hiding, onnx_recipe
+from conftest import MDBUILD, QUICK, cnn_recipe, hiding, onnx_recipe, read_json
 
 pytestmark = pytest.mark.torch
 
@@ -136,3 +136,28 @@ def test_a_killed_build_leaves_no_half_entry(workspace):
     assert not any((workspace.cache / "tmp").iterdir())
     assert sys.executable  # the rebuilt artifact is complete:
     assert (result.artifact / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize(("bias", "why"), [(0.0, "is (near) zero on every verification input (largest magnitude 0)"),
+                                          (0.5, "is the same for every one of the 4 verification inputs")])
+def test_a_source_output_that_ignores_its_inputs_fails_the_gate(workspace, bias, why):
+    """An artifact could ignore its inputs and match such an output: the comparison proves nothing."""
+    mlp = {"factory": "tinynets.fixed", "kwargs": {"bias": bias}, "inputs": [{"name": "x", "shape": ["batch", 4], "dtype": "float32"}]}
+    workspace.recipe("fixed", cnn_recipe(**mlp))
+    result = workspace.run("+recipe=fixed", *QUICK, check=False)
+    assert result.code == 1
+    assert f"error: verify.allow_uninformative: verification failed: the source model's output 'logits' {why}: " \
+           "comparing with it proves nothing" in result.stderr
+    assert "model.weights" in result.stderr
+    allowed = workspace.run("+recipe=fixed", *QUICK, "verify.allow_uninformative=[logits]")
+    assert read_json(allowed.artifact / "report.json")["passed"]
+
+
+def test_a_source_model_with_nan_outputs_is_named_before_any_target(workspace):
+    workspace.recipe("undefined", cnn_recipe(factory="tinynets.undefined", kwargs={},
+                                       inputs=[{"name": "x", "shape": ["batch", 4], "dtype": "float32"}]))
+    result = workspace.run("+recipe=undefined", *QUICK, check=False)
+    assert result.code == 1 and "[2/5] reference" in result.stdout and "compile" not in result.stdout
+    assert "error: model.inputs: the source model's output 'logits' has NaN or Inf values on the verification " \
+           "inputs" in result.stderr
+    assert not (workspace.root / "artifacts").exists()  # the export stays cached: it is sound

@@ -99,3 +99,30 @@ class TinyEncoder(nn.Module):
 def tiny_encoder():
     torch.manual_seed(0)
     return TinyEncoder().eval()
+
+
+class Fixed(nn.Module):
+    """A linear layer whose weights are zero: its output is its bias whatever the input."""
+
+    def __init__(self, bias: float):
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+        with torch.no_grad():
+            self.linear.weight.zero_()
+            self.linear.bias.fill_(bias)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+def fixed(bias: float = 0.0) -> nn.Module:
+    return Fixed(bias)
+
+
+class Undefined(nn.Module):
+    def forward(self, x):
+        return torch.log(x - x - 1)  # NaN everywhere
+
+
+def undefined() -> nn.Module:
+    return Undefined()

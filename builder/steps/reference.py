@@ -63,6 +63,7 @@ def _save(out: Path, names: list[str], arrays: dict[str, np.ndarray], outputs: l
     payload = {f"input/{name}": value for name, value in arrays.items()}
     for position, name in enumerate(names):
         payload[f"output/{name}"] = np.stack([sample[position] for sample in outputs])
+        _check_finite(name, payload[f"output/{name}"])
     with open(out / REFERENCE_FILE, "wb") as handle:
         np.savez(handle, **payload)
     (out / "reference.json").write_text(json.dumps({"inputs": list(arrays), "outputs": names}))
@@ -73,3 +74,11 @@ def load_reference(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, np
         inputs = {key.split("/", 1)[1]: archive[key] for key in archive.files if key.startswith("input/")}
         outputs = {key.split("/", 1)[1]: archive[key] for key in archive.files if key.startswith("output/")}
     return inputs, outputs
+
+
+def _check_finite(name: str, values: np.ndarray) -> None:
+    """NaN or Inf from the source model would be blamed on every artifact compared with it."""
+    if values.dtype.kind in "fc" and not np.isfinite(values).all():
+        raise MdbuildError(f"the source model's output '{name}' has NaN or Inf values on the verification inputs",
+                           "model.inputs", "check the inputs' value ranges (model.inputs[i].low/high for integers, "
+                           "e.g. an attention mask must be 0 or 1) and the model itself")

@@ -39,7 +39,8 @@ _ADVICE = {
 def reads(config: dict[str, Any], levels: list[str]) -> list[str]:
     """`levels`: the tolerance levels this build may use (what it stores, and what its runtime may
     compute in)."""
-    keys = ["target.name", "target.backend", "target.precision", "model.inputs", "model.dims", "verify.latency"]
+    keys = ["target.name", "target.backend", "target.precision", "model.inputs", "model.dims", "verify.latency",
+            "verify.allow_uninformative"]
     keys += [f"verify.tolerances.{level}" for level in levels]
     return keys + (["evaluation.max_drop"] if config["evaluation"]["source"] else [])
 
@@ -64,6 +65,7 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     if compute:
         ctx.progress(f"computing in {compute['words']}")
     feeds, expected = load_reference(inputs["reference"])
+    uninformative = _uninformative(expected, verify["allow_uninformative"])
     count = len(next(iter(feeds.values())))
     actual: dict[str, list[np.ndarray]] = {name: [] for name in expected}
     for index in range(count):
@@ -82,8 +84,10 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     # A proxy's speed is not the target's: no figure rather than a wrong one.
     latency = {"measured": False, "why": _unmeasured(proxied)} if proxied else \
         measure(lambda: model.run(first), verify["latency"], batch, ctx.progress)
-    failures = [_failure_text(name, check) for name, result in outputs.items()
-                for check in result["checks"] if not check["passed"]]
+    failures = [f"the source model's output '{name}' {why}: comparing with it proves nothing"
+                for name, why in uninformative.items()]
+    failures += [_failure_text(name, check) for name, result in outputs.items()
+                 for check in result["checks"] if not check["passed"]]
     evaluation = evaluate_artifact(ctx, inputs["reference"], model.run)
     if evaluation and not evaluation["passed"]:
         failures.append(f"{evaluation['metric']} on the labelled set fell from {evaluation['source_score']:.2f} to "
@@ -101,6 +105,7 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
         "tolerance": tolerance,
         "outputs": outputs,
         "evaluation": evaluation,
+        "uninformative": uninformative,
         "failures": failures,
         # Where the backend's runtime cannot run here: what ran instead, and the checks left for the target.
         "proxy": {"runtime": backend.proxy, "model_file": settings["proxy"]["model_file"], "why": proxied} if proxied else None,
@@ -108,10 +113,37 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     }
     (out / VERDICT_FILE).write_text(json.dumps(verdict, indent=2, sort_keys=True))
     (out / REPORT_FILE).write_text(json.dumps({**verdict, "latency": latency}, indent=2, sort_keys=True))
+    if uninformative:
+        raise GateFailed("verification failed: " + "; ".join(failures), "verify.allow_uninformative",
+                         "give the model trained weights (model.weights) or an initialisation whose outputs depend on "
+                         "its inputs; list the output in verify.allow_uninformative only if that is expected")
     if failures:
         where = "evaluation.max_drop" if evaluation and not evaluation["passed"] else f"verify.tolerances.{level}"
         advice = [backend.advice.get(level), _ADVICE.get(level, f"loosen verify.tolerances.{level} only if this loss is acceptable")]
         raise GateFailed("verification failed: " + "; ".join(failures), where, "; ".join(filter(None, advice)))
+
+
+# A source output whose largest magnitude, or whose spread over the samples relative to it, is at most
+# this carries no information a comparison could test (measured: torchvision's ViT with its zero-initialised
+# head gives exactly 0, efficientnet_b0 at most 3.6e-14, mobilenet_v3_small 2.0e-9; deeplabv3 the same
+# output for every input).
+_UNINFORMATIVE = 1e-6
+
+
+def _uninformative(expected: dict[str, np.ndarray], allowed: list[str]) -> dict[str, str]:
+    """{output: why} for float outputs of the source model that are (near) zero on every sample or the
+    same for every sample: an artifact could ignore its inputs and still match them."""
+    found = {}
+    for name, values in expected.items():
+        if name in allowed or values.dtype.kind != "f":
+            continue
+        values = values.astype(np.float64)
+        largest = float(np.abs(values).max()) if values.size else 0.0
+        if largest <= _UNINFORMATIVE:
+            found[name] = f"is (near) zero on every verification input (largest magnitude {largest:.3g})"
+        elif len(values) > 1 and float(np.abs(values - values[0]).max()) <= _UNINFORMATIVE * largest:
+            found[name] = f"is the same for every one of the {len(values)} verification inputs"
+    return found
 
 
 def _unmeasured(why: str) -> str:
