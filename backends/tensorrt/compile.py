@@ -62,8 +62,7 @@ def profiles(config: dict[str, Any]) -> dict[str, list[int]]:
     defaults (model.dims for opt; the batch dimension up to serving.max_batch_size)."""
     model, given = config["model"], config["target"]["options"]["profiles"] or {}
     dynamic = list(dict.fromkeys(d for spec in model["inputs"] for d in spec["shape"] if isinstance(d, str)))
-    first = model["inputs"][0]["shape"]
-    batch = first[0] if first and isinstance(first[0], str) else None
+    batch = _batch_dim(config)
     largest = int(config["serving"]["max_batch_size"])
     for name in given:
         if name not in dynamic:
@@ -88,9 +87,14 @@ def profiles(config: dict[str, Any]) -> dict[str, list[int]]:
     return resolved
 
 
-def shapes(config: dict[str, Any]) -> dict[str, list[list[int]]]:
+def _batch_dim(config: dict[str, Any]) -> str | None:
+    """The name of the batch dimension: the first input's first dimension where it is dynamic."""
+    first = config["model"]["inputs"][0]["shape"]
+    return first[0] if first and isinstance(first[0], str) else None
+
+
+def shapes(config: dict[str, Any], ranges: dict[str, list[int]]) -> dict[str, list[list[int]]]:
     """Each input with a dynamic dimension: its [min, opt, max] shapes."""
-    ranges = profiles(config)
     return {spec["name"]: [[ranges[d][i] if isinstance(d, str) else d for d in spec["shape"]] for i in range(3)]
             for spec in config["model"]["inputs"] if any(isinstance(d, str) for d in spec["shape"])}
 
@@ -111,8 +115,9 @@ def compile_model(onnx_path: Path, config: dict[str, Any], out: Path) -> dict[st
     check(config)
     options = config["target"]["options"]
     shutil.copyfile(onnx_path, out / MODEL_FILE)
+    ranges, batch = profiles(config), _batch_dim(config)
     builder = {"optimization_level": options["optimization_level"], "workspace_mb": options["workspace_mb"],
-               "fp32": config["target"]["precision"] == "fp32", "shapes": shapes(config)}
+               "fp32": config["target"]["precision"] == "fp32", "shapes": shapes(config, ranges)}
     flavors, deferred = plan_here(options["flavor"])
     engines = []
     for flavor in flavors:
@@ -136,14 +141,15 @@ def compile_model(onnx_path: Path, config: dict[str, Any], out: Path) -> dict[st
     return {
         "model_file": MODEL_FILE,
         "engines": engines,
-        "profiles": profiles(config),
-        "notes": _profile_notes(config),
+        "profiles": ranges,
+        "notes": _profile_notes(config, ranges, batch),
         "deferred": {"flavor": "tensorrt", "install": FULL_TENSORRT,
                      "runs_on": "any NVIDIA GPU with full TensorRT, after one engine build there "
                                 "(serve.py --build-engine, or the first start)"} if deferred else None,
         "builder": builder,
         "precision": config["target"]["precision"],
-        "max_batch_size": max([s[2][0] for s in builder["shapes"].values()], default=1),
+        # The most rows a request may hold; None: the batch is fixed by the model's shapes (checked there).
+        "max_batch_size": ranges[batch][2] if batch else None,
         # The graph every engine computes, as the build host verifies it (ONNX Runtime CPU).
         "proxy": {"model_file": MODEL_FILE, "runtime_optimization": "basic", "intra_op_threads": 0,
                   "inter_op_threads": 1},
@@ -161,11 +167,9 @@ def _engine_record(flavor: str, file: str, version: str, capabilities: list[str]
             "runs_on": f"{gpu['name']} (compute capability {gpu['compute_capability']}) with TensorRT {version}"}
 
 
-def _profile_notes(config: dict[str, Any]) -> list[str]:
+def _profile_notes(config: dict[str, Any], ranges: dict[str, list[int]], batch: str | None) -> list[str]:
     """What the default profile of a dimension other than the batch leaves out: sizes above model.dims."""
     given = config["target"]["options"]["profiles"] or {}
-    first = config["model"]["inputs"][0]["shape"]
-    batch = first[0] if first and isinstance(first[0], str) else None
-    return [f"the engines take {name} up to {low_opt_high[2]} (model.dims.{name}); for longer inputs set "
-            f"+target.options.profiles.{name}=[1,{low_opt_high[1]},<max>]"
-            for name, low_opt_high in profiles(config).items() if name != batch and name not in given]
+    return [f"the engines take {name} up to {high} (model.dims.{name}); for longer inputs set "
+            f"+target.options.profiles.{name}=[1,{best},<max>]"
+            for name, (_, best, high) in ranges.items() if name != batch and name not in given]

@@ -34,6 +34,7 @@ def gpus() -> tuple[dict, ...]:
     return tuple(found)
 
 
+@functools.lru_cache(maxsize=None)
 def sdk(flavor: str) -> tuple[str, str] | None:
     """(module, version) of the flavor's SDK when installed here, else None."""
     for module in SDK_MODULES[flavor]:
