@@ -46,7 +46,7 @@ def load_artifact(artifact: Path):
     manifest = json.loads((artifact / "manifest.json").read_text())
     model = get_backend(manifest["runtime"]["backend"]).runtime().load(artifact / manifest["runtime"]["model_dir"], manifest["runtime"])
     samples = np.load(artifact / "samples.npz")
-    feeds = {spec["name"]: samples[f"input/{spec['name']}"][0] for spec in manifest["config"]["model"]["inputs"]}
+    feeds = {spec["name"]: samples[f"0/input/{spec['name']}"] for spec in manifest["config"]["model"]["inputs"]}
     return model, feeds, manifest
 
 

@@ -81,9 +81,10 @@ def _probe(candidate: str, onnx_path: str, samples_path: str) -> dict:
     module = {"onnx2torch+mdbuild": "onnx2torch", "onnx2tf+mdbuild": "onnx2tf", "onnx-tf": "onnx_tf"}.get(candidate, candidate)
     if importlib.util.find_spec(module) is None:
         return {"error": f"not installed ({module})"}
+    from builder.serving.accuracy import read_cases
+
     with np.load(samples_path) as samples:
-        inputs = {key.split("/", 1)[1]: samples[key] for key in samples.files if key.startswith("input/")}
-        expected = {key.split("/", 1)[1]: samples[key] for key in samples.files if key.startswith("output/")}
+        cases = read_cases(samples)
     started = time.perf_counter()
     try:
         run = _converted(candidate, Path(onnx_path))
@@ -91,12 +92,11 @@ def _probe(candidate: str, onnx_path: str, samples_path: str) -> dict:
         return {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
     seconds = time.perf_counter() - started
     worst = 0.0
-    for index in range(len(next(iter(inputs.values())))):
-        actual = run({name: value[index] for name, value in inputs.items()})
-        for position, (name, reference) in enumerate(expected.items()):
-            value = np.asarray(actual[position], dtype=np.float64).reshape(reference[index].shape)
-            denominator = np.linalg.norm(reference[index]) or 1.0
-            worst = max(worst, float(np.linalg.norm(value - reference[index]) / denominator))
+    for case in cases:
+        actual = run(case["input"])
+        for position, reference in enumerate(case["output"].values()):
+            value = np.asarray(actual[position], dtype=np.float64).reshape(reference.shape)
+            worst = max(worst, float(np.linalg.norm(value - reference) / (np.linalg.norm(reference) or 1.0)))
     return {"rel_l2": worst, "seconds": seconds}
 
 

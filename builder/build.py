@@ -124,5 +124,7 @@ def _report_line(artifact: Path) -> str | None:
     if report.get("profiles"):
         lines.append("engine profile [min, opt, max]: " + ", ".join(f"{dim} {r}" for dim, r in report["profiles"].items()))
     lines += [f"note: {note}" for note in report.get("notes") or []]
+    lines += [f"note: exported with {r['exporter']}, as the {r['fallback_from']} exporter failed ({r['why']}); {r['hint']}"
+              for r in report.get("optimizations") or [] if r.get("fallback_from")]
     lines += [f"pending on the target: {check}" for check in report.get("pending") or []]
     return "\n".join(lines + [f"WARNING: {warning}" for warning in report.get("warnings", [])])

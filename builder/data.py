@@ -19,7 +19,8 @@ import numpy as np
 from builder.code import Code, factory_code
 from builder.errors import MdbuildError
 from builder.imports import resolve_callable
-from builder.inputs import concrete_shape, make_inputs
+from builder.inputs import random_samples
+from builder.samples import Sample
 from builder.serving.preprocess import load_image
 from builder.spec import BuildSpec
 
@@ -40,6 +41,19 @@ def reads(config: dict[str, Any], section: str) -> list[str]:
     return keys
 
 
+def verification_section(config: dict[str, Any]) -> str:
+    """Where verification samples come from: `verify` (verify.source names the data, or random), else with
+    verify.source=auto the evaluation set, else the calibration set."""
+    if config["verify"]["source"] != "auto":
+        return "verify"
+    for section in ("evaluation", "calibration"):
+        if config[section]["source"]:
+            return section
+    raise MdbuildError("the recipe declares no data to verify on", "verify.source",
+                       "declare evaluation or calibration data, give verify.source=npz|images|factory with verify.path "
+                       "or verify.factory, or opt in to seeded random inputs with verify.source=random")
+
+
 def data_inputs(spec: BuildSpec, section: str) -> tuple[dict[str, Path], Code]:
     """The files a data set's content comes from, and its factory's code (hashed into the keys of
     the steps that use it)."""
@@ -47,7 +61,7 @@ def data_inputs(spec: BuildSpec, section: str) -> tuple[dict[str, Path], Code]:
     if data["source"] is None:
         return {}, Code()
     if data["source"] not in SOURCES or (section == "evaluation" and data["source"] == "random"):
-        choices = [s for s in SOURCES if section == "calibration" or s != "random"]
+        choices = [s for s in SOURCES if section != "evaluation" or s != "random"]
         raise MdbuildError(f"unknown data source '{data['source']}'", f"{section}.source", f"choose one of: {', '.join(choices)}")
     if data["source"] in ("npz", "images"):
         if not data["path"]:
@@ -58,19 +72,18 @@ def data_inputs(spec: BuildSpec, section: str) -> tuple[dict[str, Path], Code]:
             raise MdbuildError("a factory data set needs an import path", f"{section}.factory", "set it to package.module.function")
         return {}, factory_code(data["factory"], spec.workdir, f"{section}.factory", section)
     if not data["samples"]:
-        raise MdbuildError("random calibration data needs a sample count", f"{section}.samples", "set it, e.g. 32")
+        raise MdbuildError(f"random {section} data needs a sample count", f"{section}.samples", "set it, e.g. 32")
     return {}, Code()
 
 
-def load(config: dict[str, Any], paths: dict[str, Path], section: str, workdir: Path) -> tuple[dict[str, Any], Any]:
-    """({input name: array (N, *sample shape)}, labels (N,) or None), at most `samples` samples;
-    `config` holds the keys `reads` names, `paths` the data set's files."""
+def load(config: dict[str, Any], paths: dict[str, Path], section: str, workdir: Path) -> tuple[list[Sample], Any]:
+    """(samples, labels (N,) or None), at most `samples` samples; `config` holds the keys `reads`
+    names, `paths` the data set's files."""
     data, model = config[section], config["model"]
     names = [i["name"] for i in model["inputs"]]
     labels = None
     if data["source"] == "random":
-        batched = make_inputs(model["inputs"], {**model["dims"], **_batch_one(model)}, data["samples"], model["seed"] + 1)
-        return {name: array[:, 0] for name, array in batched.items()}, None
+        return random_samples(model["inputs"], model["dims"], data["samples"], model["seed"] + 1), None
     if data["source"] == "npz":
         arrays, labels = _from_npz(paths[f"{section} data"], names, section)
     elif data["source"] == "images":
@@ -80,15 +93,13 @@ def load(config: dict[str, Any], paths: dict[str, Path], section: str, workdir: 
     count = min(len(a) for a in arrays.values())
     if data["samples"]:
         count = min(count, data["samples"])
-    arrays = {name: np.ascontiguousarray(array[:count]) for name, array in arrays.items()}
+    if count == 0:
+        raise MdbuildError(f"the {section} data set is empty", f"{section}.{'factory' if data['source'] == 'factory' else 'path'}",
+                           "give it at least one sample")
+    samples = [{name: np.ascontiguousarray(arrays[name][index]) for name in names} for index in range(count)]
     labels = None if labels is None else np.asarray(labels)[:count]
-    _check_shapes(model, arrays, section)
-    return arrays, labels
-
-
-def _batch_one(model: dict[str, Any]) -> dict[str, int]:
-    """Size 1 for each input's leading dimension when it is dynamic: a sample has no batch."""
-    return {i["shape"][0]: 1 for i in model["inputs"] if i["shape"] and isinstance(i["shape"][0], str)}
+    _check_shapes(model, samples, section)
+    return samples, labels
 
 
 def _from_npz(path: Path, names: list[str], section: str):
@@ -135,18 +146,29 @@ def _from_factory(data: dict[str, Any], names: list[str], section: str, workdir:
         if missing:
             raise MdbuildError(f"the factory returned no arrays for inputs {sorted(missing)}", f"{section}.factory",
                                "return {input name: array} for every model input")
-        return {name: np.asarray(result[name]) for name in names}, labels
+        return {name: _array_or_list(result[name]) for name in names}, labels
     if len(names) != 1:
         raise MdbuildError("the factory returned one array, the model has several inputs", f"{section}.factory",
                            "return {input name: array}")
-    return {names[0]: np.asarray(result)}, labels
+    return {names[0]: _array_or_list(result)}, labels
 
 
-def _check_shapes(model: dict[str, Any], arrays: dict[str, Any], section: str) -> None:
-    for index, spec_ in enumerate(model["inputs"]):
-        expected = concrete_shape(spec_, {**model["dims"], **_batch_one(model)}, index)[1:]
-        array = arrays[spec_["name"]]
-        if list(array.shape[1:]) != expected:
-            raise MdbuildError(f"samples of input '{spec_['name']}' have shape {list(array.shape[1:])}; the model "
-                               f"takes {expected} (a sample has no batch dimension)", f"{section}", "fix the data or its preprocessing")
-        arrays[spec_["name"]] = array.astype(np.dtype(spec_["dtype"]), copy=False)
+def _array_or_list(value):
+    """An array of samples, or a list of them where their lengths differ (sentences of varied length)."""
+    return [np.asarray(item) for item in value] if isinstance(value, (list, tuple)) else np.asarray(value)
+
+
+def _check_shapes(model: dict[str, Any], samples: list[Sample], section: str) -> None:
+    """Every sample's fixed sizes as declared; a dynamic size (a sequence) anywhere from 1 to model.dims."""
+    for spec_ in model["inputs"]:
+        declared = spec_["shape"][1:]
+        dtype = np.dtype(spec_["dtype"])
+        for number, sample in enumerate(samples):
+            array = sample[spec_["name"]]
+            if array.ndim != len(declared) or any(
+                    size != dim if isinstance(dim, int) else not 1 <= size <= model["dims"].get(dim, size)
+                    for size, dim in zip(array.shape, declared)):
+                raise MdbuildError(f"sample {number} of input '{spec_['name']}' has shape {list(array.shape)}; the model "
+                                   f"takes {declared} (a sample has no batch dimension; a named dimension is at most "
+                                   f"its model.dims size)", section, "fix the data or its preprocessing, or raise model.dims")
+            sample[spec_["name"]] = array.astype(dtype, copy=False)

@@ -9,9 +9,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from builder import data
+from builder import data, samples
 from builder.errors import MdbuildError
 from builder.imports import resolve_callable
+from builder.inputs import batch_dim
+from builder.samples import Sample, collate
 
 EVALUATION_FILE = "evaluation.npz"
 _BATCH = 64
@@ -37,21 +39,23 @@ def output_name(config: dict[str, Any]) -> str:
     return chosen
 
 
-def run_batched(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], arrays: dict[str, np.ndarray],
-                output: str, dynamic_batch: bool, progress: Callable[[str], None]) -> np.ndarray:
-    """One output over the whole set, feeding batches (of one sample when the batch is fixed)."""
-    count = len(next(iter(arrays.values())))
-    size = _BATCH if dynamic_batch else 1
-    results = []
-    for start in range(0, count, size):
+def run_batched(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], found: list[Sample],
+                specs: list[dict[str, Any]], output: str, progress: Callable[[str], None]) -> list[np.ndarray]:
+    """One output's row for each sample, feeding padded batches (batches of one sample when the batch is
+    fixed; a row keeps its padding, which a metric on sequences reads with the mask it is given)."""
+    size = _BATCH if batch_dim(specs) else 1
+    rows = []
+    for start in range(0, len(found), size):
         if start % (size * 10) == 0:
-            progress(f"evaluation: {start}/{count} samples")
-        results.append(np.asarray(run({n: a[start : start + size] for n, a in arrays.items()})[output]))
-    return np.concatenate(results)
+            progress(f"evaluation: {start}/{len(found)} samples")
+        rows.extend(np.asarray(run(collate(found[start : start + size], specs))[output]))
+    return rows
 
 
-def dynamic_batch(model: dict[str, Any]) -> bool:
-    return all(i["shape"] and isinstance(i["shape"][0], str) for i in model["inputs"])
+def _score(metric: str, workdir: Path, rows: list[np.ndarray], labels: np.ndarray) -> float:
+    """The metric over the rows, stacked into one array where they have one shape (else as a list)."""
+    stacked = np.stack(rows) if len({row.shape for row in rows}) == 1 else rows
+    return float(metric_function(metric, workdir)(stacked, labels))
 
 
 def evaluate_source(ctx, out: Path, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> None:
@@ -59,15 +63,14 @@ def evaluate_source(ctx, out: Path, run: Callable[[dict[str, np.ndarray]], dict[
     evaluation = ctx.config["evaluation"]
     if not evaluation["source"]:
         return
-    arrays, labels = data.load(ctx.config, ctx.paths, "evaluation", ctx.workdir)
+    found, labels = data.load(ctx.config, ctx.paths, "evaluation", ctx.workdir)
     if labels is None:
         raise MdbuildError("the evaluation data has no labels", "evaluation.source",
                            "give labels (npz 'labels'/'y', one image folder per class, or a factory returning (inputs, labels))")
     name = output_name(ctx.config)
-    outputs = run_batched(run, arrays, name, dynamic_batch(ctx.config["model"]), ctx.progress)
-    score = metric_function(evaluation["metric"], ctx.workdir)(outputs, labels)
-    with open(out / EVALUATION_FILE, "wb") as handle:
-        np.savez(handle, labels=labels, **{f"input/{n}": a for n, a in arrays.items()})
+    outputs = run_batched(run, found, ctx.config["model"]["inputs"], name, ctx.progress)
+    score = _score(evaluation["metric"], ctx.workdir, outputs, labels)
+    samples.save(out / EVALUATION_FILE, found, labels=labels)
     (out / "evaluation.json").write_text(json.dumps(
         {"metric": evaluation["metric"], "output": name, "samples": len(labels), "source_score": score}))
 
@@ -78,11 +81,9 @@ def evaluate_artifact(ctx, reference: Path, run) -> dict[str, Any] | None:
     if not (reference / "evaluation.json").is_file():
         return None
     info = json.loads((reference / "evaluation.json").read_text())
-    with np.load(reference / EVALUATION_FILE) as archive:
-        labels = archive["labels"]
-        arrays = {key.split("/", 1)[1]: archive[key] for key in archive.files if key.startswith("input/")}
-    outputs = run_batched(run, arrays, info["output"], dynamic_batch(ctx.config["model"]), ctx.progress)
-    score = metric_function(info["metric"], ctx.workdir)(outputs, labels)
+    found, extra = samples.load(reference / EVALUATION_FILE)
+    outputs = run_batched(run, found, ctx.config["model"]["inputs"], info["output"], ctx.progress)
+    score = _score(info["metric"], ctx.workdir, outputs, extra["labels"])
     budget = ctx.config["evaluation"]["max_drop"]
     drop = info["source_score"] - score
     return {**info, "artifact_score": score, "drop": drop, "max_drop": budget, "passed": bool(drop <= budget)}

@@ -15,6 +15,7 @@ from backends import all_backends
 from builder.optimize import GENERIC
 
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
+ROLES = ("auto", "mask", "ids", "values")
 
 
 @dataclass
@@ -23,9 +24,14 @@ class InputSpec:
     # Each entry is a size or the name of a dynamic dimension (e.g. "batch"); see model.dims.
     shape: List[Any] = MISSING
     dtype: str = "float32"
-    # Range of the seeded verification values for integer inputs (token ids, indices).
-    low: int = 0
-    high: int = 100
+    # Range [low, high) of integer values (token ids, indices): seeded inputs are drawn from it (default
+    # [0, 100), or [0, 2) for a mask), and the server refuses values outside it where it is declared.
+    low: Optional[int] = None
+    high: Optional[int] = None
+    # mask | ids | values, or auto: floats are values; an integer input named like a mask with values 0/1 a mask.
+    role: str = "auto"
+    # The value padding takes when samples of different lengths are batched (a mask's padding, [PAD]).
+    pad: int = 0
 
 
 @dataclass
@@ -117,6 +123,9 @@ class Tolerance:
     min_cosine: Optional[float] = None
     max_abs: Optional[float] = None
     min_top1_agreement: Optional[float] = None
+    # How far the artifact's response to a perturbed input may stray from the source model's,
+    # ||artifact change - source change|| / ||source change|| (an input the artifact ignores scores 1).
+    max_sensitivity_error: Optional[float] = None
 
 
 @dataclass
@@ -130,14 +139,36 @@ class LatencyConfig:
 
 
 @dataclass
-class VerifyConfig:
-    samples: int = 8
+class VerifyConfig(DataConfig):
+    """The verification data: auto takes the evaluation set, else the calibration set; npz, images and
+    factory name data of its own; random (seeded inputs) is an explicit opt-in."""
+
+    source: Optional[str] = "auto"
+    samples: Optional[int] = 8
     seed: int = 0
+    # Sizes verified of each dynamic dimension, {dim: [sizes]}; default: batch 1, 3 and model.dims;
+    # a sequence short, middle and longest; other dimensions their model.dims size.
+    sizes: Dict[str, List[int]] = field(default_factory=dict)
     tolerances: Dict[str, Tolerance] = field(default_factory=dict)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
-    # Outputs of the source model that may be (near) zero or the same for every verification input
-    # (otherwise such an output fails the gate: comparing with it proves nothing).
+    # Outputs of the source model that may be (near) zero or the same for every verification input, and
+    # inputs that may leave every output unchanged (otherwise the gate fails: comparing proves nothing).
     allow_uninformative: List[str] = field(default_factory=list)
+    # Outputs that are class scores (top-1 agreement is reported for them); null: every (batch, classes) output.
+    class_scores: Optional[List[str]] = None
+
+
+@dataclass
+class QuantizationConfig:
+    """What every int8 step (ort_quantize, nncf_quantize, trt_quantize) keeps in float."""
+
+    # Node names, operator types (e.g. Softmax) or glob patterns of node names, in the quantized graph's names.
+    exclude: List[str] = field(default_factory=list)
+    # Nodes reading an attention mask (model.inputs role mask) or a tensor computed from one stay in float.
+    keep_masks_float: bool = True
+    # Return the most harmful nodes to float until the int8 limits (verify.tolerances.int8) hold on the
+    # calibration set: a sensitivity search for ONNX Runtime, NNCF's quantize_with_accuracy_control for OpenVINO.
+    accuracy_control: bool = False
 
 
 @dataclass
@@ -175,6 +206,7 @@ class _BuildConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     calibration: DataConfig = field(default_factory=DataConfig)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     lock: LockConfig = field(default_factory=LockConfig)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from builder import cases
+from builder.data import SOURCES
 from builder.errors import MdbuildError
-from builder.schema import DTYPES, MODES
+from builder.schema import DTYPES, MODES, ROLES
 from builder.sources import EXPORTERS, get_source
 from builder.spec import BuildSpec
 
@@ -33,6 +35,9 @@ def validate(spec: BuildSpec) -> None:
                 raise MdbuildError(f"dimension {dim!r} must be a positive size or a name", f"model.inputs[{index}].shape")
     if not model["outputs"]:
         raise MdbuildError("the model has no outputs", "model.outputs", "name each output")
-    for key in ("samples",):
-        if config["verify"][key] < 1:
-            raise MdbuildError("must be at least 1", f"verify.{key}")
+    for index, spec_ in enumerate(model["inputs"]):
+        _choice(spec_["role"], ROLES, f"model.inputs[{index}].role")
+    _choice(config["verify"]["source"], ("auto", *SOURCES), "verify.source")
+    if not config["verify"]["samples"] or config["verify"]["samples"] < 1:
+        raise MdbuildError("must be at least 1", "verify.samples")
+    cases.sizes(model, config["verify"])

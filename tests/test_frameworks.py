@@ -109,8 +109,8 @@ ms.save_checkpoint(lenet5(num_classes=5), "other.ckpt")
     loaded = workspace.run("+recipe=lenet_mindspore", *QUICK, "model.weights=trained.ckpt").artifact
     assert read_json(loaded / "report.json")["passed"]
     with np.load(seeded / "samples.npz") as first, np.load(loaded / "samples.npz") as second:
-        assert np.array_equal(first["input/input"], second["input/input"])
-        assert not np.allclose(first["output/logits"], second["output/logits"])  # the checkpoint's weights ran
+        assert np.array_equal(first["0/input/input"], second["0/input/input"])
+        assert not np.allclose(first["0/output/logits"], second["0/output/logits"])  # the checkpoint's weights ran
     result = workspace.run("+recipe=lenet_mindspore", *QUICK, "model.weights=other.ckpt", check=False)
     assert result.code == 1 and "model.weights: checkpoint" in result.stderr and "does not fit the network" in result.stderr
 

@@ -98,7 +98,7 @@ def test_the_served_openvino_artifact_answers_like_the_report(digits_sweep, tmp_
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         base = proc.stdout.readline().split(" on ", 1)[1].split("/v2/")[0]
-        sample = np.load(artifact / "samples.npz")["input/image"][0]
+        sample = np.load(artifact / "samples.npz")["0/input/image"]
         body = {"inputs": [{"name": "image", "shape": list(sample.shape), "datatype": "FP32",
                             "data": sample.ravel().tolist()}]}
         request = urllib.request.Request(base + "/v2/models/digits/infer", data=json.dumps(body).encode())
@@ -208,7 +208,7 @@ def test_calibration_data_of_the_wrong_shape(workspace):
     np.savez(workspace.root / "calib.npz", image=np.zeros((5, 3, 8, 8), np.float32))
     workspace.recipe("cnn", {**cnn_recipe(), "calibration": {"source": "npz", "path": "calib.npz"}})
     result = workspace.run("+recipe=cnn", *QUICK, "target=onnxruntime_int8", check=False)
-    assert result.code == 1 and "calibration: samples of input 'image' have shape [3, 8, 8]; the model takes [3, 16, 16]" in result.stderr
+    assert result.code == 1 and "calibration: sample 0 of input 'image' has shape [3, 8, 8]; the model takes [3, 16, 16]" in result.stderr
 
 
 def test_digits_training_is_deterministic_and_splits_do_not_overlap():

@@ -67,7 +67,7 @@ def test_served_answer_equals_the_in_process_answer(served):
     from backends.onnxruntime.runtime import load
 
     samples = np.load(artifact / "samples.npz")
-    image, extra = samples["input/image"][1], samples["input/extra"][1]
+    image, extra = samples["1/input/image"], samples["1/input/extra"]
     status, answer = call(base, "/v2/models/heads/infer",
                           {"id": "req-7", "inputs": [tensor("image", image), tensor("extra", extra)]})
     assert status == 200 and answer["id"] == "req-7" and answer["model_name"] == "heads"
@@ -78,7 +78,7 @@ def test_served_answer_equals_the_in_process_answer(served):
         served_array = np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
         assert output["datatype"] == "FP32"
         np.testing.assert_array_equal(served_array, expected[output["name"]])
-    np.testing.assert_allclose(expected["score"], samples["output/score"][1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(expected["score"], samples["1/output/score"], rtol=1e-4, atol=1e-5)
 
 
 def test_requested_outputs_and_dynamic_batch(served):

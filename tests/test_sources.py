@@ -28,8 +28,8 @@ def test_state_dict_weights_are_used_for_export_and_reference(workspace):
     artifact = workspace.run("+recipe=cnn", *QUICK).artifact
     samples = np.load(artifact / "samples.npz")
     with torch.no_grad():
-        expected = trained.eval()(torch.from_numpy(samples["input/image"][0])).numpy()
-    np.testing.assert_allclose(samples["output/logits"][0], expected, rtol=1e-5, atol=1e-6)
+        expected = trained.eval()(torch.from_numpy(samples["0/input/image"])).numpy()
+    np.testing.assert_allclose(samples["0/output/logits"], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_torchscript_file(workspace):
@@ -55,7 +55,8 @@ def test_onnx_file_with_two_inputs_two_outputs_and_dynamic_batch(workspace, two_
     assert report["passed"] and set(report["outputs"]) == {"score", "embedding"}
     assert report["latency"]["items_per_run"] == 3
     samples = np.load(artifact / "samples.npz")
-    assert samples["input/image"].shape == (4, 3, 3, 16, 16)  # 4 samples of batch n=3
+    # 4 samples alone, then a batch of each other size: 1 and 3 (verify.sizes), and model.dims.n=3
+    assert [samples[f"{case}/input/image"].shape for case in range(5)] == [(1, 3, 16, 16)] * 4 + [(3, 3, 16, 16)]
 
 
 def test_onnx_recipe_must_match_the_graph(workspace, two_heads_onnx):

@@ -49,9 +49,10 @@ def test_input_signature_read_from_the_model(workspace, file):
     artifact = workspace.run("+recipe=r", *QUICK).artifact
     assert read_json(artifact / "report.json")["passed"]
     assert read_json(artifact / "manifest.json")["config"]["model"]["inputs"] == [
-        {"name": "pixels", "shape": ["batch", 8, 8, 3], "dtype": "float32", "low": 0, "high": 100}]
+        {"name": "pixels", "shape": ["batch", 8, 8, 3], "dtype": "float32", "low": None, "high": None, "role": "auto",
+         "pad": 0}]
     with np.load(artifact / "samples.npz") as samples:
-        assert samples["input/pixels"].shape[1:] == (1, 8, 8, 3)  # each verification sample: batch 1
+        assert samples["0/input/pixels"].shape == (1, 8, 8, 3)  # a verification sample alone: batch 1
     records = list((workspace.cache / "signatures").glob("*.json"))
     assert len(records) == 1
     written = records[0].stat().st_mtime_ns
@@ -104,8 +105,8 @@ def test_mobilenet_v2_on_the_float_cpu_targets_and_to_pytorch_and_tensorflow(wor
                if line.startswith("[") and line.split()[1] == "export" and line.split()[2] in ("running", "cached")]
     assert exports == ["running"] + ["cached"] * (len(targets) - 1)
     samples = np.load(f"{rows[0]['artifact']}/samples.npz")
-    assert samples["input/input"].shape[-1] == 3  # NHWC, as Keras takes it
-    assert np.abs(samples["output/logits"]).max() > 0.1  # healthy logits, not the 1e-11 of default BatchNorm stats
+    assert samples["0/input/input"].shape[-1] == 3  # NHWC, as Keras takes it
+    assert np.abs(samples["0/output/logits"]).max() > 0.1  # healthy logits, not the 1e-11 of default BatchNorm stats
     # TensorFlow -> PyTorch: onnx2torch's Squeeze-13 reads its axes at run time, which torch.export
     # cannot capture, so this module ships as TorchScript, and the manifest says so.
     pytorch = read_json(Path(rows[3]["artifact"]) / "manifest.json")["runtime"]

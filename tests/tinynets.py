@@ -126,3 +126,19 @@ class Undefined(nn.Module):
 
 def undefined() -> nn.Module:
     return Undefined()
+
+
+class Saturating(nn.Module):
+    """A hidden tensor overflows to +-inf for most inputs; the sigmoid after it keeps the output finite."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return torch.sigmoid(self.linear(x) * 1e38 * 1e3)
+
+
+def saturating() -> nn.Module:
+    torch.manual_seed(0)
+    return Saturating()

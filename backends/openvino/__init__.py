@@ -14,6 +14,8 @@ class OpenVINOOptions:
 class NncfQuantizeOptions:
     range_estimator: str = "minmax"  # minmax | default (NNCF's own, which clipped outliers on ResNet-50)
     preset: str = "performance"  # performance | mixed
+    # NNCF's model type: auto (transformer when an input holds token ids or a mask) | transformer | default
+    model_type: str = "auto"
 
 
 def triton_parameters(runtime: dict) -> dict[str, str]:
@@ -48,7 +50,7 @@ BACKEND = Backend(
     # In a fresh process: OpenVINO names new nodes from a per-process counter (`Reshape_15` first in a
     # process, `Reshape_27546` after other models), so only a fresh process gives the same IR every time.
     optimizations=(
-        Optimization("nncf_quantize", "compiled", "backends.openvino.quantize", 1, ("nncf", "openvino"),
+        Optimization("nncf_quantize", "compiled", "backends.openvino.quantize", 2, ("nncf", "openvino"),
                      loss="int8", calibrated=True, isolated=True, options=NncfQuantizeOptions),
     ),
     triton=Triton("openvino", parameters=triton_parameters),

@@ -9,24 +9,33 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from backends import quantization
 from builder.errors import MdbuildError
+from builder.samples import role
 from builder.optimize.summary import write_summary
 from builder.steps.calibration import batches, load_calibration
 from builder.steps.compile import RUNTIME_FILE
 
 _PRESETS = ("performance", "mixed")
 _ESTIMATORS = ("minmax", "default")
+_MODEL_TYPES = ("auto", "transformer", "default")
 
 
 def reads(config: dict[str, Any]) -> list[str]:
-    return ["nncf_quantize.preset", "nncf_quantize.range_estimator"]
+    keys = ["nncf_quantize.preset", "nncf_quantize.range_estimator", "nncf_quantize.model_type",
+            "quantization.accuracy_control"]
+    return keys + quantization.reads(config) + (["model.inputs"] if config["nncf_quantize"]["model_type"] == "auto" else [])
 
 
 def check(config: dict[str, Any]) -> None:
     settings = config["nncf_quantize"]
-    for key, choices in (("preset", _PRESETS), ("range_estimator", _ESTIMATORS)):
+    for key, choices in (("preset", _PRESETS), ("range_estimator", _ESTIMATORS), ("model_type", _MODEL_TYPES)):
         if settings[key] not in choices:
             raise MdbuildError(f"'{settings[key]}' is not valid", f"nncf_quantize.{key}", f"choose one of: {', '.join(choices)}")
+    if config["quantization"]["accuracy_control"]:
+        raise MdbuildError("accuracy control is not available for nncf_quantize yet (NNCF's quantize_with_accuracy_control "
+                           "made all-MiniLM-L6-v2 worse, not better, here)", "quantization.accuracy_control",
+                           "use it with an onnxruntime_int8 target, or set quantization.exclude by hand")
 
 
 def run(ctx, inputs: dict[str, Path], out: Path) -> None:
@@ -39,14 +48,43 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     presets = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
     settings = json.loads((inputs["compiled"] / RUNTIME_FILE).read_text())
     model = ov.Core().read_model(str(inputs["compiled"] / settings["model_file"]))
-    arrays, info = load_calibration(inputs["calibration"])
-    samples = list(batches(arrays))
+    found, info = load_calibration(inputs["calibration"])
+    samples = list(batches(found))
     advanced = AdvancedQuantizationParameters(
         activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX) if cfg["range_estimator"] == "minmax" else None
-    ctx.progress(f"NNCF post-training quantization on {len(samples)} samples")
+    kept = quantization.kept_float(_nodes(model), ctx.config)
+    transformer = _transformer(ctx.config)
+    ctx.progress(f"NNCF post-training quantization on {len(samples)} samples"
+                 f"{' (transformer model type)' if transformer else ''}, {len(kept)} nodes kept in float")
     quantized = nncf.quantize(model, nncf.Dataset(samples), preset=presets[cfg["preset"]], subset_size=len(samples),
-                              advanced_parameters=advanced)
+                              advanced_parameters=advanced, model_type=nncf.ModelType.TRANSFORMER if transformer else None,
+                              ignored_scope=nncf.IgnoredScope(names=list(kept), validate=False) if kept else None)
     ov.save_model(quantized, str(out / settings["model_file"]), compress_to_fp16=False)
     shutil.copyfile(inputs["compiled"] / RUNTIME_FILE, out / RUNTIME_FILE)
     write_summary(out, "nncf_quantize", preset=cfg["preset"], range_estimator=cfg["range_estimator"],
-                  calibration_samples=info["samples"], calibration_source=info["source"], random_calibration=info["random"])
+                  model_type="transformer" if transformer else "default", calibration_samples=info["samples"],
+                  calibration_source=info["source"], random_calibration=info["random"], **quantization.summary(kept))
+
+
+def _transformer(config: dict[str, Any]) -> bool:
+    model_type = config["nncf_quantize"]["model_type"]
+    if model_type != "auto":
+        return model_type == "transformer"
+    return any(role(spec) in ("ids", "mask") for spec in config["model"]["inputs"])
+
+
+def _nodes(model) -> list[quantization.Node]:
+    """The IR's operations as quantization nodes, in topological order; a tensor is `<node>:<port>`, a
+    model input's tensor its name (as model.inputs names it)."""
+    names = {parameter.get_friendly_name(): parameter.output(0).get_any_name() for parameter in model.get_parameters()}
+    nodes = []
+    for op in model.get_ordered_ops():
+        reads = tuple(_tensor(port.get_source_output(), names) for port in op.inputs())
+        writes = tuple(_tensor(output, names) for output in op.outputs())
+        nodes.append(quantization.Node(op.get_friendly_name(), op.get_type_name(), reads, writes))
+    return nodes
+
+
+def _tensor(output, names: dict[str, str]) -> str:
+    node = output.get_node().get_friendly_name()
+    return names.get(node) or f"{node}:{output.get_index()}"

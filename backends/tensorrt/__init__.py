@@ -27,7 +27,7 @@ class TensorRTOptions:
     workspace_mb: int = 0  # the builder's workspace pool; 0: TensorRT's default (the GPU's memory)
     optimization_level: int = 3  # builder optimization level, 0 (fastest build) to 5
     # Optimization profile per dynamic dimension: [min, opt, max]. Default: the batch dimension
-    # [1, model.dims, max(model.dims, serving.max_batch_size)], any other [1, model.dims, model.dims].
+    # [1, model.dims, max(model.dims, serving.max_batch_size, verify.sizes)], any other [1, model.dims, model.dims].
     profiles: Dict[str, List[int]] = field(default_factory=dict)
 
 
@@ -69,7 +69,7 @@ BACKEND = Backend(
     compile_version=1,
     libraries=("onnx", "onnxruntime", "tensorrt-rtx-cu12-bindings", "tensorrt-rtx-cu12-libs",
                "tensorrt-cu12-bindings", "tensorrt-cu12-libs"),
-    reads=("model.inputs", "model.dims", "serving.max_batch_size"),
+    reads=("model.inputs", "model.dims", "serving.max_batch_size", "verify.sizes"),
     options=TensorRTOptions,
     optimizations=(
         Optimization("trt_fp16", "onnx", "backends.tensorrt.fp16", 1, ("onnx", "onnxruntime", "numpy"), loss="fp16",

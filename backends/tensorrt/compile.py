@@ -17,7 +17,9 @@ from typing import Any
 
 from backends.tensorrt import FLAVORS, GPU_FAMILIES, RTX_COMPUTE_CAPABILITIES
 from backends.tensorrt.host import gpus, sdk
+from builder import cases
 from builder.errors import MdbuildError, first_line, missing_extra
+from builder.inputs import batch_dim
 
 MODEL_FILE = "model.onnx"
 FULL_TENSORRT = "tensorrt-cu12"  # what a GPU host installs for the deferred build
@@ -59,11 +61,13 @@ def check(config: dict[str, Any]) -> None:
 
 def profiles(config: dict[str, Any]) -> dict[str, list[int]]:
     """[min, opt, max] of each dynamic dimension of model.inputs, from target.options.profiles or the
-    defaults (model.dims for opt; the batch dimension up to serving.max_batch_size)."""
+    defaults (model.dims for opt; the batch dimension up to serving.max_batch_size and the largest batch
+    verification runs)."""
     model, given = config["model"], config["target"]["options"]["profiles"] or {}
     dynamic = list(dict.fromkeys(d for spec in model["inputs"] for d in spec["shape"] if isinstance(d, str)))
-    batch = _batch_dim(config)
+    batch = batch_dim(model["inputs"])
     largest = int(config["serving"]["max_batch_size"])
+    verified = cases.sizes(model, config["verify"])
     for name in given:
         if name not in dynamic:
             raise MdbuildError(f"'{name}' is not a dynamic dimension of model.inputs", f"target.options.profiles.{name}",
@@ -71,7 +75,7 @@ def profiles(config: dict[str, Any]) -> dict[str, list[int]]:
     resolved = {}
     for name in dynamic:
         value = int(model["dims"].get(name, 1))
-        default = [1, value, max(value, largest)] if name == batch else [1, value, value]
+        default = [1, value, max(value, largest, *verified[name])] if name == batch else [1, value, value]
         triple = list(given.get(name, default))
         where = f"target.options.profiles.{name}"
         if len(triple) != 3 or not all(isinstance(v, int) and v >= 1 for v in triple) or not triple[0] <= triple[1] <= triple[2]:
@@ -83,14 +87,11 @@ def profiles(config: dict[str, Any]) -> dict[str, list[int]]:
         if name == batch and triple[2] < largest:
             raise MdbuildError(f"the profile {triple} does not cover serving.max_batch_size={largest}", where,
                                f"raise its max to {largest}, or lower serving.max_batch_size")
+        if not triple[0] <= min(verified[name]) <= max(verified[name]) <= triple[2]:
+            raise MdbuildError(f"the profile {triple} does not cover the sizes verification runs, {verified[name]}", where,
+                               f"cover them, or set verify.sizes.{name} within [{triple[0]}, {triple[2]}]")
         resolved[name] = triple
     return resolved
-
-
-def _batch_dim(config: dict[str, Any]) -> str | None:
-    """The name of the batch dimension: the first input's first dimension where it is dynamic."""
-    first = config["model"]["inputs"][0]["shape"]
-    return first[0] if first and isinstance(first[0], str) else None
 
 
 def shapes(config: dict[str, Any], ranges: dict[str, list[int]]) -> dict[str, list[list[int]]]:
@@ -115,7 +116,7 @@ def compile_model(onnx_path: Path, config: dict[str, Any], out: Path) -> dict[st
     check(config)
     options = config["target"]["options"]
     shutil.copyfile(onnx_path, out / MODEL_FILE)
-    ranges, batch = profiles(config), _batch_dim(config)
+    ranges, batch = profiles(config), batch_dim(config["model"]["inputs"])
     builder = {"optimization_level": options["optimization_level"], "workspace_mb": options["workspace_mb"],
                "fp32": config["target"]["precision"] == "fp32", "shapes": shapes(config, ranges)}
     flavors, deferred = plan_here(options["flavor"])

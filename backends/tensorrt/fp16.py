@@ -72,8 +72,8 @@ def _out_of_range(model, peaks: dict[str, float], limit: float) -> list[str]:
 
 def _samples(ctx, inputs: dict[str, Path]) -> list[dict[str, np.ndarray]]:
     if "calibration" in inputs:
-        arrays, _ = load_calibration(inputs["calibration"])
-        return list(batches(arrays))[:_SAMPLES]
+        found, _ = load_calibration(inputs["calibration"])
+        return list(batches(found[:_SAMPLES]))
     model = ctx.config["model"]
     arrays = make_inputs(model["inputs"], model["dims"], _SAMPLES, seed=0)
     return [{name: array[index] for name, array in arrays.items()} for index in range(_SAMPLES)]

@@ -4,14 +4,15 @@ rejects a DequantizeLinear of an int32 bias), calibrated on the recipe's data wi
 
 Only the inputs of Conv, Gemm and MatMul are quantized, where TensorRT runs int8 kernels: quantizing
 every op put a Q/DQ pair with scale inf after BERT's attention-mask Where (masked tokens then leaked
-into the others), and TensorRT builds such a graph without a word; a scale that is not a finite
-positive number fails the step."""
+into the others), and TensorRT builds such a graph without a word. Nodes on a mask path and those in
+quantization.exclude stay in float; a scale that is not a finite positive number fails the step."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from backends import quantization
 from backends.onnx_graph import prepared_for_quantization
 from builder.errors import MdbuildError
 from builder.optimize.summary import write_summary
@@ -22,7 +23,7 @@ _QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
 
 
 def reads(config: dict[str, Any]) -> list[str]:
-    return ["trt_quantize.per_channel", "trt_quantize.calibration_method"]
+    return ["trt_quantize.per_channel", "trt_quantize.calibration_method", *quantization.reads(config)]
 
 
 def check(config: dict[str, Any]) -> None:
@@ -35,43 +36,30 @@ def check(config: dict[str, Any]) -> None:
 def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     from onnxruntime import quantization as q
 
+    import onnx
+
     cfg = ctx.config["trt_quantize"]
     prepared = prepared_for_quantization(inputs["model"] / "model.onnx", ctx.progress)
-    arrays, info = load_calibration(inputs["calibration"])
+    kept = quantization.kept_float(quantization.onnx_nodes(onnx.load(str(prepared)).graph), ctx.config)
+    found, info = load_calibration(inputs["calibration"])
     try:
-        _quantize(q, prepared, out / "model.onnx", CalibrationReader(arrays, ctx.progress), cfg)
+        _quantize(q, prepared, out / "model.onnx", CalibrationReader(found, ctx.progress), cfg, list(kept))
     except AssertionError as exc:  # ONNX Runtime asserts on a range it cannot scale (NaN activations)
         raise MdbuildError(f"calibration gave activation ranges ONNX Runtime cannot quantize ({exc or 'scale issue'})",
                            "calibration.source", "check that the source model's outputs are finite on the "
                            "calibration data (model.inputs[i].low/high for integer inputs)") from exc
-    _check_scales(out / "model.onnx")
+    quantization.check_scales(out / "model.onnx", "calibrate on representative data, or build tensorrt_fp16")
     write_summary(out, "trt_quantize", per_channel=cfg["per_channel"], calibration_method=cfg["calibration_method"],
                   calibration_samples=info["samples"], calibration_source=info["source"],
-                  random_calibration=info["random"])
+                  random_calibration=info["random"], **quantization.summary(kept))
 
 
-def _quantize(q, prepared: Path, output: Path, reader, cfg: dict[str, Any]) -> None:
+def _quantize(q, prepared: Path, output: Path, reader, cfg: dict[str, Any], kept: list[str]) -> None:
     q.quantize_static(
         str(prepared), str(output), reader,
         quant_format=q.QuantFormat.QDQ, per_channel=cfg["per_channel"],
         activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
         calibrate_method=getattr(q.CalibrationMethod, _METHODS[cfg["calibration_method"]]),
-        op_types_to_quantize=list(_QUANTIZED_OPS),
+        op_types_to_quantize=list(_QUANTIZED_OPS), nodes_to_exclude=kept,
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
     )
-
-
-def _check_scales(path: Path) -> None:
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
-
-    graph = onnx.load(str(path)).graph
-    values = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
-    for node in graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[1] in values:
-            scale = values[node.input[1]]
-            if not (np.isfinite(scale).all() and (scale > 0).all()):
-                raise MdbuildError(f"quantizing '{node.input[0]}' gave the scale {scale.ravel()[:4].tolist()} (node "
-                                   f"{node.name}): its calibrated range is not finite", "calibration.source",
-                                   "calibrate on representative data, or build tensorrt_fp16")

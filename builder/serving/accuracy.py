@@ -8,26 +8,57 @@ from typing import Any
 import numpy as np
 
 
-def compare(expected: np.ndarray, actual: np.ndarray) -> dict[str, Any]:
-    """Errors over all samples: max abs, relative L2, worst per-sample cosine, top-1 agreement."""
-    exp = expected.astype(np.float64).reshape(len(expected), -1)
-    act = actual.astype(np.float64).reshape(len(actual), -1)
-    diff = act - exp
-    norm = float(np.linalg.norm(exp))
+def compare(expected: list[np.ndarray], actual: list[np.ndarray], class_scores: bool = False) -> dict[str, Any]:
+    """Errors of one output over all cases (one array each, first axis the batch): max abs, relative L2,
+    worst per-row cosine, and for class scores (batch, classes) top-1 agreement."""
+    exp_rows = [row for array in expected for row in _rows(array)]
+    act_rows = [row for array in actual for row in _rows(array)]
+    diff_sq = sum(float(np.sum((a - e) ** 2)) for a, e in zip(act_rows, exp_rows))
+    norm = float(np.sqrt(sum(float(np.sum(e ** 2)) for e in exp_rows)))
     cosines = [
         float(np.dot(a, e) / (np.linalg.norm(a) * np.linalg.norm(e))) if np.linalg.norm(a) * np.linalg.norm(e) > 0
         else float(np.array_equal(a, e))
-        for a, e in zip(act, exp)
+        for a, e in zip(act_rows, exp_rows)
     ]
     metrics: dict[str, Any] = {
-        "max_abs": float(np.max(np.abs(diff))) if diff.size else 0.0,
-        "rel_l2": float(np.linalg.norm(diff) / norm) if norm > 0 else float(np.linalg.norm(diff)),
+        "max_abs": max((float(np.max(np.abs(a - e))) for a, e in zip(act_rows, exp_rows) if e.size), default=0.0),
+        "rel_l2": float(np.sqrt(diff_sq) / norm) if norm > 0 else float(np.sqrt(diff_sq)),
         "min_cosine": min(cosines) if cosines else 1.0,
-        "finite": bool(np.all(np.isfinite(actual))),
+        "finite": all(bool(np.all(np.isfinite(a))) for a in actual),
     }
-    if expected.ndim >= 2 and expected.shape[-1] > 1:
-        metrics["top1_agreement"] = float(np.mean(np.argmax(expected, -1) == np.argmax(actual, -1)))
+    if class_scores:
+        metrics["top1_agreement"] = float(np.mean([np.argmax(e) == np.argmax(a) for a, e in zip(act_rows, exp_rows)]))
     return metrics
+
+
+def is_class_scores(array: np.ndarray) -> bool:
+    """(batch, classes) with more than one class: what a classifier answers."""
+    return array.ndim == 2 and array.shape[-1] > 1
+
+
+def _rows(array: np.ndarray) -> list[np.ndarray]:
+    array = np.asarray(array, dtype=np.float64)
+    return list(array.reshape(len(array), -1)) if array.ndim else [array.reshape(1)]
+
+
+def run_case(model, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    """The model's outputs for a case; row by row where it takes batches of one (a trace fixed to one row)."""
+    rows = len(next(iter(feeds.values())))
+    declared = getattr(model, "inputs", {})
+    if rows == 1 or not declared or any(dims and dims[0] != 1 for _, dims in declared.values()):
+        return model.run(feeds, names)
+    results = [model.run({name: value[row : row + 1] for name, value in feeds.items()}, names) for row in range(rows)]
+    return {name: np.concatenate([result[name] for result in results]) for name in names}
+
+
+def read_cases(archive) -> list[dict[str, dict[str, np.ndarray]]]:
+    """The cases of a samples/reference archive, keyed `<case>/<kind>/<name>` (kind: input, output,
+    artifact): [{kind: {name: array}}] in case order."""
+    cases: dict[int, dict[str, dict[str, np.ndarray]]] = {}
+    for key in archive.files:
+        index, kind, name = key.split("/", 2)
+        cases.setdefault(int(index), {}).setdefault(kind, {})[name] = archive[key]
+    return [cases[index] for index in sorted(cases)]
 
 
 # metric name in compare() -> (tolerance key, direction)

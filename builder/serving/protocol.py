@@ -47,8 +47,9 @@ def _json(data):
     return request
 
 
-def decode_inputs(request, binary, model_inputs, allow_nonfinite):
-    """{name: array} from the request's inputs, checked against the model's {name: (dtype, dims)}."""
+def decode_inputs(request, binary, model_inputs, allow_nonfinite, ranges):
+    """{name: array} from the request's inputs, checked against the model's {name: (dtype, dims)} and the
+    recipe's value ranges {name: (low, high)} of integer inputs (a token id past the vocabulary)."""
     tensors = request.get("inputs")
     if not isinstance(tensors, list):
         raise RequestError('the body must be a JSON object with an "inputs" list')
@@ -70,6 +71,12 @@ def decode_inputs(request, binary, model_inputs, allow_nonfinite):
             array = _from_json(name, tensor.get("data"), dtype, shape)
         if not allow_nonfinite and array.dtype.kind == "f" and not np.isfinite(array).all():
             raise RequestError(f"input {name!r} holds NaN or Inf values, which this model does not accept", kind="bad_input")
+        if name in ranges and array.size:
+            low, high = ranges[name]
+            outside = ((array < low) if low is not None else False) | ((array >= high) if high is not None else False)
+            if np.any(outside):
+                raise RequestError(f"input {name!r} holds {array[outside].ravel()[0]}, outside its declared range "
+                                   f"[{'-inf' if low is None else low}, {'inf' if high is None else high})", kind="bad_input")
         feeds[name] = array
     leading = {array.shape[0] for name, array in feeds.items() if model_inputs[name][1] and model_inputs[name][1][0] is None}
     if len(leading) > 1:

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from . import protocol
-from .accuracy import compare, judge
+from .accuracy import compare, judge, read_cases, run_case
 from .batching import Batcher
 from .host import describe_cpu, same_numerics
 from .metrics import Metrics
@@ -40,6 +40,9 @@ class Service:
         self.name = manifest["recipe"]
         self.settings = settings
         self.labels = labels
+        # The recipe's declared value ranges of integer inputs (token ids, indices): others are refused.
+        self.ranges = {spec["name"]: (spec.get("low"), spec.get("high")) for spec in manifest["config"]["model"]["inputs"]
+                       if np.dtype(spec["dtype"]).kind in "iu" and (spec.get("low"), spec.get("high")) != (None, None)}
         self.metrics = Metrics(self.name)
         self.statistics = Statistics(self.name)
         batching = settings["max_batch_size"] > 1 and all(dims and dims[0] is None for _, dims in model.inputs.values())
@@ -80,7 +83,7 @@ class Service:
     def infer(self, body, header_length):
         def prepare():
             request, binary = protocol.split_body(body, header_length)
-            feeds = protocol.decode_inputs(request, binary, self.model.inputs, self.settings["allow_nonfinite"])
+            feeds = protocol.decode_inputs(request, binary, self.model.inputs, self.settings["allow_nonfinite"], self.ranges)
             rows = self.manifest["runtime"].get("max_batch_size")  # an engine's profile bounds its batch
             if rows and any(len(value) > rows for value in feeds.values()):
                 raise RequestError(f"this engine takes at most {rows} rows per request (its optimization profile)")
@@ -346,10 +349,9 @@ def selftest(here, model, tolerance, manifest):
     outputs (rel L2 at most `tolerance`). Elsewhere kernels or arithmetic differ (an fp16 artifact built
     where float16 arithmetic is missing computes in it here), so each output must stay within the
     verification limits of the precision computed here, against the source model's outputs."""
-    samples = np.load(here / "samples.npz")
-    names = [key.split("/", 1)[1] for key in samples.files if key.startswith("artifact/")]
-    inputs = {key.split("/", 1)[1]: samples[key] for key in samples.files if key.startswith("input/")}
-    count = len(next(iter(inputs.values())))
+    with np.load(here / "samples.npz") as archive:
+        cases = read_cases(archive)
+    names = list(cases[0]["artifact"])
     limits = None
     differences = _differences(model, manifest)
     if differences:
@@ -362,15 +364,16 @@ def selftest(here, model, tolerance, manifest):
         if limits is None:
             print("selftest: the manifest has no verification limits for what this host computes in: MISMATCH")
             return False
+    answers = [run_case(model, case["input"], names) for case in cases]
     ok = True
     for name in names:
-        actual = np.stack([model.run({k: v[i] for k, v in inputs.items()}, [name])[name] for i in range(count)])
+        actual = [answer[name] for answer in answers]
         if limits is None:
-            metrics = compare(samples[f"artifact/{name}"], actual)
+            metrics = compare([case["artifact"][name] for case in cases], actual)
             passed = metrics["finite"] and metrics["rel_l2"] <= tolerance
             detail = f"rel_l2 {metrics['rel_l2']:.3g} against the build's outputs (limit {tolerance:g})"
         else:
-            checks = judge(compare(samples[f"output/{name}"], actual), limits)
+            checks = judge(compare([case["output"][name] for case in cases], actual), limits)
             passed = all(check["passed"] for check in checks)
             detail = f"against the source model at the {limits['level']} limits: " + ", ".join(
                 f"{c['metric']} {c['value']:.4g} (limit {c['limit']:g})" for c in checks if c["metric"] != "finite")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import warnings
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from builder.errors import MdbuildError, first_line
 from builder.imports import build_from_factory, import_sdk
 from builder.inputs import dynamic_axes, make_inputs
+from builder.optimize.summary import write_summary
 
 
 def load_module(ctx) -> Any:
@@ -77,26 +79,62 @@ def export(ctx, inputs: dict[str, Path], out: Path) -> None:
     args = example_inputs(ctx)
     names = [spec["name"] for spec in model_cfg["inputs"]]
     target = out / "model.onnx"
-    ctx.progress(f"torch.onnx.export ({model_cfg['exporter']}, opset {model_cfg['opset']})")
     try:
-        # The exporter prints the whole TorchScript graph on failure; the error we raise says enough.
-        with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            if model_cfg["exporter"] == "dynamo":
-                axes = dynamic_axes(model_cfg["inputs"])
-                dims = {dim: torch.export.Dim(dim) for spec in axes.values() for dim in spec.values()}
-                shapes = tuple({axis: dims[dim] for axis, dim in axes.get(name, {}).items()} or None for name in names)
-                program = torch.onnx.export(module, args, input_names=names, output_names=model_cfg["outputs"],
-                                            dynamic_shapes=shapes if axes else None, opset_version=model_cfg["opset"],
-                                            dynamo=True, verbose=False)
-                program.save(str(target))
-            else:
-                torch.onnx.export(module, args, str(target), input_names=names, output_names=model_cfg["outputs"],
-                                  dynamic_axes=dynamic_axes(model_cfg["inputs"]) or None,
-                                  opset_version=model_cfg["opset"], dynamo=False)
+        _export(torch, module, args, names, model_cfg, model_cfg["exporter"], target, ctx.progress)
+        used = None
     except Exception as exc:
-        raise _export_error(exc, model_cfg) from exc
+        if model_cfg["exporter"] != "torchscript":
+            raise _export_error(exc, model_cfg) from exc
+        # TorchScript cannot convert some operators (the TransformerEncoder fast path's fused attention);
+        # torch.export-based dynamo often can: try it, and say so.
+        first = _export_error(exc, model_cfg)
+        ctx.progress(f"the torchscript exporter failed ({first.what}); trying the dynamo exporter")
+        target.unlink(missing_ok=True)
+        try:
+            _export(torch, module, args, names, model_cfg, "dynamo", target, ctx.progress)
+        except Exception as again:
+            raise MdbuildError(f"{first.what}; the dynamo exporter failed too: {_export_error(again, model_cfg).what}",
+                               "model.factory", "replace the operator in the model, or run with traceback=true for the "
+                               "exporters' full errors") from again
+        used = {"exporter": "dynamo", "fallback_from": "torchscript", "why": first.what,
+                "hint": "set model.exporter=dynamo to export with dynamo directly"}
+        ctx.progress(f"exported with dynamo: {used['hint']}")
     onnx.checker.check_model(str(target))
+    if used:  # the report and the lock (this output's digest) say which exporter made the graph
+        write_summary(out, "export", **used)
+
+
+def _export(torch, module, args, names: list[str], model_cfg: dict[str, Any], exporter: str, target: Path, progress) -> None:
+    progress(f"torch.onnx.export ({exporter}, opset {model_cfg['opset']})")
+    # The exporter prints the whole TorchScript graph on failure (from C++, to file descriptor 2); the
+    # error we raise says enough.
+    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stderr(io.StringIO()), _quiet_fd(2):
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            axes = dynamic_axes(model_cfg["inputs"])
+            dims = {dim: torch.export.Dim(dim) for spec in axes.values() for dim in spec.values()}
+            shapes = tuple({axis: dims[dim] for axis, dim in axes.get(name, {}).items()} or None for name in names)
+            program = torch.onnx.export(module, args, input_names=names, output_names=model_cfg["outputs"],
+                                        dynamic_shapes=shapes if axes else None, opset_version=model_cfg["opset"],
+                                        dynamo=True, verbose=False)
+            program.save(str(target))
+        else:
+            torch.onnx.export(module, args, str(target), input_names=names, output_names=model_cfg["outputs"],
+                              dynamic_axes=dynamic_axes(model_cfg["inputs"]) or None,
+                              opset_version=model_cfg["opset"], dynamo=False)
+
+
+@contextlib.contextmanager
+def _quiet_fd(fd: int):
+    """Discards what native code writes to a file descriptor meanwhile."""
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 def _export_error(exc: Exception, model_cfg: dict[str, Any]) -> MdbuildError:
@@ -106,7 +144,7 @@ def _export_error(exc: Exception, model_cfg: dict[str, Any]) -> MdbuildError:
         match = re.search(r"\b([A-Za-z_][\w.]*::[\w.]*\w)", text)
     if match:
         return MdbuildError(
-            f"the {model_cfg['exporter']} exporter cannot convert operator {match.group(1)} at opset {model_cfg['opset']}",
+            f"the exporter cannot convert operator {match.group(1)} at opset {model_cfg['opset']}",
             "model.factory",
             "raise model.opset, try model.exporter=dynamo, or replace the operator in the model",
         )

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from builder import data
+from builder import data, samples
 
 CALIBRATION_FILE = "calibration.npz"
 
@@ -21,32 +21,28 @@ def reads(config: dict[str, Any]) -> list[str]:
 def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     source = ctx.config["calibration"]["source"]
     ctx.progress(f"loading calibration data ({source})")
-    arrays, _ = data.load(ctx.config, ctx.paths, "calibration", ctx.workdir)
-    with open(out / CALIBRATION_FILE, "wb") as handle:
-        np.savez(handle, **arrays)
-    count = len(next(iter(arrays.values())))
-    (out / "calibration.json").write_text(json.dumps({"source": source, "samples": count, "random": source == "random"}))
+    found, _ = data.load(ctx.config, ctx.paths, "calibration", ctx.workdir)
+    samples.save(out / CALIBRATION_FILE, found)
+    (out / "calibration.json").write_text(json.dumps({"source": source, "samples": len(found), "random": source == "random"}))
 
 
-def load_calibration(directory: Path) -> tuple[dict[str, np.ndarray], dict]:
-    with np.load(directory / CALIBRATION_FILE) as archive:
-        arrays = {name: archive[name] for name in archive.files}
-    return arrays, json.loads((directory / "calibration.json").read_text())
+def load_calibration(directory: Path) -> tuple[list[samples.Sample], dict]:
+    found, _ = samples.load(directory / CALIBRATION_FILE)
+    return found, json.loads((directory / "calibration.json").read_text())
 
 
-def batches(arrays: dict[str, np.ndarray]):
-    """Each calibration sample as a batch of one, {input name: array}."""
-    count = len(next(iter(arrays.values())))
-    for index in range(count):
-        yield {name: array[index : index + 1] for name, array in arrays.items()}
+def batches(found: list[samples.Sample]):
+    """Each calibration sample as a batch of one, {input name: array} (samples may differ in length)."""
+    for sample in found:
+        yield {name: array[np.newaxis] for name, array in sample.items()}
 
 
 class CalibrationReader:
     """ONNX Runtime's CalibrationDataReader protocol over the calibration set (its quantization steps)."""
 
-    def __init__(self, arrays, progress):
-        self._batches = batches(arrays)
-        self._count = len(next(iter(arrays.values())))
+    def __init__(self, found, progress):
+        self._batches = batches(found)
+        self._count = len(found)
         self._seen = 0
         self._progress = progress
 

@@ -101,10 +101,10 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
 
 
 def _write_samples(inputs: dict[str, Path], path: Path) -> None:
-    """The verification inputs, the source model's outputs and the artifact's own (for --selftest)."""
+    """The verification cases: inputs, the source model's outputs and the artifact's own (for --selftest)."""
     with np.load(inputs["reference"] / REFERENCE_FILE) as reference, np.load(inputs["report"] / OUTPUTS_FILE) as outputs:
         arrays = {key: reference[key] for key in reference.files}
-        arrays.update({f"artifact/{name}": outputs[name] for name in outputs.files})
+        arrays.update({key: outputs[key] for key in outputs.files})
     with open(path, "wb") as handle:
         np.savez(handle, **arrays)
 
@@ -129,14 +129,14 @@ def _final_report(inputs: dict[str, Path], model_dir: Path) -> dict:
     raw = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
     compressed = sum(len(zlib.compress(p.read_bytes(), 6)) for p in model_dir.rglob("*") if p.is_file())
     report["size"] = {"model_bytes": raw, "compressed_bytes": compressed}
-    report["warnings"] = [
+    report["warnings"] = report.get("warnings", []) + [
         f"{r['step']} was calibrated on RANDOM data (calibration.source=random): its int8 accuracy on real inputs is unproven"
         for r in summaries if r.get("random_calibration")
     ]
     return report
 
 
-_NOT_STEPS = ("compiled", "report", "reference", "export")
+_NOT_STEPS = ("compiled", "report", "reference")
 
 
 def _shaping_config(ctx) -> dict[str, Any]:

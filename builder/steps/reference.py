@@ -9,76 +9,83 @@ from typing import Any
 
 import numpy as np
 
-from builder import data
+from builder import cases, data
 from builder.errors import MdbuildError
 from builder.evaluation import evaluate_source
-from builder.inputs import concrete_shape, make_inputs
+from builder.inputs import batch_dim, random_samples
+from builder.samples import Sample
+from builder.serving.accuracy import read_cases
 from builder.sources import get_source
 
 REFERENCE_FILE = "reference.npz"
 
 
 def reads(config: dict[str, Any]) -> list[str]:
-    keys = [*get_source(config["model"]).loads_with(config["model"]), "model.dims", "verify.samples", "verify.seed",
-            "evaluation.source"]
+    keys = [*get_source(config["model"]).loads_with(config["model"]), "model.inputs", "model.dims", "verify.source",
+            "verify.samples", "verify.seed", "verify.sizes", "evaluation.source"]
+    section = data.verification_section(config)
+    keys += data.reads(config, section) if (section, config["verify"]["source"]) != ("verify", "random") else []
     if config["evaluation"]["source"]:
         keys += ["evaluation.metric", "evaluation.output", *data.reads(config, "evaluation")]
     return keys
 
 
 def run(ctx, inputs: dict[str, Path], out: Path) -> None:
-    """Runs the source model on the verification samples, saves its outputs, and scores it on the
+    """Runs the source model on the verification cases, saves its outputs, and scores it on the
     labelled set when the recipe declares one."""
     model = get_source(ctx.config["model"]).runner(ctx)
-    arrays = verification_inputs(ctx)
+    found = verification_samples(ctx)
+    built = cases.build(found, ctx.config["model"], ctx.config["verify"])
     names = ctx.config["model"]["outputs"]
-    count = len(next(iter(arrays.values())))
-    outputs = []
-    for index in range(count):
-        ctx.progress(f"sample {index + 1}/{count}")
-        result = model({name: array[index] for name, array in arrays.items()})
-        outputs.append([result[name] for name in names if name in result])
-    _save(out, names, arrays, outputs)
+    payload = {}
+    for index, case in enumerate(built):
+        ctx.progress(f"case {index + 1}/{len(built)}: {case['name']}")
+        result = model(case["feeds"])
+        if not set(names) <= set(result):
+            raise MdbuildError(f"the model returns {len(result)} outputs but the recipe names {len(names)}: {names}",
+                               "model.outputs", "list one name per model output")
+        for name in names:
+            _check_finite(name, result[name], case["name"])
+            payload[f"{index}/output/{name}"] = result[name]
+        payload.update({f"{index}/input/{name}": value for name, value in case["feeds"].items()})
+    with open(out / REFERENCE_FILE, "wb") as handle:
+        np.savez(handle, **payload)
+    (out / "reference.json").write_text(json.dumps({
+        "inputs": [i["name"] for i in ctx.config["model"]["inputs"]], "outputs": names,
+        "data": _described(ctx.config), "samples": len(found), "cases": [{"name": c["name"], "perturbs": c["perturbs"]} for c in built]}))
     evaluate_source(ctx, out, model)
 
 
-def verification_inputs(ctx) -> dict[str, np.ndarray]:
-    """{input: array (samples, *input shape)}: real samples from the evaluation set when the recipe
-    declares one (random inputs are out of distribution for a trained, quantized model), else seeded
-    random ones."""
+def verification_samples(ctx) -> list[Sample]:
+    """At most verify.samples samples of the recipe's verification data (verify.source)."""
     model, verify = ctx.config["model"], ctx.config["verify"]
-    if ctx.config["evaluation"]["source"]:
-        arrays, _ = data.load(ctx.config, ctx.paths, "evaluation", ctx.workdir)
-        shapes = {i["name"]: concrete_shape(i, model["dims"], n) for n, i in enumerate(model["inputs"])}
-        needed = verify["samples"] * shapes[model["inputs"][0]["name"]][0]
-        if len(next(iter(arrays.values()))) >= needed:
-            return {name: array[:needed].reshape([verify["samples"], *shapes[name]]) for name, array in arrays.items()}
-    return make_inputs(model["inputs"], model["dims"], verify["samples"], verify["seed"])
+    section = data.verification_section(ctx.config)
+    if (section, verify["source"]) == ("verify", "random"):
+        batch = batch_dim(model["inputs"])
+        lengths = {dim: values for dim, values in cases.sizes(model, verify).items() if dim != batch}
+        return random_samples(model["inputs"], model["dims"], verify["samples"], verify["seed"], lengths)
+    found, _ = data.load(ctx.config, ctx.paths, section, ctx.workdir)
+    return found[: verify["samples"]]
 
 
-def _save(out: Path, names: list[str], arrays: dict[str, np.ndarray], outputs: list[list[np.ndarray]]) -> None:
-    if outputs and len(outputs[0]) != len(names):  # the model returned more or fewer tensors
-        raise MdbuildError(f"the model returns {len(outputs[0])} outputs but the recipe names {len(names)}: {names}",
-                           "model.outputs", "list one name per model output")
-    payload = {f"input/{name}": value for name, value in arrays.items()}
-    for position, name in enumerate(names):
-        payload[f"output/{name}"] = np.stack([sample[position] for sample in outputs])
-        _check_finite(name, payload[f"output/{name}"])
-    with open(out / REFERENCE_FILE, "wb") as handle:
-        np.savez(handle, **payload)
-    (out / "reference.json").write_text(json.dumps({"inputs": list(arrays), "outputs": names}))
+def _described(config: dict[str, Any]) -> str:
+    section = data.verification_section(config)
+    source = config[section]["source"]
+    return f"seeded random inputs (verify.seed={config['verify']['seed']})" if source == "random" and section == "verify" \
+        else f"the {section if section != 'verify' else 'verification'} data ({source})"
 
 
-def load_reference(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def load_reference(directory: Path) -> tuple[list[dict[str, dict[str, np.ndarray]]], dict[str, Any]]:
+    """([{"input": {...}, "output": {...}}] per case, reference.json)."""
     with np.load(directory / REFERENCE_FILE) as archive:
-        inputs = {key.split("/", 1)[1]: archive[key] for key in archive.files if key.startswith("input/")}
-        outputs = {key.split("/", 1)[1]: archive[key] for key in archive.files if key.startswith("output/")}
-    return inputs, outputs
+        found = read_cases(archive)
+    return found, json.loads((directory / "reference.json").read_text())
 
 
-def _check_finite(name: str, values: np.ndarray) -> None:
+def _check_finite(name: str, values: np.ndarray, case: str) -> None:
     """NaN or Inf from the source model would be blamed on every artifact compared with it."""
     if values.dtype.kind in "fc" and not np.isfinite(values).all():
-        raise MdbuildError(f"the source model's output '{name}' has NaN or Inf values on the verification inputs",
+        raise MdbuildError(f"the source model's output '{name}' has NaN or Inf values on the verification inputs "
+                           f"({case})",
                            "model.inputs", "check the inputs' value ranges (model.inputs[i].low/high for integers, "
                            "e.g. an attention mask must be 0 or 1) and the model itself")

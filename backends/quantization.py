@@ -1,0 +1,92 @@
+"""What every int8 step shares: which nodes stay in float (quantization.exclude, and attention-mask
+paths), and the check that each Q/DQ scale is a finite positive number.
+
+A mask path holds the mask's huge negative bias (transformers add the float minimum to masked scores):
+int8 cannot represent it next to the scores (ONNX Runtime wrote scale inf after BERT's mask, and the
+artifacts then ignored the mask). Every node reading the mask, or a tensor computed from it, stays in
+float; the taint stops after a node that squashes its input (Softmax) or reads only its shape."""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from builder.errors import MdbuildError
+from builder.samples import role
+
+# Outputs of these carry no trace of the mask's range.
+_SQUASHING = {"Softmax", "LogSoftmax", "Sigmoid", "Tanh", "Shape", "ShapeOf", "Size", "SoftMax"}
+
+
+class Node(NamedTuple):
+    name: str
+    op_type: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+def reads(config: dict[str, Any]) -> list[str]:
+    keys = ["quantization.exclude", "quantization.keep_masks_float"]
+    return keys + (["model.inputs"] if config["quantization"]["keep_masks_float"] else [])
+
+
+def kept_float(nodes: list[Node], config: dict[str, Any]) -> dict[str, str]:
+    """{node name: why} for the nodes to leave unquantized, `nodes` in topological order."""
+    kept = {}
+    for pattern in config["quantization"]["exclude"]:
+        matched = [n.name for n in nodes if n.op_type == pattern or fnmatch.fnmatchcase(n.name, pattern)]
+        if not matched:
+            raise MdbuildError(f"'{pattern}' matches no node name or operator type of the graph", "quantization.exclude",
+                               "give node names, operator types (e.g. Softmax) or glob patterns of names "
+                               "(e.g. '/encoder/layer.0/*'); the quantize step's log lists what it kept in float")
+        kept.update({name: f"quantization.exclude '{pattern}'" for name in matched if name not in kept})
+    if config["quantization"]["keep_masks_float"]:
+        masks = [spec["name"] for spec in config["model"]["inputs"] if role(spec) == "mask"]
+        for name in mask_path(nodes, set(masks)):
+            kept.setdefault(name, f"reads the attention mask ({', '.join(masks)})")
+    return kept
+
+
+def summary(kept: dict[str, str]) -> dict[str, Any]:
+    """What the step's summary says about the nodes kept in float: how many, and why (the first few named)."""
+    reasons: dict[str, list[str]] = {}
+    for name, why in kept.items():
+        reasons.setdefault(why, []).append(name)
+    return {"kept_float": len(kept), "kept_float_why": "; ".join(
+        f"{len(names)} {why} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" for why, names in reasons.items())}
+
+
+def mask_path(nodes: list[Node], masks: set[str]) -> list[str]:
+    """The nodes reading a mask input or a tensor computed from one (in `nodes` order)."""
+    tainted, found = set(masks), []
+    for node in nodes:
+        if tainted.intersection(node.inputs):
+            found.append(node.name)
+            if node.op_type not in _SQUASHING:
+                tainted.update(node.outputs)
+    return found
+
+
+def onnx_nodes(graph) -> list[Node]:
+    return [Node(node.name, node.op_type, tuple(node.input), tuple(node.output)) for node in graph.node]
+
+
+def check_scales(path: Path, fix: str) -> None:
+    """A Q/DQ scale that is inf, NaN or zero fails the step, naming the tensor it quantizes."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    values = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    for node in graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[1] in values:
+            scale = values[node.input[1]]
+            if not (np.isfinite(scale).all() and (scale > 0).all()):
+                producer = next((n.name for n in graph.node if node.input[0] in n.output), None)
+                keep = f"keep '{producer}' in float (quantization.exclude=['{producer}']), " if producer else ""
+                raise MdbuildError(f"quantizing '{node.input[0]}' gave the scale {scale.ravel()[:4].tolist()} (node "
+                                   f"{node.name}): its calibrated range is not finite or is empty",
+                                   "quantization.exclude", keep + fix)
+
