@@ -15,8 +15,10 @@ from typing import Any, NamedTuple
 from builder.errors import MdbuildError
 from builder.samples import role
 
-# Outputs of these carry no trace of the mask's range.
-_SQUASHING = {"Softmax", "LogSoftmax", "Sigmoid", "Tanh", "Shape", "ShapeOf", "Size", "SoftMax"}
+# Outputs of these carry no trace of the mask's range: they squash it, read only its shape, or are a
+# fused attention that applies the mask itself (ONNX, ONNX Runtime and OpenVINO operators).
+_SQUASHING = {"Softmax", "LogSoftmax", "Sigmoid", "Tanh", "Shape", "ShapeOf", "Size", "SoftMax", "Attention",
+              "MultiHeadAttention", "ScaledDotProductAttention"}
 
 
 class Node(NamedTuple):
@@ -37,9 +39,10 @@ def kept_float(nodes: list[Node], config: dict[str, Any]) -> dict[str, str]:
     for pattern in config["quantization"]["exclude"]:
         matched = [n.name for n in nodes if n.op_type == pattern or fnmatch.fnmatchcase(n.name, pattern)]
         if not matched:
+            types = sorted({n.op_type for n in nodes})
             raise MdbuildError(f"'{pattern}' matches no node name or operator type of the graph", "quantization.exclude",
-                               "give node names, operator types (e.g. Softmax) or glob patterns of names "
-                               "(e.g. '/encoder/layer.0/*'); the quantize step's log lists what it kept in float")
+                               f"give node names (e.g. '{nodes[0].name}'), glob patterns of names, or operator types "
+                               f"of this graph: {', '.join(types[:12])}{', ...' if len(types) > 12 else ''}")
         kept.update({name: f"quantization.exclude '{pattern}'" for name in matched if name not in kept})
     if config["quantization"]["keep_masks_float"]:
         masks = [spec["name"] for spec in config["model"]["inputs"] if role(spec) == "mask"]
@@ -70,6 +73,34 @@ def mask_path(nodes: list[Node], masks: set[str]) -> list[str]:
 
 def onnx_nodes(graph) -> list[Node]:
     return [Node(node.name, node.op_type, tuple(node.input), tuple(node.output)) for node in graph.node]
+
+
+def float_inputs(path: Path, kept: dict[str, str]) -> int:
+    """Rewires each node kept in float to read the float tensor where a Q/DQ pair feeds it a quantized copy
+    (a quantizer puts Q/DQ on a tensor for its quantized readers, and the others read through it too);
+    drops the pairs no longer read. How many inputs it rewired."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    weights = {tensor.name for tensor in graph.initializer}
+    quantized = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in weights}
+    restored = {n.output[0]: quantized[n.input[0]] for n in graph.node
+                if n.op_type == "DequantizeLinear" and n.input[0] in quantized}
+    rewired = 0
+    for node in graph.node:
+        if node.name in kept:
+            for position, name in enumerate(node.input):
+                if name in restored:
+                    node.input[position] = restored[name]
+                    rewired += 1
+    for _ in range(2):  # the dequantize nodes no longer read, then their quantize nodes
+        read = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
+        unread = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.output[0] not in read]
+        for node in unread:
+            graph.node.remove(node)
+    onnx.save(model, str(path))
+    return rewired
 
 
 def check_scales(path: Path, fix: str) -> None:

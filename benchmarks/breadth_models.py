@@ -79,7 +79,8 @@ def whisper_encoder():
 
     torch.manual_seed(0)
     config = t.WhisperConfig(d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
-                             num_mel_bins=80, max_source_positions=50)
+                             decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=128, num_mel_bins=80,
+                             max_source_positions=50)
     return _Hidden(t.WhisperModel(config).encoder, ["input_features"]).eval()
 
 

@@ -13,7 +13,8 @@ from builder.errors import MdbuildError
 from builder.inputs import batch_dim
 from builder.samples import Sample, collate, role, value_range
 
-Case = dict[str, Any]  # {"name", "feeds": {input: batch}, "perturbs": None | {"input", "of", "how"}}
+# {"name", "kind": sample | batch | perturbed, "feeds": {input: batch}, "perturbs": None | {"input", "of", "how"}}
+Case = dict[str, Any]
 
 # Float inputs change by noise of this fraction of their spread (large, so that the response stands above
 # an int8 artifact's own error on small outputs); a tenth of the token ids are replaced.
@@ -55,40 +56,46 @@ def sizes(model: dict[str, Any], verify: dict[str, Any]) -> dict[str, list[int]]
 
 
 def build(found: list[Sample], model: dict[str, Any], verify: dict[str, Any]) -> list[Case]:
-    """The cases for the samples: each alone (its own length), then one batch of each other batch size
-    (consecutive samples, lengths mixed and padded), then one perturbation of each input."""
+    """The cases for the samples: each in the smallest batch verified (alone, unless the batch is fixed
+    larger), then one batch of each other size (consecutive samples, lengths mixed and padded), then one
+    perturbation of each input, of the longest of the first cases."""
     specs = model["inputs"]
     batch = batch_dim(specs)
-    first = specs[0]["shape"][0] if specs[0]["shape"] else 1
-    counts = sizes(model, verify).get(batch, [1]) if batch else [first]
-    cases = []
+    counts = sizes(model, verify).get(batch, [1]) if batch else [specs[0]["shape"][0] if specs[0]["shape"] else 1]
     single = min(counts)
-    for start in range(0, len(found), single):
-        group = [found[(start + offset) % len(found)] for offset in range(single)]
-        cases.append({"name": f"samples {start}-{start + single - 1}" if single > 1 else f"sample {start}",
-                      "feeds": collate(group, specs), "perturbs": None})
-    for count in counts:
-        if count != single:
-            group = [found[index % len(found)] for index in range(count)]
-            cases.append({"name": f"batch of {count}", "feeds": collate(group, specs), "perturbs": None})
+    cases = [_case("sample", [found[(start + offset) % len(found)] for offset in range(single)], specs, batch,
+                   f"sample {start}" if single == 1 else f"samples {start}-{start + single - 1}")
+             for start in range(0, len(found), single)]
     base = max(range(len(cases)), key=lambda index: _positions(cases[index]["feeds"]))
+    cases += [_case("batch", [found[index % len(found)] for index in range(count)], specs, batch, f"batch of {count}")
+              for count in counts if count != single]
     rng = np.random.default_rng(verify["seed"])
     for spec in specs:
         feeds = dict(cases[base]["feeds"])
-        changed, how = _perturb(spec, feeds[spec["name"]], rng)
+        changed, how = _perturb(spec, feeds, specs, rng)
         if how:
             feeds[spec["name"]] = changed
-            cases.append({"name": f"{spec['name']}: {how}", "feeds": feeds,
+            cases.append({"name": f"{spec['name']}: {how}", "kind": "perturbed", "feeds": feeds,
                           "perturbs": {"input": spec["name"], "of": base, "how": how}})
     return cases
+
+
+def _case(kind: str, group: list[Sample], specs: list[dict[str, Any]], batch: str | None, name: str) -> Case:
+    feeds = collate(group, specs)
+    lengths = {dim: size for spec in specs for dim, size in zip(spec["shape"], feeds[spec["name"]].shape)
+               if isinstance(dim, str) and dim != batch}
+    described = ", ".join(f"{dim} {size}" for dim, size in lengths.items())
+    return {"name": f"{name} ({described})" if described else name, "kind": kind, "feeds": feeds, "perturbs": None}
 
 
 def _positions(feeds: dict[str, np.ndarray]) -> int:
     return sum(array.size for array in feeds.values())
 
 
-def _perturb(spec: dict[str, Any], values: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str | None]:
+def _perturb(spec: dict[str, Any], feeds: dict[str, np.ndarray], specs: list[dict[str, Any]],
+             rng: np.random.Generator) -> tuple[np.ndarray, str | None]:
     """The input changed the way its data allows, and how (None: it cannot be changed)."""
+    values = feeds[spec["name"]]
     kind = role(spec)
     if kind == "mask":
         changed = values.copy()
@@ -98,13 +105,21 @@ def _perturb(spec: dict[str, Any], values: np.ndarray, rng: np.random.Generator)
         return (changed, "later half of the positions masked") if not np.array_equal(changed, values) else (values, None)
     if kind == "ids":
         low, high = value_range(spec)
-        span = high - low
-        if span < 2 or values.size == 0:
+        real = _real_positions(values, feeds, specs)
+        if high - low < 2 or real.size == 0:
             return values, None
         changed = values.copy().reshape(-1)
-        chosen = rng.choice(changed.size, max(1, int(changed.size * _REPLACED)), replace=False)
-        changed[chosen] = (changed[chosen] - low + rng.integers(1, span, len(chosen))) % span + low
-        return changed.reshape(values.shape), f"{len(chosen)} of {values.size} ids replaced"
+        chosen = rng.choice(real, max(1, int(real.size * _REPLACED)), replace=False)
+        changed[chosen] = (changed[chosen] - low + rng.integers(1, high - low, len(chosen))) % (high - low) + low
+        return changed.reshape(values.shape), f"{len(chosen)} of {real.size} ids replaced"
+    # Within the values' own range: calibrated int8 clips what lies beyond it, which says nothing of the artifact.
     spread = float(np.std(values)) or 1.0
     noise = rng.standard_normal(values.shape) * _NOISE * spread
-    return (values + noise).astype(values.dtype), f"noise of {_NOISE:g} x its spread added"
+    changed = np.clip(values + noise, values.min(), values.max()) if values.size else values
+    return changed.astype(values.dtype), f"noise of {_NOISE:g} x its spread added, within its range"
+
+
+def _real_positions(values: np.ndarray, feeds: dict[str, np.ndarray], specs: list[dict[str, Any]]) -> np.ndarray:
+    """Flat indices of the positions a mask of the same shape marks as real (all, without such a mask)."""
+    masks = [feeds[s["name"]] for s in specs if role(s) == "mask" and feeds[s["name"]].shape == values.shape]
+    return np.flatnonzero(masks[0]) if masks else np.arange(values.size)

@@ -6,7 +6,8 @@ A sample is one model input without its batch dimension. Sources:
 - images: a folder of .png/.jpg/.bmp files read with the recipe's preprocessing; for evaluation, one
   sub-folder per class, classes numbered in sorted order of the folder names.
 - factory: the import path of a function returning an array, {input name: array}, or (inputs, labels).
-- random: seeded normal inputs, calibration only, as an explicit opt-in the report shows.
+- random: seeded inputs (calibration and verification), as an explicit opt-in the report shows.
+Samples of a dynamic sequence may differ in length (a factory returns a list of arrays per input).
 """
 
 from __future__ import annotations
@@ -165,10 +166,14 @@ def _check_shapes(model: dict[str, Any], samples: list[Sample], section: str) ->
         dtype = np.dtype(spec_["dtype"])
         for number, sample in enumerate(samples):
             array = sample[spec_["name"]]
-            if array.ndim != len(declared) or any(
-                    size != dim if isinstance(dim, int) else not 1 <= size <= model["dims"].get(dim, size)
-                    for size, dim in zip(array.shape, declared)):
-                raise MdbuildError(f"sample {number} of input '{spec_['name']}' has shape {list(array.shape)}; the model "
-                                   f"takes {declared} (a sample has no batch dimension; a named dimension is at most "
-                                   f"its model.dims size)", section, "fix the data or its preprocessing, or raise model.dims")
+            where = f"sample {number} of input '{spec_['name']}' has shape {list(array.shape)}"
+            if array.ndim != len(declared) or any(size != dim for size, dim in zip(array.shape, declared)
+                                                  if isinstance(dim, int)):
+                raise MdbuildError(f"{where}; the model takes {declared} (a sample has no batch dimension)", section,
+                                   "fix the data or its preprocessing")
+            for size, dim in zip(array.shape, declared):
+                if isinstance(dim, str) and not 1 <= size <= model["dims"][dim]:
+                    raise MdbuildError(f"{where}: its {dim} {size} is outside 1..model.dims.{dim}={model['dims'][dim]}, "
+                                       "the longest the model is built and verified for", section,
+                                       f"shorten the samples, or raise model.dims.{dim}")
             sample[spec_["name"]] = array.astype(dtype, copy=False)

@@ -42,7 +42,7 @@ def output_name(config: dict[str, Any]) -> str:
 def run_batched(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], found: list[Sample],
                 specs: list[dict[str, Any]], output: str, progress: Callable[[str], None]) -> list[np.ndarray]:
     """One output's row for each sample, feeding padded batches (batches of one sample when the batch is
-    fixed; a row keeps its padding, which a metric on sequences reads with the mask it is given)."""
+    fixed); a row of a padded batch keeps the padded positions."""
     size = _BATCH if batch_dim(specs) else 1
     rows = []
     for start in range(0, len(found), size):

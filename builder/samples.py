@@ -33,17 +33,15 @@ def load(path: Path) -> tuple[list[Sample], dict[str, np.ndarray]]:
 
 def role(spec: dict[str, Any]) -> str:
     """How an input's values behave: `mask` (1 for a real position, `pad` for padding), `ids` (token
-    ids or indices in [low, high)) or `values` (floats). model.inputs[i].role, else guessed: an
-    integer or bool input named like a mask, with no range declared or [0, 2), is a mask."""
+    ids or indices in [low, high)) or `values` (floats). model.inputs[i].role, else guessed: an input
+    named like a mask is one (an integer one only with no range declared or [0, 2))."""
     if spec.get("role", "auto") != "auto":
         return spec["role"]
     kind = np.dtype(spec["dtype"]).kind
-    if kind == "f":
-        return "values"
     declared = (spec.get("low"), spec.get("high"))
-    if "mask" in spec["name"].lower() and (kind == "b" or declared in ((None, None), (0, 2), (0, None), (None, 2))):
+    if "mask" in spec["name"].lower() and (kind in "fb" or declared in ((None, None), (0, 2), (0, None), (None, 2))):
         return "mask"
-    return "ids"
+    return "values" if kind == "f" else "ids"
 
 
 def value_range(spec: dict[str, Any]) -> tuple[int, int]:
@@ -59,14 +57,8 @@ def collate(samples: list[Sample], specs: list[dict[str, Any]]) -> dict[str, np.
     batch = {}
     for spec in specs:
         arrays = [sample[spec["name"]] for sample in samples]
-        largest = np.max([a.shape for a in arrays], axis=0) if arrays[0].ndim else ()
-        padded = [np.pad(a, [(0, int(m) - s) for s, m in zip(a.shape, largest)], constant_values=spec.get("pad", 0))
-                  for a in arrays]
-        batch[spec["name"]] = np.stack(padded)
+        largest = np.max([a.shape for a in arrays], axis=0) if arrays[0].ndim else []
+        batch[spec["name"]] = np.stack([
+            np.pad(a, [(0, int(m) - s) for s, m in zip(a.shape, largest)], constant_values=spec.get("pad", 0))
+            if a.ndim else a for a in arrays])
     return batch
-
-
-def rows(batch: dict[str, np.ndarray]) -> list[Sample]:
-    """A batch's rows as samples (the inverse of collate for equal sizes)."""
-    count = len(next(iter(batch.values())))
-    return [{name: array[index] for name, array in batch.items()} for index in range(count)]

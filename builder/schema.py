@@ -123,8 +123,8 @@ class Tolerance:
     min_cosine: Optional[float] = None
     max_abs: Optional[float] = None
     min_top1_agreement: Optional[float] = None
-    # How far the artifact's response to a perturbed input may stray from the source model's,
-    # ||artifact change - source change|| / ||source change|| (an input the artifact ignores scores 1).
+    # How far the artifact's gain along the source model's change under a perturbed input may stray
+    # from 1 (|1 - gain|; an input the artifact ignores has gain 0), before a noise allowance (README).
     max_sensitivity_error: Optional[float] = None
 
 
@@ -167,7 +167,7 @@ class QuantizationConfig:
     # Nodes reading an attention mask (model.inputs role mask) or a tensor computed from one stay in float.
     keep_masks_float: bool = True
     # Return the most harmful nodes to float until the int8 limits (verify.tolerances.int8) hold on the
-    # calibration set: a sensitivity search for ONNX Runtime, NNCF's quantize_with_accuracy_control for OpenVINO.
+    # calibration set (ort_quantize in static mode, trt_quantize).
     accuracy_control: bool = False
 
 

@@ -139,7 +139,7 @@ def test_a_killed_build_leaves_no_half_entry(workspace):
 
 
 @pytest.mark.parametrize(("bias", "why"), [(0.0, "is (near) zero on every verification input (largest magnitude 0)"),
-                                          (0.5, "is the same on all 9 verification rows")])
+                                          (0.5, "is the same for all 4 verification samples")])
 def test_a_source_output_that_ignores_its_inputs_fails_the_gate(workspace, bias, why):
     """An artifact could ignore its inputs and match such an output: the comparison proves nothing."""
     mlp = {"factory": "tinynets.fixed", "kwargs": {"bias": bias}, "inputs": [{"name": "x", "shape": ["batch", 4], "dtype": "float32"}]}

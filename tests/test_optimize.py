@@ -178,7 +178,7 @@ def test_random_calibration_is_flagged_in_the_report(workspace):
     result = workspace.run("+recipe=cnn", *QUICK, "target=openvino_int8", "calibration.source=random",
                            "calibration.samples=16")
     report = read_json(result.artifact / "report.json")
-    assert "RANDOM data" in report["warnings"][0]
+    assert any("nncf_quantize was calibrated on RANDOM data" in warning for warning in report["warnings"])
     assert "WARNING: nncf_quantize was calibrated on RANDOM data" in result.stdout
     assert "> **WARNING: nncf_quantize was calibrated on RANDOM data" in (result.artifact / "report.md").read_text()
 

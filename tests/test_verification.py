@@ -39,9 +39,12 @@ def test_int8_bert_that_ignores_its_mask_fails_and_keeping_the_mask_float_passes
     assert "the artifact's by 0 " in ignored.stderr
     report = read_json(workspace.run("+recipe=bert", f"target={target}", *QUICK).artifact / "report.json")
     mask = report["sensitivity"]["attention_mask"]
-    assert mask["passed"] and not mask["ignored"] and mask["error"] <= mask["limit"] + mask["allowance"]
-    assert mask["limit"] == 0.5 and 0.5 <= mask["outputs"][mask["output"]]["gain"] <= 1.5
-    assert report["sensitivity"]["input_ids"]["passed"]
+    # the random BERT's mask moves its outputs by under 1%, less than int8's own error: not measurable, but
+    # the artifact responds to it (only ignoring it could fail), and the report warns
+    assert mask["passed"] is None and not mask["ignored"] and not mask["measured"]
+    assert any("the response to input 'attention_mask'" in warning for warning in report["warnings"])
+    ids = report["sensitivity"]["input_ids"]
+    assert ids["measured"] and ids["passed"] and ids["error"] <= ids["limit"] + ids["allowance"]
     kept = next(r for r in report["optimizations"] if r["step"] in ("ort_quantize", "nncf_quantize"))
     assert kept["kept_float"] > 0 and "attention mask" in kept["kept_float_why"]
     assert "top1_agreement" not in report["outputs"]["last_hidden_state"]["metrics"]  # hidden states are no class scores
@@ -61,7 +64,8 @@ def test_sequences_of_varied_length_are_verified_alone_and_padded_in_batches(wor
     artifact = workspace.run("+recipe=enc", *QUICK).artifact
     report = read_json(artifact / "report.json")
     assert report["passed"] and report["samples"] == 4 and "verification data (factory)" in report["data"]
-    assert report["cases"][:6] == ["sample 0", "sample 1", "sample 2", "sample 3", "batch of 2", "batch of 3"]
+    assert report["cases"][:6] == ["sample 0 (seq 3)", "sample 1 (seq 16)", "sample 2 (seq 7)", "sample 3 (seq 11)",
+                                   "batch of 2 (seq 16)", "batch of 3 (seq 16)"]
     with np.load(artifact / "samples.npz") as samples:
         assert [samples[f"{case}/input/input_ids"].shape for case in range(6)] == [
             (1, 3), (1, 16), (1, 7), (1, 11), (2, 16), (3, 16)]
@@ -96,6 +100,21 @@ def test_the_server_refuses_token_ids_outside_the_declared_range_and_serves_any_
             assert status == 200 and answer["outputs"][0]["shape"] == [1, length, 16]
         status, answer = infer([5, 100, 7])
         assert status == 400 and answer["error"] == "input 'input_ids' holds 100, outside its declared range [0, 100)"
+        status, answer = infer(list(range(1, 18)))
+        assert status == 400 and answer["error"] == \
+            "input 'input_ids' has seq 17; this artifact is built and verified for seq up to 16 (model.dims.seq)"
+        body = {"inputs": [{"name": "input_ids", "shape": [1, 3], "datatype": "INT64", "data": [1, 2, 3]},
+                           {"name": "attention_mask", "shape": [1, 4], "datatype": "INT64", "data": [1, 1, 1, 2]}]}
+        request = urllib.request.Request(f"{base}/v2/models/enc/infer", json.dumps(body).encode(), method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 400 and json.loads(refused.value.read())["error"] == \
+            "input 'attention_mask' holds 2, outside its declared range [0, 2)"
+        body["inputs"][1]["data"] = [1, 1, 1, 1]
+        request = urllib.request.Request(f"{base}/v2/models/enc/infer", json.dumps(body).encode(), method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert json.loads(refused.value.read())["error"] == "inputs 'input_ids' and 'attention_mask' disagree on seq: 3 and 4"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -116,10 +135,15 @@ def test_verification_data_must_be_declared_or_random_opted_in(workspace):
     ("+verify.sizes.width=[2]", "verify.sizes.width: 'width' is not a dynamic dimension of model.inputs"),
     ("+verify.sizes.batch=[0]", "verify.sizes.batch: [0] is not a list of positive sizes"),
     ("quantization.exclude=[NoSuchNode]", "quantization.exclude: 'NoSuchNode' matches no node name or operator type"),
+    ("verify.class_scores=[logits]", "verify.class_scores: 'logits' is not an output of the model (fix: choose from: hidden)"),
+    ("model.inputs.0.high=0", "model.inputs[0].high: the range [0, 0) is empty"),
+    ("model.inputs.0.role=mask", "model.inputs[0].role: a mask holds 0 and 1, not [0, 100)"),
+    ("ort_quantize.mode=dynamic quantization.accuracy_control=true",
+     "quantization.accuracy_control: accuracy control needs static quantization"),
 ])
 def test_bad_verification_and_quantization_values_fail_with_the_key(workspace, override, message):
     workspace.recipe("enc", encoder_recipe(calibration={"source": "random", "samples": 4}))
-    result = workspace.run("+recipe=enc", "target=onnxruntime_int8", *QUICK, override, check=False)
+    result = workspace.run("+recipe=enc", "target=onnxruntime_int8", *QUICK, *override.split(), check=False)
     assert result.code == 1 and f"error: {message}" in result.stderr, result.stderr
 
 
@@ -164,3 +188,49 @@ def test_minilm_real_weights_verified_on_sentences_and_scored_by_rank_correlatio
     assert report["evaluation"]["source_score"] > 90 and abs(report["evaluation"]["drop"]) < 0.01
     assert "top1_agreement" not in report["outputs"]["embedding"]["metrics"]  # verify.class_scores: []
     assert report["sensitivity"]["attention_mask"]["passed"]
+
+
+def test_sequence_sizes_apply_to_random_data_only_and_inputs_share_the_batch(workspace):
+    (workspace.root / "tokens.py").write_text(
+        "import numpy as np\n"
+        "def sentences():\n"
+        "    return {'input_ids': [np.arange(1, 5)], 'attention_mask': [np.ones(4, np.int64)]}\n")
+    workspace.recipe("enc", encoder_recipe(verify={"source": "factory", "factory": "tokens.sentences"}))
+    sized = workspace.run("+recipe=enc", "mode=plan", "+verify.sizes.seq=[4]", check=False)
+    assert sized.code == 1 and "error: verify.sizes.seq: sizes of 'seq' apply to random verification inputs; declared " \
+                               "data keeps its own lengths" in sized.stderr
+    mixed = encoder_recipe()
+    mixed["model"]["inputs"] = [TOKENS[0], {**TOKENS[1], "shape": [1, "seq"]}]
+    workspace.recipe("mixed", mixed)
+    result = workspace.run("+recipe=mixed", "mode=plan", check=False)
+    assert result.code == 1 and "error: model.inputs: input 'input_ids' starts with 'batch' and input " \
+                                "'attention_mask' with 1: the first dimension of every input is the batch" in result.stderr
+
+
+def test_excluded_nodes_read_float_tensors(workspace):
+    """quantization.exclude=[Conv]: no Conv reads a quantized copy of its input (a quantizer's Q/DQ on a
+    producer's output is bypassed for the nodes kept in float)."""
+    import onnx
+
+    workspace.recipe("cnn", {**cnn_recipe(), "calibration": {"source": "random", "samples": 4}})
+    artifact = workspace.run("+recipe=cnn", "target=onnxruntime_int8", *QUICK, "quantization.exclude=[Conv]").artifact
+    graph = onnx.load(str(artifact / "model_repository" / "cnn" / "1" / "model.onnx")).graph
+    restored = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    assert convs and not any(name in restored for node in convs for name in node.input)
+    assert any(node.op_type == "QuantizeLinear" for node in graph.node)  # the rest is still int8
+
+
+def test_cases_of_scalar_inputs_and_a_single_sample():
+    from builder import cases
+    from builder.sensitivity import uninformative
+
+    model = {"inputs": [{"name": "x", "shape": ["batch", 2], "dtype": "float32"},
+                        {"name": "n", "shape": ["batch"], "dtype": "int64", "low": 0, "high": 5}],
+             "dims": {"batch": 2}}
+    found = [{"x": np.ones(2, np.float32), "n": np.array(3)}]
+    built = cases.build(found, model, {"sizes": {}, "seed": 0})
+    assert [c["feeds"]["n"].shape for c in built] == [(1,), (2,), (3,), (1,), (1,)]
+    outputs = [{"output": {"y": np.full((len(c["feeds"]["n"]), 1), 2.0)}} for c in built]
+    described = {"outputs": ["y"], "samples": 1, "cases": [{k: c[k] for k in ("kind", "perturbs")} for c in built]}
+    assert uninformative(outputs, described, []) == {}  # one sample repeated in batches is not "the same output"

@@ -11,8 +11,8 @@ from backends import quantization
 from backends.onnx_graph import prepared_for_quantization
 from builder.errors import MdbuildError
 from builder.optimize.summary import write_summary
-from backends.onnxruntime.accuracy import controlled
-from builder.steps.calibration import CalibrationReader, batches, load_calibration
+from backends.accuracy_control import BUDGET, quantize_within_limits
+from builder.steps.calibration import CalibrationReader, load_calibration
 
 _MODES = ("static", "dynamic")
 _TYPES = {"uint8": "QUInt8", "int8": "QInt8"}
@@ -25,11 +25,13 @@ def calibrates(config: dict[str, Any]) -> bool:
 
 def reads(config: dict[str, Any]) -> list[str]:
     keys = ["mode", "per_channel", "weight_type"]
+    shared = quantization.reads(config)
     if calibrates(config):
         keys += ["activation_type", "calibration_method"]
-    accuracy = ["quantization.accuracy_control"] + (
-        ["verify.tolerances.int8"] if config["quantization"]["accuracy_control"] and calibrates(config) else [])
-    return [f"ort_quantize.{key}" for key in keys] + quantization.reads(config) + accuracy
+        shared.append("quantization.accuracy_control")
+        if config["quantization"]["accuracy_control"]:
+            shared += [f"verify.tolerances.int8.{key}" for key in BUDGET]
+    return [f"ort_quantize.{key}" for key in keys] + shared
 
 
 def check(config: dict[str, Any]) -> None:
@@ -40,6 +42,9 @@ def check(config: dict[str, Any]) -> None:
         if key in choices and settings[key] not in choices[key]:
             raise MdbuildError(f"'{settings[key]}' is not valid", f"ort_quantize.{key}",
                                f"choose one of: {', '.join(choices[key])}")
+    if config["quantization"]["accuracy_control"] and not calibrates(config):
+        raise MdbuildError("accuracy control needs static quantization (it returns calibrated nodes to float)",
+                           "quantization.accuracy_control", "set ort_quantize.mode=static, or accuracy_control=false")
 
 
 def run(ctx, inputs: dict[str, Path], out: Path) -> None:
@@ -68,12 +73,7 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
             calibrate_method=getattr(q.CalibrationMethod, _METHODS[cfg["calibration_method"]]),
             nodes_to_exclude=list(excluded))
 
-    control = {}
-    if ctx.config["quantization"]["accuracy_control"]:
-        control = controlled(quantize, prepared, out / "model.onnx", list(batches(found)), kept,
-                             ctx.config["verify"]["tolerances"]["int8"], ctx.progress)
-    else:
-        quantize(kept)
+    control = quantize_within_limits(quantize, prepared, out / "model.onnx", found, kept, ctx.config, ctx.progress)
     quantization.check_scales(out / "model.onnx", "calibrate on representative data, or use ort_quantize.mode=dynamic")
     write_summary(out, "ort_quantize", mode="static", per_channel=cfg["per_channel"], activation_type=cfg["activation_type"],
                   weight_type=cfg["weight_type"], calibration_method=cfg["calibration_method"],

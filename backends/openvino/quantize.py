@@ -35,7 +35,7 @@ def check(config: dict[str, Any]) -> None:
     if config["quantization"]["accuracy_control"]:
         raise MdbuildError("accuracy control is not available for nncf_quantize yet (NNCF's quantize_with_accuracy_control "
                            "made all-MiniLM-L6-v2 worse, not better, here)", "quantization.accuracy_control",
-                           "use it with an onnxruntime_int8 target, or set quantization.exclude by hand")
+                           "use it with an onnxruntime_int8 or tensorrt_int8 target, or set quantization.exclude by hand")
 
 
 def run(ctx, inputs: dict[str, Path], out: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from backends import quantization
 from backends.onnx_graph import prepared_for_quantization
+from backends.accuracy_control import BUDGET, quantize_within_limits
 from builder.errors import MdbuildError
 from builder.optimize.summary import write_summary
 from builder.steps.calibration import CalibrationReader, load_calibration
@@ -23,7 +24,9 @@ _QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
 
 
 def reads(config: dict[str, Any]) -> list[str]:
-    return ["trt_quantize.per_channel", "trt_quantize.calibration_method", *quantization.reads(config)]
+    budget = [f"verify.tolerances.int8.{key}" for key in BUDGET] if config["quantization"]["accuracy_control"] else []
+    return ["trt_quantize.per_channel", "trt_quantize.calibration_method", "quantization.accuracy_control",
+            *quantization.reads(config), *budget]
 
 
 def check(config: dict[str, Any]) -> None:
@@ -34,24 +37,27 @@ def check(config: dict[str, Any]) -> None:
 
 
 def run(ctx, inputs: dict[str, Path], out: Path) -> None:
-    from onnxruntime import quantization as q
-
     import onnx
+    from onnxruntime import quantization as q
 
     cfg = ctx.config["trt_quantize"]
     prepared = prepared_for_quantization(inputs["model"] / "model.onnx", ctx.progress)
     kept = quantization.kept_float(quantization.onnx_nodes(onnx.load(str(prepared)).graph), ctx.config)
     found, info = load_calibration(inputs["calibration"])
-    try:
-        _quantize(q, prepared, out / "model.onnx", CalibrationReader(found, ctx.progress), cfg, list(kept))
-    except AssertionError as exc:  # ONNX Runtime asserts on a range it cannot scale (NaN activations)
-        raise MdbuildError(f"calibration gave activation ranges ONNX Runtime cannot quantize ({exc or 'scale issue'})",
-                           "calibration.source", "check that the source model's outputs are finite on the "
-                           "calibration data (model.inputs[i].low/high for integer inputs)") from exc
+
+    def quantize(excluded: dict[str, str]) -> None:
+        try:
+            _quantize(q, prepared, out / "model.onnx", CalibrationReader(found, ctx.progress), cfg, list(excluded))
+        except AssertionError as exc:  # ONNX Runtime asserts on a range it cannot scale (NaN activations)
+            raise MdbuildError(f"calibration gave activation ranges ONNX Runtime cannot quantize ({exc or 'scale issue'})",
+                               "calibration.source", "check that the source model's outputs are finite on the "
+                               "calibration data (model.inputs[i].low/high for integer inputs)") from exc
+
+    control = quantize_within_limits(quantize, prepared, out / "model.onnx", found, kept, ctx.config, ctx.progress)
     quantization.check_scales(out / "model.onnx", "calibrate on representative data, or build tensorrt_fp16")
     write_summary(out, "trt_quantize", per_channel=cfg["per_channel"], calibration_method=cfg["calibration_method"],
                   calibration_samples=info["samples"], calibration_source=info["source"],
-                  random_calibration=info["random"], **quantization.summary(kept))
+                  random_calibration=info["random"], **quantization.summary(kept), **control)
 
 
 def _quantize(q, prepared: Path, output: Path, reader, cfg: dict[str, Any], kept: list[str]) -> None:

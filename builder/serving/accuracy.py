@@ -13,6 +13,8 @@ def compare(expected: list[np.ndarray], actual: list[np.ndarray], class_scores: 
     worst per-row cosine, and for class scores (batch, classes) top-1 agreement."""
     exp_rows = [row for array in expected for row in _rows(array)]
     act_rows = [row for array in actual for row in _rows(array)]
+    if len(act_rows) != len(exp_rows):
+        raise ValueError(f"{len(act_rows)} rows to compare with {len(exp_rows)}")
     diff_sq = sum(float(np.sum((a - e) ** 2)) for a, e in zip(act_rows, exp_rows))
     norm = float(np.sqrt(sum(float(np.sum(e ** 2)) for e in exp_rows)))
     cosines = [

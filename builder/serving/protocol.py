@@ -47,9 +47,11 @@ def _json(data):
     return request
 
 
-def decode_inputs(request, binary, model_inputs, allow_nonfinite, ranges):
+def decode_inputs(request, binary, model_inputs, allow_nonfinite, contract):
     """{name: array} from the request's inputs, checked against the model's {name: (dtype, dims)} and the
-    recipe's value ranges {name: (low, high)} of integer inputs (a token id past the vocabulary)."""
+    manifest's request contract: integer value ranges (a token id past the vocabulary), dimensions the
+    inputs share by name, and the longest size of each (what the build verified)."""
+    ranges = contract["ranges"]
     tensors = request.get("inputs")
     if not isinstance(tensors, list):
         raise RequestError('the body must be a JSON object with an "inputs" list')
@@ -86,7 +88,26 @@ def decode_inputs(request, binary, model_inputs, allow_nonfinite, ranges):
     missing = sorted(set(model_inputs) - set(feeds))
     if missing:
         raise RequestError(f"missing inputs {missing}", kind="bad_input")
+    _check_dims(feeds, contract)
     return feeds
+
+
+def _check_dims(feeds, contract):
+    """Named dimensions agree across inputs, are not empty, and stay within the longest size verified."""
+    seen = {}
+    for name, array in feeds.items():
+        for dim, size in zip(contract["dims"].get(name, []), array.shape):
+            if dim is None:
+                continue
+            if size == 0:
+                raise RequestError(f"input {name!r} has {dim} 0", kind="bad_input")
+            longest = contract["longest"].get(dim)
+            if longest is not None and size > longest:
+                raise RequestError(f"input {name!r} has {dim} {size}; this artifact is built and verified for {dim} up "
+                                   f"to {longest} (model.dims.{dim})", kind="bad_input")
+            if seen.setdefault(dim, (name, size))[1] != size:
+                raise RequestError(f"inputs {seen[dim][0]!r} and {name!r} disagree on {dim}: {seen[dim][1]} and {size}",
+                                   kind="bad_input")
 
 
 def _parameters(entry):

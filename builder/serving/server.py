@@ -40,9 +40,6 @@ class Service:
         self.name = manifest["recipe"]
         self.settings = settings
         self.labels = labels
-        # The recipe's declared value ranges of integer inputs (token ids, indices): others are refused.
-        self.ranges = {spec["name"]: (spec.get("low"), spec.get("high")) for spec in manifest["config"]["model"]["inputs"]
-                       if np.dtype(spec["dtype"]).kind in "iu" and (spec.get("low"), spec.get("high")) != (None, None)}
         self.metrics = Metrics(self.name)
         self.statistics = Statistics(self.name)
         batching = settings["max_batch_size"] > 1 and all(dims and dims[0] is None for _, dims in model.inputs.values())
@@ -83,7 +80,8 @@ class Service:
     def infer(self, body, header_length):
         def prepare():
             request, binary = protocol.split_body(body, header_length)
-            feeds = protocol.decode_inputs(request, binary, self.model.inputs, self.settings["allow_nonfinite"], self.ranges)
+            feeds = protocol.decode_inputs(request, binary, self.model.inputs, self.settings["allow_nonfinite"],
+                                           self.manifest["requests"])
             rows = self.manifest["runtime"].get("max_batch_size")  # an engine's profile bounds its batch
             if rows and any(len(value) > rows for value in feeds.values()):
                 raise RequestError(f"this engine takes at most {rows} rows per request (its optimization profile)")

@@ -15,8 +15,10 @@ import numpy as np
 from backends import get_backend
 from builder import __version__
 from builder.hashing import list_files, sha256_file
+from builder.inputs import batch_dim
 from builder.optimize.summary import SUMMARY_FILE, read_summary
 from builder.render import render
+from builder.samples import role, value_range
 from builder.serving import SERVING_DIR
 from builder.serving.host import host_fingerprint
 from builder.serving.protocol import V2_NAMES
@@ -35,7 +37,7 @@ _SERVER_DEFAULTS = ("max_batch_size", "max_queue_delay_ms", "max_body_bytes", "a
 def reads(config: dict[str, Any]) -> list[str]:
     """The labels file is an input of its own (its path is not read); with labels, the server's image
     route applies the recipe's preprocessing."""
-    keys = ["target.name", "target.backend", "target.precision",
+    keys = ["target.name", "target.backend", "target.precision", "model.inputs", "model.dims",
             *(f"serving.{key}" for key in config["serving"] if key != "labels")]
     return keys + (["preprocess"] if config["serving"]["labels"] else [])
 
@@ -88,6 +90,7 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
                  | {"package": {"key": ctx.key, "libraries": ctx.description["libraries"]}},
         "libraries": _all_libraries(ctx),
         "runtime": settings,
+        "requests": _request_contract(config["model"]),
         "host": host_fingerprint(),
         "verification": {"passed": verdict["passed"],
                          "tolerance": {"level": verdict["tolerance_level"], **verdict["tolerance"]},
@@ -161,6 +164,21 @@ def _all_libraries(ctx) -> dict[str, str | None]:
         libraries.update(result.description["libraries"])
     libraries.update(ctx.description["libraries"])
     return dict(sorted(libraries.items()))
+
+
+def _request_contract(model: dict[str, Any]) -> dict[str, Any]:
+    """What serve.py checks in a request beyond the runtime's shapes: each integer input's value range
+    (as declared; 0 and 1 for a mask), the dimensions inputs share by name, and the longest size of each
+    dimension but the batch (model.dims: what the build exported, calibrated and verified)."""
+    batch = batch_dim(model["inputs"])
+    ranges = {}
+    for spec in model["inputs"]:
+        declared = (spec["low"], spec["high"])
+        if np.dtype(spec["dtype"]).kind in "iu" and (declared != (None, None) or role(spec) == "mask"):
+            ranges[spec["name"]] = list(value_range(spec)) if role(spec) == "mask" else list(declared)
+    return {"ranges": ranges,
+            "dims": {spec["name"]: [d if isinstance(d, str) else None for d in spec["shape"]] for spec in model["inputs"]},
+            "longest": {d: model["dims"][d] for spec in model["inputs"] for d in spec["shape"] if isinstance(d, str) and d != batch}}
 
 
 def _example_request(inputs: list[dict]) -> dict:

@@ -14,6 +14,7 @@ from builder.errors import GateFailed, MdbuildError, first_line
 from builder.evaluation import evaluate_artifact
 from builder.inputs import batch_dim
 from builder.latency import measure
+from builder.sensitivity import failure_text, responses, uninformative, unmeasured_text
 from builder.serving.accuracy import compare, is_class_scores, judge, run_case
 from builder.steps import REPORT_FILE
 from builder.steps.compile import load_settings
@@ -49,13 +50,8 @@ def reads(config: dict[str, Any], levels: list[str]) -> list[str]:
 def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     target, verify = ctx.config["target"], ctx.config["verify"]
     backend = get_backend(target["backend"])
-    runtime = backend.runtime()
     settings = load_settings(inputs["compiled"])
-    try:
-        model, proxied, pending = backend.load_here(inputs["compiled"], settings)
-    except getattr(runtime, "UnsupportedPrecision", ()) as exc:  # a runtime that chooses its arithmetic may refuse
-        raise MdbuildError(f"target {target['name']}: {first_line(exc)}", "target.precision",
-                           f"build another precision of {backend.name} (choose one of: {', '.join(backend.precisions)})") from exc
+    model, proxied, pending = _loaded(backend, inputs["compiled"], settings, target)
     if proxied:
         ctx.progress(f"{proxied}: verifying the graph the engine computes on ONNX Runtime CPU")
     # What the runtime really computes in on this CPU (OpenVINO says; the others run the graph's types).
@@ -71,34 +67,36 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
                             f"target's {target['precision']}: verified at the {level} limits")
     found, described = load_reference(inputs["reference"])
     names = described["outputs"]
-    uninformative = _uninformative(found, described, verify["allow_uninformative"])
     actual = []
     for index, case in enumerate(found):
         ctx.progress(f"accuracy: case {index + 1}/{len(found)}")
         actual.append(run_case(model, case["input"], names))
     with open(out / OUTPUTS_FILE, "wb") as handle:  # the artifact's own answers: serve.py --selftest compares with them
         np.savez(handle, **{f"{index}/artifact/{name}": result[name] for index, result in enumerate(actual) for name in names})
-    classes = class_outputs(ctx.config["verify"]["class_scores"], found)
+    classes = class_outputs(verify["class_scores"], found)
     outputs = {}
     for name in names:
         metrics = compare([case["output"][name] for case in found], [result[name] for result in actual], name in classes)
         outputs[name] = {"metrics": metrics, "checks": judge(metrics, tolerance)}
-    sensitivity = input_sensitivity(found, actual, described, tolerance.get("max_sensitivity_error"),
-                                    verify["allow_uninformative"])
-    uninformative.update({name: f"changes no output ({entry['how']})" for name, entry in sensitivity.items()
-                          if entry["ignored_by_source"] and name not in verify["allow_uninformative"]
-                          and set(names) - set(verify["allow_uninformative"])})
+    allowed = verify["allow_uninformative"]
+    responded = responses(found, actual, described, tolerance.get("max_sensitivity_error"), allowed)
+    uninformed = uninformative(found, described, allowed)
+    if set(names) - set(allowed):
+        uninformed.update({name: f"changes no output ({entry['how']})" for name, entry in responded.items()
+                           if entry["ignored_by_source"] and name not in allowed})
+    warnings += [unmeasured_text(name, entry) for name, entry in responded.items()
+                 if entry["output"] and not entry["ignored"] and not entry["measured"]]
     first = _latency_feeds(found, ctx.config["model"])
     batch = len(next(iter(first.values())))
     # A proxy's speed is not the target's: no figure rather than a wrong one.
     latency = {"measured": False, "why": _unmeasured(proxied)} if proxied else \
         measure(lambda: model.run(first), verify["latency"], batch, ctx.progress)
     failures = [f"the source model's {'input' if name in described['inputs'] else 'output'} '{name}' {why}: "
-                "comparing with it proves nothing" for name, why in uninformative.items()]
+                "comparing with it proves nothing" for name, why in uninformed.items()]
     failures += [_failure_text(name, check) for name, result in outputs.items()
                  for check in result["checks"] if not check["passed"]]
-    failures += [_sensitivity_text(name, entry) for name, entry in sensitivity.items() if entry["passed"] is False]
-    evaluation = evaluate_artifact(ctx, inputs["reference"], model.run)
+    failures += [failure_text(name, entry) for name, entry in responded.items() if entry["passed"] is False]
+    evaluation = evaluate_artifact(ctx, inputs["reference"], lambda feeds: run_case(model, feeds, names))
     if evaluation and not evaluation["passed"]:
         failures.append(f"{evaluation['metric']} on the labelled set fell from {evaluation['source_score']:.2f} to "
                         f"{evaluation['artifact_score']:.2f} ({evaluation['drop']:.2f} points > evaluation.max_drop "
@@ -114,11 +112,11 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
         "samples": described["samples"],
         "cases": [case["name"] for case in described["cases"]],
         "data": described["data"],
-        "sensitivity": sensitivity,
+        "sensitivity": responded,
         "tolerance": tolerance,
         "outputs": outputs,
         "evaluation": evaluation,
-        "uninformative": uninformative,
+        "uninformative": uninformed,
         "failures": failures,
         "warnings": warnings,
         # Where the backend's runtime cannot run here: what ran instead, and the checks left for the target.
@@ -127,80 +125,30 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     }
     (out / VERDICT_FILE).write_text(json.dumps(verdict, indent=2, sort_keys=True))
     (out / REPORT_FILE).write_text(json.dumps({**verdict, "latency": latency}, indent=2, sort_keys=True))
-    if uninformative:
+    _gate(failures, uninformed, responded, evaluation, level, backend)
+
+
+def _loaded(backend, compiled: Path, settings: dict, target: dict):
+    """(model, why a proxy runs it | None, checks pending on the target) as the artifact will load it."""
+    try:
+        return backend.load_here(compiled, settings)
+    except getattr(backend.runtime(), "UnsupportedPrecision", ()) as exc:  # a runtime choosing its arithmetic may refuse
+        raise MdbuildError(f"target {target['name']}: {first_line(exc)}", "target.precision",
+                           f"build another precision of {backend.name} (choose one of: {', '.join(backend.precisions)})") from exc
+
+
+def _gate(failures: list[str], uninformed: dict, responded: dict, evaluation: dict | None, level: str, backend) -> None:
+    if uninformed:
         raise GateFailed("verification failed: " + "; ".join(failures), "verify.allow_uninformative",
                          "give the model trained weights (model.weights) or an initialisation whose outputs depend on "
                          "its inputs; list the output or input in verify.allow_uninformative only if that is expected")
     if failures:
         where = "evaluation.max_drop" if evaluation and not evaluation["passed"] else f"verify.tolerances.{level}"
-        advice = [backend.advice.get(level), _ADVICE.get(level, f"loosen verify.tolerances.{level} only if this loss is acceptable")]
+        ignored = any(entry["ignored"] for entry in responded.values())
+        advice = ["keep the input's path in float (quantization.keep_masks_float=true, quantization.exclude)"
+                  if ignored and level == "int8" else None,
+                  backend.advice.get(level), _ADVICE.get(level, f"loosen verify.tolerances.{level} only if this loss is acceptable")]
         raise GateFailed("verification failed: " + "; ".join(failures), where, "; ".join(filter(None, advice)))
-
-
-# A source output whose largest magnitude, or whose spread over the samples relative to it, is at most
-# this carries no information a comparison could test (measured: torchvision's ViT with its zero-initialised
-# head gives exactly 0, efficientnet_b0 at most 3.6e-14, mobilenet_v3_small 2.0e-9; deeplabv3 the same
-# output for every input). The same bound tells an input the source model ignores.
-_UNINFORMATIVE = 1e-6
-# An artifact whose outputs change less than this fraction of the source's change ignores the input.
-_IGNORED = 1e-3
-
-
-def _uninformative(found: list[dict], described: dict, allowed: list[str]) -> dict[str, str]:
-    """{output: why} for float outputs of the source model that are (near) zero on every case or the
-    same for every sample: an artifact could ignore its inputs and still match them."""
-    plain = [case for case, about in zip(found, described["cases"]) if not about["perturbs"]]
-    result = {}
-    for name in described["outputs"]:
-        rows = [row for case in plain for row in np.asarray(case["output"][name], np.float64).reshape(
-            len(case["output"][name]), -1)] if found[0]["output"][name].ndim else []
-        if name in allowed or found[0]["output"][name].dtype.kind != "f" or not rows:
-            continue
-        largest = max(float(np.abs(row).max()) if row.size else 0.0 for row in rows)
-        same = [row for row in rows if row.shape == rows[0].shape]
-        if largest <= _UNINFORMATIVE:
-            result[name] = f"is (near) zero on every verification input (largest magnitude {largest:.3g})"
-        elif len(same) > 1 and max(float(np.abs(row - same[0]).max()) for row in same) <= _UNINFORMATIVE * largest:
-            result[name] = f"is the same on all {len(same)} verification rows"
-    return result
-
-
-def input_sensitivity(found: list[dict], actual: list[dict], described: dict, limit: float | None,
-                      allowed: list[str]) -> dict[str, dict]:
-    """For each perturbed input, per output the source's change responds in: the source's change (relative
-    to its output); the artifact's gain along it (<artifact change, source change> / |source change|^2: 1
-    reproduces the response, 0 ignores the input); and the signal-to-noise ratio, |source change| over the
-    artifact's own error on the unchanged case. The output with the best ratio decides. An artifact whose
-    change is nil (under 1e-3 of the source's) ignores the input and fails whatever the noise; otherwise
-    |1 - gain| may reach the limit plus 2 / signal-to-noise (a change within the artifact's own error
-    cannot be measured more closely)."""
-    result = {}
-    for index, about in enumerate(described["cases"]):
-        perturbs = about["perturbs"]
-        if not perturbs:
-            continue
-        base, changes = perturbs["of"], {}
-        for name in (output for output in described["outputs"] if output not in allowed):
-            before, after = (np.asarray(found[i]["output"][name], np.float64) for i in (base, index))
-            ran, ran_after = (np.asarray(actual[i][name], np.float64) for i in (base, index))
-            source, artifact = after - before, ran_after - ran
-            size = float(np.linalg.norm(source))
-            if size > _UNINFORMATIVE * (np.linalg.norm(before) or 1.0):
-                changes[name] = {"source_change": size / float(np.linalg.norm(before) or 1.0),
-                                 "gain": float(np.sum(artifact * source)) / size ** 2,
-                                 "artifact_change": float(np.linalg.norm(artifact)) / size,
-                                 "signal_to_noise": size / (float(np.linalg.norm(ran - before)) or 1e-30)}
-        decisive = max(changes, key=lambda name: changes[name]["signal_to_noise"], default=None)
-        entry = {"how": perturbs["how"], "outputs": changes, "ignored_by_source": not changes, "output": decisive,
-                 "error": None, "limit": limit, "allowance": None, "ignored": False, "passed": None}
-        if decisive:
-            chosen = changes[decisive]
-            entry.update(error=abs(1.0 - chosen["gain"]), allowance=2.0 / chosen["signal_to_noise"],
-                         ignored=max(c["artifact_change"] for c in changes.values()) < _IGNORED)
-            if limit is not None:
-                entry["passed"] = not entry["ignored"] and entry["error"] <= limit + entry["allowance"]
-        result[perturbs["input"]] = entry
-    return result
 
 
 def _latency_feeds(found: list[dict], model: dict) -> dict[str, np.ndarray]:
@@ -228,18 +176,6 @@ def _limits_by_compute(compute: dict | None, stored: str, tolerances: dict) -> d
         return None
     levels = {precision: lossiest([stored, precision]) for precision in compute["requested"]}
     return {precision: {"level": level, **tolerances[level]} for precision, level in levels.items()}
-
-
-def _sensitivity_text(name: str, entry: dict) -> str:
-    chosen = entry["outputs"][entry["output"]]
-    if entry["ignored"]:
-        return (f"the artifact ignores input '{name}' ({entry['how']}): the source model's output "
-                f"'{entry['output']}' changes by {chosen['source_change']:.3g} of itself, the artifact's by "
-                f"{chosen['artifact_change'] * chosen['source_change']:.3g}")
-    return (f"the artifact's response to input '{name}' ({entry['how']}) is not the source model's: output "
-            f"'{entry['output']}' changes {chosen['gain']:.3g} times as much along the source's change (|1 - gain| "
-            f"{entry['error']:.3g} > max_sensitivity_error {entry['limit']:g} + {entry['allowance']:.3g} for the "
-            f"artifact's own error)")
 
 
 def _failure_text(output: str, check: dict) -> str:

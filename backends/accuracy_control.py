@@ -1,6 +1,6 @@
-"""Accuracy-controlled int8 for ONNX Runtime (quantization.accuracy_control): quantize, and while the
-int8 limits (verify.tolerances.int8) do not hold on the calibration set, return the nodes whose
-quantization loses most to float, in rounds of 1, 2, 4, ... nodes.
+"""Accuracy-controlled int8 of an ONNX graph with Q/DQ (quantization.accuracy_control, for ort_quantize and
+trt_quantize): quantize, and while the int8 limits (verify.tolerances.int8) do not hold on the calibration
+set, return the nodes whose quantization loses most to float, in rounds of 1, 2, 4, ... nodes.
 
 A node's loss is the relative error that quantizing an activation it reads costs on its own (|x -
 qdq(x)| / |x| over the calibration set, with the scale and zero point the first round chose)."""
@@ -12,12 +12,33 @@ from typing import Any, Callable
 
 import numpy as np
 
+from backends import quantization
 from builder.errors import GateFailed
 from builder.serving.accuracy import compare, judge
+from builder.steps.calibration import batches
 
 
-def controlled(quantize: Callable[[dict[str, str]], None], prepared: Path, output: Path, samples: list[dict],
-               kept: dict[str, str], limits: dict[str, Any], progress) -> dict[str, Any]:
+# The int8 limits accuracy control holds the quantized graph to (verify.tolerances.int8.<key>).
+BUDGET = ("max_rel_l2", "min_cosine", "max_abs")
+
+
+def quantize_within_limits(quantize: Callable[[dict[str, str]], None], prepared: Path, output: Path,
+                           found: list[dict], kept: dict[str, str], config: dict[str, Any], progress) -> dict[str, Any]:
+    """`quantize(nodes to keep in float)` writes `output`; the nodes kept read float tensors; with
+    quantization.accuracy_control, in rounds until the int8 limits hold. The facts for the step's summary."""
+
+    def once(excluded: dict[str, str]) -> None:
+        quantize(excluded)
+        quantization.float_inputs(output, excluded)
+
+    if not config["quantization"]["accuracy_control"]:
+        once(kept)
+        return {}
+    return _controlled(once, prepared, output, list(batches(found)), kept, config["verify"]["tolerances"]["int8"], progress)
+
+
+def _controlled(quantize: Callable[[dict[str, str]], None], prepared: Path, output: Path, samples: list[dict],
+                kept: dict[str, str], limits: dict[str, Any], progress) -> dict[str, Any]:
     """Quantizes with `quantize(kept)` into `output` until the limits hold; what it did, for the summary."""
     reference = _outputs(str(prepared), samples)
     kept, returned, ranked, chunk, rounds = dict(kept), [], None, 1, 0
@@ -48,7 +69,7 @@ def _checks(reference: list[dict], actual: list[dict], limits: dict[str, Any]) -
     checks = []
     for name in reference[0]:
         metrics = compare([r[name] for r in reference], [a[name] for a in actual])
-        checks += judge(metrics, {key: limits.get(key) for key in ("max_rel_l2", "min_cosine", "max_abs")})
+        checks += judge(metrics, {key: limits.get(key) for key in BUDGET})
     return checks
 
 
