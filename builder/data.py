@@ -44,15 +44,21 @@ def reads(config: dict[str, Any], section: str) -> list[str]:
 
 def verification_section(config: dict[str, Any]) -> str:
     """Where verification samples come from: `verify` (verify.source names the data, or random), else with
-    verify.source=auto the evaluation set, else the calibration set."""
+    verify.source=auto the evaluation set, else the calibration set; with random calibration (an opt-in
+    already), other seeded random inputs: int8 verified on its own calibration samples would be in-sample."""
     if config["verify"]["source"] != "auto":
         return "verify"
-    for section in ("evaluation", "calibration"):
-        if config[section]["source"]:
-            return section
+    if config["evaluation"]["source"]:
+        return "evaluation"
+    if config["calibration"]["source"]:
+        return "verify" if config["calibration"]["source"] == "random" else "calibration"
     raise MdbuildError("the recipe declares no data to verify on", "verify.source",
                        "declare evaluation or calibration data, give verify.source=npz|images|factory with verify.path "
                        "or verify.factory, or opt in to seeded random inputs with verify.source=random")
+
+
+def random_verification(config: dict[str, Any]) -> bool:
+    return verification_section(config) == "verify" and config["verify"]["source"] in ("random", "auto")
 
 
 def data_inputs(spec: BuildSpec, section: str) -> tuple[dict[str, Path], Code]:

@@ -11,7 +11,7 @@ from typing import Any
 from backends import all_backends, get_backend
 from builder import __version__
 from builder.code import Code, factory_code, module_code
-from builder.data import data_inputs, verification_section
+from builder.data import data_inputs, random_verification, verification_section
 from builder.errors import MdbuildError
 from builder.optimize import STAGES, lossiest, resolve_optimizations, verification_level
 from builder.reads import select
@@ -105,12 +105,13 @@ def make_plan(spec: BuildSpec) -> Plan:
         shared=not export_upstream, isolated=source.isolated,
     ))
     evaluation_files, evaluation_code = data_inputs(spec, "evaluation")
-    verification_files, verification_code = data_inputs(spec, verification_section(config))
+    verification_files, verification_code = ({}, Code()) if random_verification(config) else \
+        data_inputs(spec, verification_section(config))
     metric = _metric_code(spec)
     reference_code = code | evaluation_code | verification_code | metric
     images = "images" in (config["evaluation"]["source"], config[verification_section(config)]["source"])
     steps.append(StepNode(
-        id="reference", run="builder.steps.reference:run", version=4, **_reading(config, reference.reads(config)),
+        id="reference", run="builder.steps.reference:run", version=5, **_reading(config, reference.reads(config)),
         files={**files, **evaluation_files, **verification_files, **reference_code.files},
         libraries=source.libraries + ("numpy",) + (("pillow",) if images else ()),
         extra_versions=reference_code.versions, shared=True, isolated=source.isolated,

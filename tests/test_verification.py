@@ -234,3 +234,14 @@ def test_cases_of_scalar_inputs_and_a_single_sample():
     outputs = [{"output": {"y": np.full((len(c["feeds"]["n"]), 1), 2.0)}} for c in built]
     described = {"outputs": ["y"], "samples": 1, "cases": [{k: c[k] for k in ("kind", "perturbs")} for c in built]}
     assert uninformative(outputs, described, []) == {}  # one sample repeated in batches is not "the same output"
+
+
+def test_int8_verified_on_its_calibration_data_says_so_and_random_calibration_is_not_reused(workspace):
+    np.savez(workspace.root / "calib.npz", image=np.random.default_rng(0).random((6, 3, 16, 16), np.float32))
+    workspace.recipe("cnn", {**cnn_recipe(), "calibration": {"source": "npz", "path": "calib.npz"}})
+    report = read_json(workspace.run("+recipe=cnn", "target=onnxruntime_int8", *QUICK).artifact / "report.json")
+    assert report["data"] == "the calibration data (npz)"
+    assert any(w.startswith("verified on the calibration data, to which int8 fitted") for w in report["warnings"])
+    workspace.recipe("cnn", {**cnn_recipe(), "calibration": {"source": "random", "samples": 8}})
+    report = read_json(workspace.run("+recipe=cnn", "target=onnxruntime_int8", *QUICK).artifact / "report.json")
+    assert report["data"] == "seeded random inputs (verify.seed=0)"  # not the calibration samples again

@@ -23,8 +23,8 @@ REFERENCE_FILE = "reference.npz"
 def reads(config: dict[str, Any]) -> list[str]:
     keys = [*get_source(config["model"]).loads_with(config["model"]), "model.inputs", "model.dims", "verify.source",
             "verify.samples", "verify.seed", "verify.sizes", "evaluation.source"]
-    section = data.verification_section(config)
-    keys += data.reads(config, section) if (section, config["verify"]["source"]) != ("verify", "random") else []
+    keys += ["calibration.source"] if config["verify"]["source"] == "auto" else []
+    keys += [] if data.random_verification(config) else data.reads(config, data.verification_section(config))
     if config["evaluation"]["source"]:
         keys += ["evaluation.metric", "evaluation.output", *data.reads(config, "evaluation")]
     return keys
@@ -52,27 +52,26 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
         np.savez(handle, **payload)
     (out / "reference.json").write_text(json.dumps({
         "inputs": [i["name"] for i in ctx.config["model"]["inputs"]], "outputs": names,
-        "data": _described(ctx.config), "samples": len(found), "cases": [{key: c[key] for key in ("name", "kind", "perturbs")} for c in built]}))
+        "data": _described(ctx.config), "section": data.verification_section(ctx.config), "samples": len(found), "cases": [{key: c[key] for key in ("name", "kind", "perturbs")} for c in built]}))
     evaluate_source(ctx, out, model)
 
 
 def verification_samples(ctx) -> list[Sample]:
     """At most verify.samples samples of the recipe's verification data (verify.source)."""
     model, verify = ctx.config["model"], ctx.config["verify"]
-    section = data.verification_section(ctx.config)
-    if (section, verify["source"]) == ("verify", "random"):
+    if data.random_verification(ctx.config):
         batch = batch_dim(model["inputs"])
         lengths = {dim: values for dim, values in cases.sizes(model, verify).items() if dim != batch}
         return random_samples(model["inputs"], model["dims"], verify["samples"], verify["seed"], lengths)
-    found, _ = data.load(ctx.config, ctx.paths, section, ctx.workdir)
+    found, _ = data.load(ctx.config, ctx.paths, data.verification_section(ctx.config), ctx.workdir)
     return found[: verify["samples"]]
 
 
 def _described(config: dict[str, Any]) -> str:
+    if data.random_verification(config):
+        return f"seeded random inputs (verify.seed={config['verify']['seed']})"
     section = data.verification_section(config)
-    source = config[section]["source"]
-    return f"seeded random inputs (verify.seed={config['verify']['seed']})" if source == "random" and section == "verify" \
-        else f"the {section if section != 'verify' else 'verification'} data ({source})"
+    return f"the {section if section != 'verify' else 'verification'} data ({config[section]['source']})"
 
 
 def load_reference(directory: Path) -> tuple[list[dict[str, dict[str, np.ndarray]]], dict[str, Any]]:

@@ -86,6 +86,9 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
                            if entry["ignored_by_source"] and name not in allowed})
     warnings += [unmeasured_text(name, entry) for name, entry in responded.items()
                  if entry["output"] and not entry["ignored"] and not entry["measured"]]
+    if described["section"] == "calibration" and level == "int8":
+        warnings.append("verified on the calibration data, to which int8 fitted its ranges: declare evaluation data "
+                        "or verify.source for an out-of-sample check")
     first = _latency_feeds(found, ctx.config["model"])
     batch = len(next(iter(first.values())))
     # A proxy's speed is not the target's: no figure rather than a wrong one.
