@@ -12,6 +12,7 @@ import fnmatch
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from backends.onnx_graph import tensors_read
 from builder.errors import MdbuildError
 from builder.samples import role
 
@@ -89,13 +90,13 @@ def float_inputs(path: Path, kept: dict[str, str]) -> int:
                 if n.op_type == "DequantizeLinear" and n.input[0] in quantized}
     rewired = 0
     for node in graph.node:
-        if node.name in kept:
+        if node.name and node.name in kept:
             for position, name in enumerate(node.input):
                 if name in restored:
                     node.input[position] = restored[name]
                     rewired += 1
     for _ in range(2):  # the dequantize nodes no longer read, then their quantize nodes
-        read = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
+        read = {name for node in graph.node for name in tensors_read(node)} | {output.name for output in graph.output}
         unread = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.output[0] not in read]
         for node in unread:
             graph.node.remove(node)

@@ -72,7 +72,8 @@ def build(found: list[Sample], model: dict[str, Any], verify: dict[str, Any]) ->
     rng = np.random.default_rng(verify["seed"])
     for spec in specs:
         feeds = dict(cases[base]["feeds"])
-        changed, how = _perturb(spec, feeds, specs, rng)
+        others = [c["feeds"][spec["name"]] for c in cases[:base] + cases[base + 1:] if c["kind"] == "sample"]
+        changed, how = _perturb(spec, feeds, specs, others, rng)
         if how:
             feeds[spec["name"]] = changed
             cases.append({"name": f"{spec['name']}: {how}", "kind": "perturbed", "feeds": feeds,
@@ -93,8 +94,10 @@ def _positions(feeds: dict[str, np.ndarray]) -> int:
 
 
 def _perturb(spec: dict[str, Any], feeds: dict[str, np.ndarray], specs: list[dict[str, Any]],
-             rng: np.random.Generator) -> tuple[np.ndarray, str | None]:
-    """The input changed the way its data allows, and how (None: it cannot be changed)."""
+             others: list[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, str | None]:
+    """The input changed the way its data allows, and how (None: it cannot be changed). A float input takes
+    another sample's values where one has its shape: a change as large as the data's own, well above an
+    int8 artifact's rounding (small noise vanished in requantization and read as an ignored input)."""
     values = feeds[spec["name"]]
     kind = role(spec)
     if kind == "mask":
@@ -112,10 +115,14 @@ def _perturb(spec: dict[str, Any], feeds: dict[str, np.ndarray], specs: list[dic
         chosen = rng.choice(real, max(1, int(real.size * _REPLACED)), replace=False)
         changed[chosen] = (changed[chosen] - low + rng.integers(1, high - low, len(chosen))) % (high - low) + low
         return changed.reshape(values.shape), f"{len(chosen)} of {real.size} ids replaced"
+    other = next((o for o in others if o.shape == values.shape and not np.array_equal(o, values)), None)
+    if other is not None:
+        return other, "another sample's values"
     # Within the values' own range: calibrated int8 clips what lies beyond it, which says nothing of the artifact.
     spread = float(np.std(values)) or 1.0
-    noise = rng.standard_normal(values.shape) * _NOISE * spread
-    changed = np.clip(values + noise, values.min(), values.max()) if values.size else values
+    changed = np.clip(values + rng.standard_normal(values.shape) * _NOISE * spread, values.min(), values.max())
+    if np.array_equal(changed, values):
+        return values, None
     return changed.astype(values.dtype), f"noise of {_NOISE:g} x its spread added, within its range"
 
 

@@ -65,9 +65,9 @@ def random_samples(specs: list[dict[str, Any]], dims: dict[str, int], count: int
 
 def _values(spec: dict[str, Any], shape: list[int], rng: np.random.Generator) -> np.ndarray:
     dtype = np.dtype(spec["dtype"])
-    if dtype.kind == "f":
-        return rng.standard_normal(shape).astype(dtype)
     if role(spec) == "mask":
         return np.ones(shape, dtype)
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
     return rng.integers(*value_range(spec), shape).astype(dtype)
 

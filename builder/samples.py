@@ -34,12 +34,12 @@ def load(path: Path) -> tuple[list[Sample], dict[str, np.ndarray]]:
 def role(spec: dict[str, Any]) -> str:
     """How an input's values behave: `mask` (1 for a real position, `pad` for padding), `ids` (token
     ids or indices in [low, high)) or `values` (floats). model.inputs[i].role, else guessed: an input
-    named like a mask is one (an integer one only with no range declared or [0, 2))."""
+    whose name ends in "mask" is one (an integer one only with no range declared or [0, 2))."""
     if spec.get("role", "auto") != "auto":
         return spec["role"]
     kind = np.dtype(spec["dtype"]).kind
     declared = (spec.get("low"), spec.get("high"))
-    if "mask" in spec["name"].lower() and (kind in "fb" or declared in ((None, None), (0, 2), (0, None), (None, 2))):
+    if spec["name"].lower().endswith("mask") and (kind in "fb" or declared in ((None, None), (0, 2), (0, None), (None, 2))):
         return "mask"
     return "values" if kind == "f" else "ids"
 

@@ -4,11 +4,12 @@ artifact that responds to each input as the source model does.
 The response check: for each perturbed input and each float output the source's change responds in,
 the artifact's gain along the source's change, <artifact change, source change> / |source change|^2
 (1: the same response, 0: the input ignored), and the signal-to-noise ratio, |source change| over the
-artifact's own error (the larger of its errors on the unchanged and the changed case). The output with the best ratio decides. An artifact whose
-outputs change by less than 1e-3 of the source's change ignores the input and fails, at any level and
-whatever the noise. Otherwise, where the ratio is at least 2, |1 - gain| may reach the limit plus 2 /
-ratio (never so much that a gain of 0 passes); below 2 the response is within the artifact's own error
-and cannot be measured: the report says so."""
+artifact's own error (on the unchanged case, and on the changed case across the source's change). The
+output with the best ratio decides. An artifact whose outputs change by less than 1e-3 of the source's
+change ignores the input and fails at any level, where such a response would show over the output's
+values (ratio x sqrt(values) >= 2). Otherwise, where the ratio is at least 2, |1 - gain| may reach the
+limit plus 2 / ratio (never so much that a gain of 0 passes); below 2 the response is within the
+artifact's own error and cannot be measured: the report says so."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ UNINFORMATIVE = 1e-6
 _IGNORED = 1e-3
 # Below this signal-to-noise ratio a gain is not measurable.
 _MEASURABLE = 2.0
+# The ratio reported for an artifact without error (JSON has no infinity).
+_CLEAN = 1e12
 
 
 def uninformative(found: list[dict], described: dict, allowed: list[str]) -> dict[str, str]:
@@ -85,10 +88,16 @@ def _change(found: list[dict], actual: list[dict], base: int, index: int, name: 
     size, scale = float(np.linalg.norm(source)), float(np.linalg.norm(before)) or 1.0
     if size <= UNINFORMATIVE * scale:
         return None
-    noise = max(float(np.linalg.norm(ran - before)), float(np.linalg.norm(ran_after - after)))
+    # The artifact's own error: on the unchanged case, and on the changed case across the source's change
+    # (along it lies the response being judged, which must not count as noise).
+    unit, missed = source / size, ran_after - after
+    noise = max(float(np.linalg.norm(ran - before)), float(np.linalg.norm(missed - np.sum(missed * unit) * unit)))
+    ratio = size / noise if noise > 0 else _CLEAN
     return {"source_change": size / scale, "gain": float(np.sum(artifact * source)) / size ** 2,
             "artifact_change": float(np.linalg.norm(artifact)) / size,
-            "signal_to_noise": size / noise if noise > 0 else float("inf")}
+            "signal_to_noise": min(ratio, _CLEAN) if np.isfinite(ratio) else 0.0,
+            # over many values, noise hardly projects on one direction: a nil response shows even so
+            "detectable": bool(min(ratio, _CLEAN) * np.sqrt(source.size) >= _MEASURABLE)}
 
 
 def _judged(how: str, changes: dict[str, dict], limit: float | None) -> dict:
@@ -99,7 +108,8 @@ def _judged(how: str, changes: dict[str, dict], limit: float | None) -> dict:
     decisive = max(changes, key=lambda name: changes[name]["signal_to_noise"])
     chosen = changes[decisive]
     entry.update(output=decisive, error=abs(1.0 - chosen["gain"]),
-                 ignored=all(c["artifact_change"] < _IGNORED for c in changes.values()),
+                 ignored=all(c["artifact_change"] < _IGNORED for c in changes.values())
+                 and any(c["detectable"] for c in changes.values()),
                  measured=chosen["signal_to_noise"] >= _MEASURABLE)
     if entry["ignored"]:
         entry["passed"] = False

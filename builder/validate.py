@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from builder import cases
-from builder.data import SOURCES
+from builder.data import SOURCES, random_verification
 from builder.errors import MdbuildError
 from builder.inputs import batch_dim
 from builder.schema import DTYPES, MODES, ROLES
@@ -69,7 +69,7 @@ def _verification(config: dict, inputs: list[str]) -> None:
         raise MdbuildError(f"{verify['samples']} samples verify nothing", "verify.samples", "give at least 1 (default 8)")
     sizes = cases.sizes(config["model"], verify)
     batch = batch_dim(config["model"]["inputs"])
-    if verify["source"] != "random" and set(verify["sizes"]) - {batch}:
+    if not random_verification(config) and set(verify["sizes"]) - {batch}:
         dim = sorted(set(verify["sizes"]) - {batch})[0]
         raise MdbuildError(f"sizes of '{dim}' apply to random verification inputs; declared data keeps its own "
                            f"lengths ({', '.join(f'{d} {v}' for d, v in sizes.items())})", f"verify.sizes.{dim}",

@@ -230,7 +230,8 @@ def test_cases_of_scalar_inputs_and_a_single_sample():
              "dims": {"batch": 2}}
     found = [{"x": np.ones(2, np.float32), "n": np.array(3)}]
     built = cases.build(found, model, {"sizes": {}, "seed": 0})
-    assert [c["feeds"]["n"].shape for c in built] == [(1,), (2,), (3,), (1,), (1,)]
+    # x holds one value: noise kept within its range cannot change it, so only n is perturbed
+    assert [c["feeds"]["n"].shape for c in built] == [(1,), (2,), (3,), (1,)] and built[-1]["perturbs"]["input"] == "n"
     outputs = [{"output": {"y": np.full((len(c["feeds"]["n"]), 1), 2.0)}} for c in built]
     described = {"outputs": ["y"], "samples": 1, "cases": [{k: c[k] for k in ("kind", "perturbs")} for c in built]}
     assert uninformative(outputs, described, []) == {}  # one sample repeated in batches is not "the same output"

@@ -132,10 +132,10 @@ def _final_report(inputs: dict[str, Path], model_dir: Path) -> dict:
     raw = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
     compressed = sum(len(zlib.compress(p.read_bytes(), 6)) for p in model_dir.rglob("*") if p.is_file())
     report["size"] = {"model_bytes": raw, "compressed_bytes": compressed}
-    report["warnings"] = report.get("warnings", []) + [
+    report["warnings"] = [  # the build's own first, then what verification found
         f"{r['step']} was calibrated on RANDOM data (calibration.source=random): its int8 accuracy on real inputs is unproven"
         for r in summaries if r.get("random_calibration")
-    ]
+    ] + report.get("warnings", [])
     return report
 
 
@@ -168,8 +168,8 @@ def _all_libraries(ctx) -> dict[str, str | None]:
 
 def _request_contract(model: dict[str, Any]) -> dict[str, Any]:
     """What serve.py checks in a request beyond the runtime's shapes: each integer input's value range
-    (as declared; 0 and 1 for a mask), the dimensions inputs share by name, and the longest size of each
-    dimension but the batch (model.dims: what the build exported, calibrated and verified)."""
+    (as declared; 0 and 1 for a mask), the dimensions inputs share by name, and the longest sequence
+    (model.dims of a dynamic dimension of an integer input: what the build exported and verified)."""
     batch = batch_dim(model["inputs"])
     ranges = {}
     for spec in model["inputs"]:
@@ -178,7 +178,9 @@ def _request_contract(model: dict[str, Any]) -> dict[str, Any]:
             ranges[spec["name"]] = list(value_range(spec)) if role(spec) == "mask" else list(declared)
     return {"ranges": ranges,
             "dims": {spec["name"]: [d if isinstance(d, str) else None for d in spec["shape"]] for spec in model["inputs"]},
-            "longest": {d: model["dims"][d] for spec in model["inputs"] for d in spec["shape"] if isinstance(d, str) and d != batch}}
+            # sequences (dimensions of integer inputs): longer ones reach positions the model may not have
+            "longest": {d: model["dims"][d] for spec in model["inputs"] if np.dtype(spec["dtype"]).kind in "iub"
+                        for d in spec["shape"] if isinstance(d, str) and d != batch}}
 
 
 def _example_request(inputs: list[dict]) -> dict:

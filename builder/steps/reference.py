@@ -23,7 +23,8 @@ REFERENCE_FILE = "reference.npz"
 def reads(config: dict[str, Any]) -> list[str]:
     keys = [*get_source(config["model"]).loads_with(config["model"]), "model.inputs", "model.dims", "verify.source",
             "verify.samples", "verify.seed", "verify.sizes", "evaluation.source"]
-    keys += ["calibration.source"] if config["verify"]["source"] == "auto" else []
+    # auto decides by the calibration set's source only where no evaluation set is declared
+    keys += ["calibration.source"] if config["verify"]["source"] == "auto" and not config["evaluation"]["source"] else []
     keys += [] if data.random_verification(config) else data.reads(config, data.verification_section(config))
     if config["evaluation"]["source"]:
         keys += ["evaluation.metric", "evaluation.output", *data.reads(config, "evaluation")]
