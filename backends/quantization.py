@@ -76,10 +76,10 @@ def onnx_nodes(graph) -> list[Node]:
     return [Node(node.name, node.op_type, tuple(node.input), tuple(node.output)) for node in graph.node]
 
 
-def float_inputs(path: Path, kept: dict[str, str]) -> int:
+def float_inputs(path: Path, kept: dict[str, str]) -> None:
     """Rewires each node kept in float to read the float tensor where a Q/DQ pair feeds it a quantized copy
     (a quantizer puts Q/DQ on a tensor for its quantized readers, and the others read through it too);
-    drops the pairs no longer read. How many inputs it rewired."""
+    drops the pairs no longer read."""
     import onnx
 
     model = onnx.load(str(path))
@@ -88,20 +88,17 @@ def float_inputs(path: Path, kept: dict[str, str]) -> int:
     quantized = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in weights}
     restored = {n.output[0]: quantized[n.input[0]] for n in graph.node
                 if n.op_type == "DequantizeLinear" and n.input[0] in quantized}
-    rewired = 0
     for node in graph.node:
         if node.name and node.name in kept:
             for position, name in enumerate(node.input):
                 if name in restored:
                     node.input[position] = restored[name]
-                    rewired += 1
     for _ in range(2):  # the dequantize nodes no longer read, then their quantize nodes
         read = {name for node in graph.node for name in tensors_read(node)} | {output.name for output in graph.output}
         unread = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.output[0] not in read]
         for node in unread:
             graph.node.remove(node)
     onnx.save(model, str(path))
-    return rewired
 
 
 def check_scales(path: Path, fix: str) -> None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from builder.serving.accuracy import rows
+
 # A source output whose largest magnitude, or whose spread over the samples relative to it, is at most
 # this carries no information a comparison could test (measured: torchvision's ViT with its zero-initialised
 # head gives exactly 0, efficientnet_b0 at most 3.6e-14, mobilenet_v3_small 2.0e-9; deeplabv3 the same
@@ -36,9 +38,9 @@ def uninformative(found: list[dict], described: dict, allowed: list[str]) -> dic
     for name in described["outputs"]:
         if name in allowed or not _is_float(found[0]["output"][name]):
             continue
-        rows = [row for case in found for row in _rows(case["output"][name])]
-        largest = max((float(np.abs(row).max()) for row in rows if row.size), default=0.0)
-        alone = [row for case in samples for row in _rows(case["output"][name])]
+        every = [row for case in found for row in rows(case["output"][name])]
+        largest = max((float(np.abs(row).max()) for row in every if row.size), default=0.0)
+        alone = [row for case in samples for row in rows(case["output"][name])]
         same = [row for row in alone if row.shape == alone[0].shape]
         if largest <= UNINFORMATIVE:
             result[name] = f"is (near) zero on every verification input (largest magnitude {largest:.3g})"
@@ -122,7 +124,3 @@ def _judged(how: str, changes: dict[str, dict], limit: float | None) -> dict:
 def _is_float(array: np.ndarray) -> bool:
     return np.asarray(array).dtype.kind == "f"
 
-
-def _rows(array: np.ndarray) -> list[np.ndarray]:
-    array = np.asarray(array, np.float64)
-    return list(array.reshape(len(array), -1)) if array.ndim else [array.reshape(1)]

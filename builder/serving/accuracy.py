@@ -11,8 +11,8 @@ import numpy as np
 def compare(expected: list[np.ndarray], actual: list[np.ndarray], class_scores: bool = False) -> dict[str, Any]:
     """Errors of one output over all cases (one array each, first axis the batch): max abs, relative L2,
     worst per-row cosine, and for class scores (batch, classes) top-1 agreement."""
-    exp_rows = [row for array in expected for row in _rows(array)]
-    act_rows = [row for array in actual for row in _rows(array)]
+    exp_rows = [row for array in expected for row in rows(array)]
+    act_rows = [row for array in actual for row in rows(array)]
     if len(act_rows) != len(exp_rows):
         raise ValueError(f"{len(act_rows)} rows to compare with {len(exp_rows)}")
     diff_sq = sum(float(np.sum((a - e) ** 2)) for a, e in zip(act_rows, exp_rows))
@@ -38,7 +38,8 @@ def is_class_scores(array: np.ndarray) -> bool:
     return array.ndim == 2 and array.shape[-1] > 1
 
 
-def _rows(array: np.ndarray) -> list[np.ndarray]:
+def rows(array: np.ndarray) -> list[np.ndarray]:
+    """A batch's rows, each flattened to float64 (a 0-d array is one row)."""
     array = np.asarray(array, dtype=np.float64)
     return list(array.reshape(len(array), -1)) if array.ndim else [array.reshape(1)]
 
