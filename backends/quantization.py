@@ -76,6 +76,14 @@ def onnx_nodes(graph) -> list[Node]:
     return [Node(node.name, node.op_type, tuple(node.input), tuple(node.output)) for node in graph.node]
 
 
+def activation_pairs(graph) -> dict[str, Any]:
+    """{dequantized tensor: its QuantizeLinear node} for each Q/DQ pair on an activation (not a weight)."""
+    weights = {tensor.name for tensor in graph.initializer}
+    quantizers = {n.output[0]: n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in weights}
+    return {n.output[0]: quantizers[n.input[0]] for n in graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in quantizers}
+
+
 def float_inputs(path: Path, kept: dict[str, str]) -> None:
     """Rewires each node kept in float to read the float tensor where a Q/DQ pair feeds it a quantized copy
     (a quantizer puts Q/DQ on a tensor for its quantized readers, and the others read through it too);
@@ -84,15 +92,12 @@ def float_inputs(path: Path, kept: dict[str, str]) -> None:
 
     model = onnx.load(str(path))
     graph = model.graph
-    weights = {tensor.name for tensor in graph.initializer}
-    quantized = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in weights}
-    restored = {n.output[0]: quantized[n.input[0]] for n in graph.node
-                if n.op_type == "DequantizeLinear" and n.input[0] in quantized}
+    restored = activation_pairs(graph)
     for node in graph.node:
         if node.name and node.name in kept:
             for position, name in enumerate(node.input):
                 if name in restored:
-                    node.input[position] = restored[name]
+                    node.input[position] = restored[name].input[0]
     for _ in range(2):  # the dequantize nodes no longer read, then their quantize nodes
         read = {name for node in graph.node for name in tensors_read(node)} | {output.name for output in graph.output}
         unread = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.output[0] not in read]

@@ -37,8 +37,9 @@ def artifacts(stdout: str) -> list[Path]:
     return [Path(line.split("artifact: ", 1)[1]) for line in stdout.splitlines() if line.startswith("artifact: ")]
 
 
-def load_artifact(artifact: Path):
-    """(the artifact's model loaded as serve.py loads it, its first verification sample)."""
+def load_artifact(artifact: Path, largest: bool = False):
+    """(the artifact's model loaded as serve.py loads it, the inputs of its first verification case, or
+    of its largest, its manifest)."""
     import numpy as np
 
     from backends import get_backend
@@ -46,7 +47,11 @@ def load_artifact(artifact: Path):
     manifest = json.loads((artifact / "manifest.json").read_text())
     model = get_backend(manifest["runtime"]["backend"]).runtime().load(artifact / manifest["runtime"]["model_dir"], manifest["runtime"])
     samples = np.load(artifact / "samples.npz")
-    feeds = {spec["name"]: samples[f"0/input/{spec['name']}"] for spec in manifest["config"]["model"]["inputs"]}
+    names = [spec["name"] for spec in manifest["config"]["model"]["inputs"]]
+    cases = sorted({int(key.split("/")[0]) for key in samples.files}) if largest else [0]
+    # The first of the largest: a perturbed copy of a case comes after it.
+    case = max(cases, key=lambda case: (sum(samples[f"{case}/input/{name}"].size for name in names), -case))
+    feeds = {name: samples[f"{case}/input/{name}"] for name in names}
     return model, feeds, manifest
 
 

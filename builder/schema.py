@@ -167,7 +167,8 @@ class QuantizationConfig:
     # Nodes reading an attention mask (model.inputs role mask) or a tensor computed from one stay in float.
     keep_masks_float: bool = True
     # Return the most harmful nodes to float until the int8 limits (verify.tolerances.int8) hold on the
-    # calibration set (ort_quantize in static mode, trt_quantize).
+    # calibration set (ort_quantize in static mode and trt_quantize: a ranked search; nncf_quantize: NNCF's
+    # quantize_with_accuracy_control).
     accuracy_control: bool = False
 
 

@@ -44,11 +44,11 @@ def validate(spec: BuildSpec) -> None:
 
 def _batch(inputs: list[dict]) -> None:
     """Every input's first dimension is the batch: one name (dynamic) or one size."""
-    firsts = {spec_["name"]: spec_["shape"][0] if spec_["shape"] else None for spec_ in inputs}
-    one, other = list(dict.fromkeys(firsts.values()))[:2] if len(set(firsts.values())) > 1 else (None, None)
-    if one != other:
-        a, b = (next(name for name, first in firsts.items() if first == value) for value in (one, other))
-        raise MdbuildError(f"input '{a}' starts with {one!r} and input '{b}' with {other!r}: the first dimension of "
+    firsts = {spec_["name"]: repr(spec_["shape"][0]) if spec_["shape"] else "no dimension (a scalar)" for spec_ in inputs}
+    if len(set(firsts.values())) > 1:
+        (a, one), (b, other) = [next(item for item in firsts.items() if item[1] == value)
+                                for value in list(dict.fromkeys(firsts.values()))[:2]]
+        raise MdbuildError(f"input '{a}' starts with {one} and input '{b}' with {other}: the first dimension of "
                            "every input is the batch", "model.inputs", "give every input the same first dimension")
 
 

@@ -161,21 +161,23 @@ def test_a_non_finite_quantization_scale_fails_the_step_naming_the_tensor(worksp
 
 
 def test_accuracy_control_returns_the_most_harmful_nodes_to_float_until_the_limits_hold(workspace):
-    """Int8 limits tightened so that plain static int8 misses them: the sensitivity search returns nodes to
-    float in rounds until they hold on the calibration set, and the summary says how many."""
+    """Int8 limits tightened so that plain static int8 misses them: ONNX Runtime's sensitivity search returns
+    nodes to float in rounds until they hold on the calibration set, NNCF's accuracy control does for
+    OpenVINO, and the summaries say how many."""
     workspace.recipe("cnn", {**cnn_recipe(), "calibration": {"source": "random", "samples": 8}})
-    tight = ["target=onnxruntime_int8", *QUICK, "verify.tolerances.int8.max_rel_l2=0.003",
-             "verify.tolerances.int8.max_sensitivity_error=0.05"]
-    plain = workspace.run("+recipe=cnn", *tight, check=False)
+    tight = [*QUICK, "verify.tolerances.int8.max_rel_l2=0.003", "verify.tolerances.int8.max_sensitivity_error=0.05"]
+    plain = workspace.run("+recipe=cnn", "target=onnxruntime_int8", *tight, check=False)
     assert plain.code == 1 and "error: verify.tolerances.int8: verification failed: output 'logits' rel_l2" in plain.stderr
-    controlled = workspace.run("+recipe=cnn", *tight, "quantization.accuracy_control=true")
+    controlled = workspace.run("+recipe=cnn", "target=onnxruntime_int8", *tight, "quantization.accuracy_control=true")
     summary = next(r for r in read_json(controlled.artifact / "report.json")["optimizations"] if r["step"] == "ort_quantize")
     assert summary["accuracy_control"] and summary["rounds"] > 1 and summary["returned_to_float"] >= 1
     assert summary["returned_to_float"] <= 2 ** (summary["rounds"] - 1) - 1  # rounds of 1, 2, 4, ... nodes
-    refused = workspace.run("+recipe=cnn", "target=openvino_int8", *QUICK, "quantization.accuracy_control=true",
-                            "mode=plan", check=False)
-    assert refused.code == 1 and "error: quantization.accuracy_control: accuracy control is not available for " \
-                                 "nncf_quantize yet" in refused.stderr
+    plain_ov = workspace.run("+recipe=cnn", *tight, "target=openvino_int8", check=False)
+    assert plain_ov.code == 1 and "verification failed: output 'logits' rel_l2" in plain_ov.stderr
+    controlled_ov = workspace.run("+recipe=cnn", *tight, "target=openvino_int8", "quantization.accuracy_control=true")
+    summary = next(r for r in read_json(controlled_ov.artifact / "report.json")["optimizations"]
+                   if r["step"] == "nncf_quantize")
+    assert summary["accuracy_control"] and summary["validations"] >= 2 and summary["returned_to_float"] >= 1
 
 
 def test_minilm_real_weights_verified_on_sentences_and_scored_by_rank_correlation(workspace):

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from backends import quantization
+from backends.accuracy_control import BUDGET
+from backends.openvino.accuracy_control import quantize_within_limits
 from builder.errors import MdbuildError
 from builder.samples import role
 from builder.optimize.summary import write_summary
@@ -24,6 +26,8 @@ _MODEL_TYPES = ("auto", "transformer", "default")
 def reads(config: dict[str, Any]) -> list[str]:
     keys = ["nncf_quantize.preset", "nncf_quantize.range_estimator", "nncf_quantize.model_type",
             "quantization.accuracy_control"]
+    if config["quantization"]["accuracy_control"]:
+        keys += [f"verify.tolerances.int8.{key}" for key in BUDGET]
     return keys + quantization.reads(config) + (["model.inputs"] if config["nncf_quantize"]["model_type"] == "auto" else [])
 
 
@@ -32,10 +36,6 @@ def check(config: dict[str, Any]) -> None:
     for key, choices in (("preset", _PRESETS), ("range_estimator", _ESTIMATORS), ("model_type", _MODEL_TYPES)):
         if settings[key] not in choices:
             raise MdbuildError(f"'{settings[key]}' is not valid", f"nncf_quantize.{key}", f"choose one of: {', '.join(choices)}")
-    if config["quantization"]["accuracy_control"]:
-        raise MdbuildError("accuracy control is not available for nncf_quantize yet (NNCF's quantize_with_accuracy_control "
-                           "made all-MiniLM-L6-v2 worse, not better, here)", "quantization.accuracy_control",
-                           "use it with an onnxruntime_int8 or tensorrt_int8 target, or set quantization.exclude by hand")
 
 
 def run(ctx, inputs: dict[str, Path], out: Path) -> None:
@@ -56,14 +56,19 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     transformer = _transformer(ctx.config)
     ctx.progress(f"NNCF post-training quantization on {len(samples)} samples"
                  f"{' (transformer model type)' if transformer else ''}, {len(kept)} nodes kept in float")
-    quantized = nncf.quantize(model, nncf.Dataset(samples), preset=presets[cfg["preset"]], subset_size=len(samples),
-                              advanced_parameters=advanced, model_type=nncf.ModelType.TRANSFORMER if transformer else None,
-                              ignored_scope=nncf.IgnoredScope(names=list(kept), validate=False) if kept else None)
+    options = dict(preset=presets[cfg["preset"]], subset_size=len(samples), advanced_parameters=advanced,
+                   model_type=nncf.ModelType.TRANSFORMER if transformer else None,
+                   ignored_scope=nncf.IgnoredScope(names=list(kept), validate=False) if kept else None)
+    if ctx.config["quantization"]["accuracy_control"]:
+        quantized, control = quantize_within_limits(model, samples, options, ctx.config["verify"]["tolerances"]["int8"],
+                                                    ctx.progress)
+    else:
+        quantized, control = nncf.quantize(model, nncf.Dataset(samples), **options), {}
     ov.save_model(quantized, str(out / settings["model_file"]), compress_to_fp16=False)
     shutil.copyfile(inputs["compiled"] / RUNTIME_FILE, out / RUNTIME_FILE)
     write_summary(out, "nncf_quantize", preset=cfg["preset"], range_estimator=cfg["range_estimator"],
                   model_type="transformer" if transformer else "default", calibration_samples=info["samples"],
-                  calibration_source=info["source"], random_calibration=info["random"], **quantization.summary(kept))
+                  calibration_source=info["source"], random_calibration=info["random"], **quantization.summary(kept), **control)
 
 
 def _transformer(config: dict[str, Any]) -> bool:

@@ -67,12 +67,7 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
                             f"target's {target['precision']}: verified at the {level} limits")
     found, described = load_reference(inputs["reference"])
     names = described["outputs"]
-    actual = []
-    for index, case in enumerate(found):
-        ctx.progress(f"accuracy: case {index + 1}/{len(found)}")
-        actual.append(run_case(model, case["input"], names))
-    with open(out / OUTPUTS_FILE, "wb") as handle:  # the artifact's own answers: serve.py --selftest compares with them
-        np.savez(handle, **{f"{index}/artifact/{name}": result[name] for index, result in enumerate(actual) for name in names})
+    actual = _answers(ctx, model, found, names, out)
     classes = class_outputs(verify["class_scores"], found)
     outputs = {}
     for name in names:
@@ -94,16 +89,8 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     # A proxy's speed is not the target's: no figure rather than a wrong one.
     latency = {"measured": False, "why": _unmeasured(proxied)} if proxied else \
         measure(lambda: model.run(first), verify["latency"], batch, ctx.progress)
-    failures = [f"the source model's {'input' if name in described['inputs'] else 'output'} '{name}' {why}: "
-                "comparing with it proves nothing" for name, why in uninformed.items()]
-    failures += [_failure_text(name, check) for name, result in outputs.items()
-                 for check in result["checks"] if not check["passed"]]
-    failures += [failure_text(name, entry) for name, entry in responded.items() if entry["passed"] is False]
     evaluation = evaluate_artifact(ctx, inputs["reference"], lambda feeds: run_case(model, feeds, names))
-    if evaluation and not evaluation["passed"]:
-        failures.append(f"{evaluation['metric']} on the labelled set fell from {evaluation['source_score']:.2f} to "
-                        f"{evaluation['artifact_score']:.2f} ({evaluation['drop']:.2f} points > evaluation.max_drop "
-                        f"{evaluation['max_drop']:g})")
+    failures = _failures(uninformed, described, outputs, responded, evaluation)
     verdict = {
         "passed": not failures,
         "target": target["name"],
@@ -129,6 +116,30 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     (out / VERDICT_FILE).write_text(json.dumps(verdict, indent=2, sort_keys=True))
     (out / REPORT_FILE).write_text(json.dumps({**verdict, "latency": latency}, indent=2, sort_keys=True))
     _gate(failures, uninformed, responded, evaluation, level, backend)
+
+
+def _answers(ctx, model, found: list[dict], names: list[str], out: Path) -> list[dict]:
+    """The artifact's outputs for each case, also saved: serve.py --selftest compares with them."""
+    actual = []
+    for index, case in enumerate(found):
+        ctx.progress(f"accuracy: case {index + 1}/{len(found)}")
+        actual.append(run_case(model, case["input"], names))
+    with open(out / OUTPUTS_FILE, "wb") as handle:
+        np.savez(handle, **{f"{index}/artifact/{name}": result[name] for index, result in enumerate(actual) for name in names})
+    return actual
+
+
+def _failures(uninformed: dict, described: dict, outputs: dict, responded: dict, evaluation: dict | None) -> list[str]:
+    failures = [f"the source model's {'input' if name in described['inputs'] else 'output'} '{name}' {why}: "
+                "comparing with it proves nothing" for name, why in uninformed.items()]
+    failures += [_failure_text(name, check) for name, result in outputs.items()
+                 for check in result["checks"] if not check["passed"]]
+    failures += [failure_text(name, entry) for name, entry in responded.items() if entry["passed"] is False]
+    if evaluation and not evaluation["passed"]:
+        failures.append(f"{evaluation['metric']} on the labelled set fell from {evaluation['source_score']:.2f} to "
+                        f"{evaluation['artifact_score']:.2f} ({evaluation['drop']:.2f} points > evaluation.max_drop "
+                        f"{evaluation['max_drop']:g})")
+    return failures
 
 
 def _loaded(backend, compiled: Path, settings: dict, target: dict):
