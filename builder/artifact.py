@@ -1,15 +1,17 @@
 """The artifact directory: a copy of the package step's cache entry at a deterministic path
-(<output.dir>/<recipe>-<target>-<key prefix>), replaced atomically."""
+(<output.dir>/<recipe>-<target>-<key prefix>), checked by content on every build and replaced
+atomically when it is missing or damaged."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
 from pathlib import Path
 
-from builder.cache import Entry
+from builder.cache import HOST, Cache, Entry, process_alive
+from builder.hashing import sha256_file
+from builder.locking import exclusive
 from builder.spec import BuildSpec
 
 
@@ -18,29 +20,62 @@ def artifact_path(spec: BuildSpec, package_key: str) -> Path:
     return root / f"{spec.recipe}-{spec.target['name']}-{package_key[:12]}"
 
 
-def materialize(entry: Entry, destination: Path) -> Path:
-    if _is_current(destination, entry):
-        return destination
+def materialize(entry: Entry, destination: Path, cache: Cache) -> tuple[Path, str | None]:
+    """The artifact directory for `entry`, and why it was replaced when it existed but did not hold this
+    build intact. An existing directory is checked by content: every file against the sha256 the
+    entry recorded (a flipped byte is found whatever its size and mtime); a copy is made only from an
+    entry whose content is checked too (cache.check_content raises DamagedEntry)."""
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = destination.parent / f".{destination.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    with exclusive(destination.parent):  # concurrent builds of one artifact place it one after the other
+        problem = _difference(destination, entry)
+        if problem is None:
+            return destination, None
+        cache.check_content(entry, "package")
+        _remove_leftovers(destination)
+        _place(entry, destination)
+    return destination, None if problem == _ABSENT else problem
+
+
+def _place(entry: Entry, destination: Path) -> None:
+    staging = destination.parent / f"{_prefix(destination)}{_OWNER}-{uuid.uuid4().hex[:8]}"
     try:
         shutil.copytree(entry.out, staging)
         if destination.exists():
-            old = destination.parent / f".{destination.name}.old-{uuid.uuid4().hex[:8]}"
+            old = destination.parent / f"{_prefix(destination)}{_OWNER}-old-{uuid.uuid4().hex[:8]}"
             os.rename(destination, old)
             shutil.rmtree(old, ignore_errors=True)
         os.rename(staging, destination)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return destination
 
 
-def _is_current(destination: Path, entry: Entry) -> bool:
-    """The directory holds this build, every file present with its recorded size."""
-    try:
-        manifest = json.loads((destination / "manifest.json").read_text())
-        if json.loads((entry.out / "manifest.json").read_text())["build_key"] != manifest["build_key"]:
-            return False
-        return all((destination / rel).stat().st_size == (entry.out / rel).stat().st_size for rel in entry.files)
-    except (OSError, ValueError, KeyError):
-        return False
+_ABSENT = "absent"
+# Staging directories are named for their process: another build's leftovers are removed once it is dead.
+_OWNER = f"{HOST}-{os.getpid()}"
+
+
+def _prefix(destination: Path) -> str:
+    return f".{destination.name}."
+
+
+def _remove_leftovers(destination: Path) -> None:
+    """Staging and old copies of this artifact left by builds killed while placing it (their process
+    is gone; a live build's are its own business)."""
+    for leftover in destination.parent.glob(f"{_prefix(destination)}*"):
+        host, _, rest = leftover.name[len(_prefix(destination)):].partition("-")
+        pid = rest.split("-", 1)[0]
+        if host == HOST and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _difference(destination: Path, entry: Entry) -> str | None:
+    """None when the directory holds this build with every file intact; else what differs."""
+    if not destination.is_dir():
+        return _ABSENT
+    for rel, sha in entry.files.items():
+        path = destination / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        if sha256_file(path) != sha:
+            return f"{rel} does not match its sha256"
+    return None

@@ -13,7 +13,7 @@ from typing import Iterator
 from backends import get_backend
 from builder import __version__
 from builder.artifact import artifact_path, materialize
-from builder.cache import Cache, default_cache_dir
+from builder.cache import Cache, DamagedEntry, default_cache_dir
 from builder.execute import execute
 from builder.keys import walk
 from builder.lock import check_lock, check_writable, write_lock
@@ -65,16 +65,22 @@ def _run_mode(plan: Plan, cache: Cache, console: Console, run_dir: Path | None) 
         check_writable(spec)
     console.line(f"mdbuild {__version__} · recipe {spec.recipe} · target {spec.target['name']} · cache {cache.root}")
     results = execute(plan, cache, console, failure_dir=run_dir)
-    package = results["package"]
-    report = _report_line(package.entry.out)
+    try:
+        destination, replaced = materialize(results["package"].entry, artifact_path(spec, results["package"].key), cache)
+    except DamagedEntry as damaged:  # the entry to copy from: rebuilt, then copied
+        console.line(f"warning: {damaged}; discarded, starting over to rebuild it")
+        results = execute(plan, cache, console, failure_dir=run_dir)
+        destination, replaced = materialize(results["package"].entry, artifact_path(spec, results["package"].key), cache)
+    if replaced:
+        console.line(f"warning: the artifact directory was damaged ({replaced}); replaced with the build's own copy")
+    report = _report_line(destination)
     if report:
         console.line(report)
-    if spec.config["lock"]["update"]:
+    if spec.config["lock"]["update"]:  # after the artifact: a lock never names a build that was not written
         path, note = write_lock(spec, results)
         if note:
             console.line(f"note: {note}")
         console.line(f"lock: {path}")
-    destination = materialize(package.entry, artifact_path(spec, package.key))
     console.line(f"artifact: {destination}")
     return destination
 

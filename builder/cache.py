@@ -3,7 +3,10 @@
 An entry is `entries/<k[:2]>/<key>/` with the step's files under `out/` and `meta.json` listing
 each file's sha256, size and mtime. A step runs in `tmp/`, and is committed with one rename, so
 a build killed at any moment leaves no half entry. On a hit every file is stat-checked; a file whose
-size or mtime changed is re-hashed, and an entry whose content no longer matches is discarded.
+size or mtime changed is re-hashed, and an entry whose content no longer matches is discarded. The
+entries a running step reads, and the one an artifact is copied from, are re-hashed in full
+(`check_content`): a same-size change with its mtime restored is found there. One build at a time
+computes a key (`lease`); concurrent builds of it wait and take its entry.
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ import os
 import shutil
 import socket
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from builder.locking import lease
 from builder.hashing import DigestMemo, digest_tree, list_files, sha256_file, sha256_text
 
 _ENTRY_FORMAT = 1
-_HOST = socket.gethostname().replace("-", "_") or "host"
+HOST = socket.gethostname().replace("-", "_") or "host"
 
 
 def default_cache_dir() -> Path:
@@ -29,6 +34,15 @@ def default_cache_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "mdbuild"
+
+
+class DamagedEntry(Exception):
+    """A cache entry whose content no longer matches its sha256 (found where content is checked): it has
+    been discarded, and the build starts over to rebuild it."""
+
+    def __init__(self, step: str, key: str, problem: str):
+        super().__init__(f"the cache entry of step '{step}' ({key[:12]}) is damaged: {problem}")
+        self.step, self.key, self.problem = step, key, problem
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,7 @@ class Cache:
         self.enabled = enabled
         self.digests = DigestMemo(self.root / "digests.json" if enabled else None)
         self.warnings: list[str] = []
+        self.discarded: dict[str, str] = {}  # key: why its entry was discarded in this build
 
     # -- lookup ------------------------------------------------------------------------------
     def _entry_dir(self, key: str) -> Path:
@@ -79,10 +94,25 @@ class Cache:
             problem = f"unreadable metadata ({exc})"
         if problem:
             self.warnings.append(f"cache entry {key[:12]} is corrupt ({problem}); rebuilding it")
-            self._discard(entry_dir)
+            self.discard(key, problem)
             return None
         return Entry(key, entry_dir / "out", {rel: info["sha256"] for rel, info in files.items()},
                      tuple(meta.get("reports", ())))
+
+    def check_content(self, entry: Entry, step: str) -> None:
+        """Re-hashes every file of `entry` (its size and mtime may be intact where its bytes are not);
+        a mismatch discards it and raises DamagedEntry. For entries whose content is about to be used:
+        the inputs of a step that runs, the files an artifact is copied from."""
+        for rel, sha in entry.files.items():
+            path = entry.out / rel
+            problem = None if path.is_file() and sha256_file(path) == sha else f"{rel} does not match its sha256"
+            if problem:
+                self.discard(entry.key, problem)
+                raise DamagedEntry(step, entry.key, problem)
+
+    def lease(self, key: str, waiting):
+        """While held, no other build of this cache computes `key` (builder.locking.lease)."""
+        return lease(self.root / "leases" / key[:2] / key, waiting) if self.enabled else nullcontext()
 
     def peek(self, key: str) -> dict[str, Any] | None:
         """The metadata of an entry without verifying it (plan and check modes)."""
@@ -104,7 +134,7 @@ class Cache:
         temporary files) into `scratch/`, which `commit` deletes before moving the entry into place."""
         parent = self.root / "tmp"
         parent.mkdir(parents=True, exist_ok=True)
-        work = parent / f"{_HOST}-{os.getpid()}-{uuid.uuid4().hex}"
+        work = parent / f"{HOST}-{os.getpid()}-{uuid.uuid4().hex}"
         (work / "out").mkdir(parents=True)
         (work / "scratch").mkdir()
         return work
@@ -151,11 +181,13 @@ class Cache:
             host, _, rest = work.name.partition("-")
             pid = rest.split("-", 1)[0]
             # Only this host's: a cache directory may be shared with other machines.
-            if host == _HOST and pid.isdigit() and not _process_alive(int(pid)):
+            if host == HOST and pid.isdigit() and not process_alive(int(pid)):
                 shutil.rmtree(work, ignore_errors=True)
 
-    def _discard(self, entry_dir: Path) -> None:
-        trash = self.root / "tmp" / f"{_HOST}-{os.getpid()}-discard-{uuid.uuid4().hex}"
+    def discard(self, key: str, why: str) -> None:
+        self.discarded[key] = why
+        entry_dir = self._entry_dir(key)
+        trash = self.root / "tmp" / f"{HOST}-{os.getpid()}-discard-{uuid.uuid4().hex}"
         trash.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(entry_dir, trash)
@@ -198,7 +230,7 @@ def _check_file(path: Path, info: dict[str, Any]) -> str | None:
     return None
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     try:

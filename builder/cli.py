@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -125,8 +126,17 @@ def _backend_options(target: dict[str, Any]) -> None:
     target["options"] = {**defaults, **given}
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM unwinds the build as Ctrl-C does: work directories are removed on the way out."""
+
+
+def _terminate(_signum, _frame) -> None:
+    raise _Terminated()
+
+
 def main() -> None:
     argv = sys.argv[1:]
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         _register_configs(Path.cwd())
         if not any(arg.lstrip("+").startswith("recipe=") for arg in argv) and not _asks_help(argv):
@@ -136,9 +146,10 @@ def main() -> None:
 
         with _without_hydra_job_banner():
             hydra.main(version_base="1.3", config_path=str(resource_dir("conf")), config_name="config")(_task)()
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing half-written was kept", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, _Terminated)
+        print(f"error: {'terminated' if terminated else 'interrupted'}; nothing half-written was kept", file=sys.stderr)
+        sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
     except SystemExit:
         raise
     except _Reported:

@@ -15,11 +15,12 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any, Callable
 
-from builder.cache import Cache, Entry
+from builder.cache import Cache, DamagedEntry, Entry
 from builder.errors import GateFailed, MdbuildError, first_line
 from builder.keys import walk
 from builder.plan import Plan, StepNode
 from builder.progress import Console
+from builder.steps import REPORT_FILE
 from builder.reasons import explain
 
 
@@ -55,34 +56,63 @@ class StepContext:
         return self.node.files
 
 
+# How often a build starts over after finding a damaged cache entry, before it gives up.
+_RESTARTS = 3
+
+
 def execute(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None = None) -> dict[str, StepResult]:
+    """Runs the plan. An input entry found damaged (its content no longer matches its sha256) is
+    discarded and the walk starts over, which rebuilds it."""
     cache.clean_stale_workdirs()
-    results: dict[str, StepResult] = {}
-    digests: dict[str, str] = {}
     try:
-        for index, keyed in enumerate(walk(plan, cache, digests), 1):
-            node, description, key = keyed.node, keyed.description, keyed.key
-            label = f"[{index}/{len(plan.steps)}] {node.id:<13}"
-            entry = cache.lookup(key)
-            for warning in cache.warnings:
-                console.line(f"warning: {warning}")
-            cache.warnings.clear()
-            if entry is not None:
-                results[node.id] = StepResult(node, key, description, entry, True, 0.0)
-                digests[node.id] = entry.digest
-                console.line(f"{label} cached   {key[:12]}")
-                continue
-            reason = explain(cache.last_description(plan.slot(node)), description)
-            started = time.monotonic()
-            context = StepContext(node, key, description, results, plan.spec.workdir, _silent)
-            entry = _run_step(context, cache, console, label, reason, failure_dir)
-            cache.remember(plan.slot(node), description)
-            results[node.id] = StepResult(node, key, description, entry, False, time.monotonic() - started)
-            digests[node.id] = entry.digest
-            console.line(f"{label} done     {results[node.id].seconds:.1f}s")
+        for attempt in range(_RESTARTS + 1):
+            try:
+                return _walk(plan, cache, console, failure_dir)
+            except DamagedEntry as damaged:
+                if attempt == _RESTARTS:
+                    raise MdbuildError(f"{damaged}, again after {_RESTARTS} rebuilds", "cache.dir",
+                                       "check the disk under the cache, or point cache.dir elsewhere") from damaged
+                console.line(f"warning: {damaged}; discarded, starting over to rebuild it")
     finally:
         cache.digests.save()
+    raise AssertionError("unreachable")
+
+
+def _walk(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None) -> dict[str, StepResult]:
+    results: dict[str, StepResult] = {}
+    digests: dict[str, str] = {}
+    for index, keyed in enumerate(walk(plan, cache, digests), 1):
+        node, description, key = keyed.node, keyed.description, keyed.key
+        label = f"[{index}/{len(plan.steps)}] {node.id:<13}"
+        entry = _lookup(cache, console, key)
+        if entry is None:
+            # One build computes a key at a time; the others wait for it, then take its entry.
+            with cache.lease(key, lambda who: console.line(f"{label} waiting  {key[:12]}  ({who} is building it)")):
+                entry = _lookup(cache, console, key)
+                if entry is None:
+                    why = cache.discarded.get(key)
+                    reason = f"its cache entry was damaged: {why}" if why else \
+                        explain(cache.last_description(plan.slot(node)), description)
+                    started = time.monotonic()
+                    context = StepContext(node, key, description, results, plan.spec.workdir, _silent)
+                    entry = _run_step(context, cache, console, label, reason, failure_dir)
+                    cache.remember(plan.slot(node), description)
+                    results[node.id] = StepResult(node, key, description, entry, False, time.monotonic() - started)
+                    digests[node.id] = entry.digest
+                    console.line(f"{label} done     {results[node.id].seconds:.1f}s")
+                    continue
+        results[node.id] = StepResult(node, key, description, entry, True, 0.0)
+        digests[node.id] = entry.digest
+        console.line(f"{label} cached   {key[:12]}")
     return results
+
+
+def _lookup(cache: Cache, console: Console, key: str) -> Entry | None:
+    entry = cache.lookup(key)
+    for warning in cache.warnings:
+        console.line(f"warning: {warning}")
+    cache.warnings.clear()
+    return entry
 
 
 def _silent(_message: str) -> None:
@@ -93,6 +123,8 @@ def _run_step(context: StepContext, cache: Cache, console: Console, label: str, 
               failure_dir: Path | None) -> Entry:
     """Runs one step in a private work directory and commits it; on any failure nothing is kept
     in the cache (a failed verification's report is copied to failure_dir for inspection)."""
+    for step_id in sorted(set(context.node.upstream.values())):  # what the step reads is checked by content
+        cache.check_content(context.results[step_id].entry, step_id)
     work = cache.new_workdir()
     console.line(f"{label} running  {context.key[:12]}  ({reason})")
     started = time.monotonic()
@@ -229,7 +261,8 @@ def _resolve(path: str) -> Callable[..., None]:
 
 
 def _keep(out: Path, failure_dir: Path | None) -> Path | None:
-    if failure_dir is None or not any(out.iterdir()):
+    """A failed verification's report, for inspection (a step failing before any report keeps nothing)."""
+    if failure_dir is None or not (out / REPORT_FILE).is_file():
         return None
     target = failure_dir / "failed-verification"
     shutil.rmtree(target, ignore_errors=True)

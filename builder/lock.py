@@ -18,6 +18,7 @@ from builder.cache import Cache
 from builder.errors import MdbuildError
 from builder.execute import StepResult
 from builder.keys import walk
+from builder.locking import exclusive
 from builder.plan import Plan, StepNode
 from builder.reasons import changed_keys, explain
 from builder.spec import BuildSpec
@@ -67,20 +68,27 @@ def check_writable(spec: BuildSpec) -> None:
 def write_lock(spec: BuildSpec, results: dict[str, StepResult]) -> tuple[Path, str | None]:
     """Writes this target's entry; returns the path and a note when an older lock was started anew."""
     path = lock_path(spec)
-    data, note = _read(path, for_check=False)
-    data["recipe"] = spec.recipe
-    data["targets"][spec.target["name"]] = {
-        "steps": [
-            {"id": step_id, "key": r.key, "output_digest": r.entry.digest, "description": r.description}
-            for step_id, r in results.items()
-        ],
-    }
-    data["targets"] = dict(sorted(data["targets"].items()))
+    steps = [{"id": step_id, "key": r.key, "output_digest": r.entry.digest, "description": r.description}
+             for step_id, r in results.items()]
+    return path, update(path, spec.recipe, spec.target["name"], {"steps": steps})
+
+
+def update(path: Path, recipe: str, target: str, entry: dict[str, Any]) -> str | None:
+    """Sets one target's entry of the lock at `path`. Read, change and replace happen under a lock on
+    the file's directory: concurrent builds of other targets (a sweep) each add theirs, none is lost."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path, note
+    with exclusive(path.parent):
+        data, note = _read(path, for_check=False)
+        data["recipe"] = recipe
+        data["targets"][target] = entry
+        data["targets"] = dict(sorted(data["targets"].items()))
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return note
 
 
 def check_lock(plan: Plan, cache: Cache) -> tuple[Path, int, str | None]:

@@ -1,0 +1,149 @@
+"""Concurrency, corruption and killed processes (issue 14): nothing lost, nothing wrong trusted."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import MDBUILD, QUICK, cnn_recipe, read_json
+
+from builder import lock
+from builder.locking import lease
+
+
+def _add_entries(path: str, first: int, count: int, start) -> None:
+    start.wait()
+    for target in range(first, first + count):
+        lock.update(Path(path), "r", f"t{target:03d}", {"steps": []})
+
+
+def test_concurrent_lock_updates_lose_no_entry(tmp_path):
+    """Eight processes adding entries to one lock file at once: every entry is there (the read-change-
+    replace without an inter-process lock lost entries in 4 of 6 trials of three builds)."""
+    path = tmp_path / "recipes" / "r.lock.json"
+    spawn = multiprocessing.get_context("spawn")
+    start = spawn.Event()
+    writers = [spawn.Process(target=_add_entries, args=(str(path), 10 * n, 10, start)) for n in range(8)]
+    for writer in writers:
+        writer.start()
+    start.set()
+    for writer in writers:
+        writer.join(60)
+        assert writer.exitcode == 0
+    assert sorted(read_json(path)["targets"]) == [f"t{n:03d}" for n in range(80)]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["r.lock.json"]  # nothing left beside it
+
+
+def _hold(path: str, held) -> None:
+    with lease(Path(path), lambda who: None):
+        held.set()
+        time.sleep(60)
+
+
+def test_a_lease_waits_for_its_holder_and_is_free_once_the_holder_is_killed(tmp_path):
+    spawn = multiprocessing.get_context("spawn")
+    held = spawn.Event()
+    holder = spawn.Process(target=_hold, args=(str(tmp_path / "key"), held))
+    holder.start()
+    assert held.wait(30)
+    waited = []
+    killer = multiprocessing.get_context("fork").Process(target=lambda: (time.sleep(0.5), os.kill(holder.pid, signal.SIGKILL)))
+    killer.start()
+    with lease(tmp_path / "key", waited.append):
+        pass
+    killer.join()
+    holder.join()
+    assert len(waited) == 1 and f"pid {holder.pid} on " in waited[0]
+
+
+def _flip_keeping_stat(path: Path) -> None:
+    """Changes a byte in the middle of the file, keeping its size and mtime."""
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def _entry_of(workspace, step: str) -> Path:
+    return next(entry for entry in workspace.cache_entries()
+                if json.loads((entry / "meta.json").read_text())["description"]["step"] == step)
+
+
+@pytest.mark.torch
+def test_a_damaged_entry_is_found_by_content_where_it_is_read_and_rebuilt(workspace):
+    """A same-size change with the mtime kept passes the stat check of a hit; the step that reads the
+    entry re-hashes it, discards it, and the build starts over and rebuilds it (it used to verify the
+    damaged model and fail with a misleading fix, keeping the bad entry)."""
+    workspace.recipe("cnn", cnn_recipe())
+    workspace.run("+recipe=cnn", *QUICK)
+    _flip_keeping_stat(_entry_of(workspace, "export") / "out" / "model.onnx")
+    result = workspace.run("+recipe=cnn", *QUICK, "target=openvino_fp32")
+    assert "warning: the cache entry of step 'export' (" in result.stdout
+    assert "is damaged: model.onnx does not match its sha256; discarded, starting over to rebuild it" in result.stdout
+    assert result.ran()[0] == "export" and "(its cache entry was damaged: model.onnx does not match" in result.stdout
+    assert read_json(result.artifact / "report.json")["passed"]
+
+
+@pytest.mark.torch
+def test_a_damaged_artifact_directory_is_replaced_and_the_lock_follows_the_artifact(workspace):
+    workspace.recipe("cnn", cnn_recipe())
+    first = workspace.run("+recipe=cnn", *QUICK)
+    model = first.artifact / "model_repository" / "cnn" / "1" / "model.onnx"
+    original = model.read_bytes()
+    _flip_keeping_stat(model)
+    again = workspace.run("+recipe=cnn", *QUICK)
+    assert again.ran() == [] and again.artifact == first.artifact and model.read_bytes() == original
+    assert "warning: the artifact directory was damaged (model_repository/cnn/1/model.onnx does not match its " \
+           "sha256); replaced with the build's own copy" in again.stdout
+    # Leftovers of builds killed while placing the artifact are removed; nothing is left beside it.
+    for name in (f".{first.artifact.name}.{socket.gethostname().replace('-', '_')}-999999-0a1b2c3d",):
+        (first.artifact.parent / name).mkdir()
+    (first.artifact / "report.md").unlink()
+    workspace.run("+recipe=cnn", *QUICK)
+    assert sorted(p.name for p in first.artifact.parent.iterdir()) == [first.artifact.name]
+    # The lock is written after the artifact: a build that cannot write its artifact leaves the lock alone.
+    lock = workspace.root / "recipes" / "cnn.lock.json"
+    before = lock.read_text()
+    (workspace.root / "blocked").write_text("a file, not a directory")
+    failed = workspace.run("+recipe=cnn", *QUICK, "target=openvino_fp32", "output.dir=blocked", check=False)
+    assert failed.code == 1 and lock.read_text() == before
+
+
+@pytest.mark.torch
+def test_concurrent_identical_builds_run_each_step_once(workspace):
+    """Four identical builds on an empty cache: each step runs in one of them, the others wait for it
+    and take its entry (they ran export 4 times, 15 step runs instead of 5)."""
+    workspace.recipe("cnn", cnn_recipe())
+    env = {**os.environ, "MDBUILD_CACHE_DIR": str(workspace.cache), "PYTHONPATH": str(workspace.root)}
+    builds = [subprocess.Popen([*MDBUILD, "+recipe=cnn", *QUICK], cwd=workspace.root, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outputs = [build.communicate(timeout=600) for build in builds]
+    assert [build.returncode for build in builds] == [0] * 4, outputs
+    ran = [line.split()[1] for out, _ in outputs for line in out.splitlines() if " running " in line]
+    assert sorted(ran) == sorted(["export", "reference", "compile", "verify", "package"])
+    assert any(" waiting " in out and "is building it)" in out for out, _ in outputs)
+    assert len({out.splitlines()[-1] for out, _ in outputs}) == 1  # one artifact
+
+
+@pytest.mark.torch
+def test_sigterm_ends_a_build_without_leaving_its_work_directory(workspace):
+    workspace.recipe("cnn", cnn_recipe())
+    env = {**os.environ, "MDBUILD_CACHE_DIR": str(workspace.cache), "PYTHONPATH": str(workspace.root)}
+    proc = subprocess.Popen([*MDBUILD, "+recipe=cnn", *QUICK], cwd=workspace.root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.split()[1:3] == ["export", "running"]:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "error: terminated; nothing half-written was kept" in err
+    assert workspace.cache_entries() == [] and not any((workspace.cache / "tmp").iterdir())
