@@ -22,6 +22,10 @@ _SQUASHING = {"Softmax", "LogSoftmax", "Sigmoid", "Tanh", "Shape", "ShapeOf", "S
               "MultiHeadAttention", "ScaledDotProductAttention"}
 
 
+# A product of the mask with a computed tensor gates it (ONNX and OpenVINO names).
+_GATING = {"Mul", "Multiply", "MatMul"}
+
+
 class Node(NamedTuple):
     name: str
     op_type: str
@@ -62,13 +66,18 @@ def summary(kept: dict[str, str]) -> dict[str, Any]:
 
 
 def mask_path(nodes: list[Node], masks: set[str]) -> list[str]:
-    """The nodes reading a mask input or a tensor computed from one (in `nodes` order)."""
-    tainted, found = set(masks), []
+    """The nodes reading a mask input or a tensor computed from one (in `nodes` order). A product of the
+    mask with another computed tensor (embeddings * mask) gates that tensor: its values stay in the
+    tensor's range, and the taint stops there; a product with a constant (mask * float minimum) carries it."""
+    tainted, computed, found = set(masks), set(), []
     for node in nodes:
         if tainted.intersection(node.inputs):
             found.append(node.name)
-            if node.op_type not in _SQUASHING:
+            gates = node.op_type in _GATING and any(t in computed and t not in tainted for t in node.inputs)
+            if node.op_type not in _SQUASHING and not gates:
                 tainted.update(node.outputs)
+        if node.op_type != "Constant":
+            computed.update(node.outputs)
     return found
 
 

@@ -161,23 +161,22 @@ def test_a_non_finite_quantization_scale_fails_the_step_naming_the_tensor(worksp
 
 
 def test_accuracy_control_returns_the_most_harmful_nodes_to_float_until_the_limits_hold(workspace):
-    """Int8 limits tightened so that plain static int8 misses them: ONNX Runtime's sensitivity search returns
-    nodes to float in rounds until they hold on the calibration set, NNCF's accuracy control does for
-    OpenVINO, and the summaries say how many."""
-    workspace.recipe("cnn", {**cnn_recipe(), "calibration": {"source": "random", "samples": 8}})
-    tight = [*QUICK, "verify.tolerances.int8.max_rel_l2=0.003", "verify.tolerances.int8.max_sensitivity_error=0.05"]
-    plain = workspace.run("+recipe=cnn", "target=onnxruntime_int8", *tight, check=False)
-    assert plain.code == 1 and "error: verify.tolerances.int8: verification failed: output 'logits' rel_l2" in plain.stderr
-    controlled = workspace.run("+recipe=cnn", "target=onnxruntime_int8", *tight, "quantization.accuracy_control=true")
-    summary = next(r for r in read_json(controlled.artifact / "report.json")["optimizations"] if r["step"] == "ort_quantize")
-    assert summary["accuracy_control"] and summary["rounds"] > 1 and summary["returned_to_float"] >= 1
-    assert summary["returned_to_float"] <= 2 ** (summary["rounds"] - 1) - 1  # rounds of 1, 2, 4, ... nodes
-    plain_ov = workspace.run("+recipe=cnn", *tight, "target=openvino_int8", check=False)
-    assert plain_ov.code == 1 and "verification failed: output 'logits' rel_l2" in plain_ov.stderr
-    controlled_ov = workspace.run("+recipe=cnn", *tight, "target=openvino_int8", "quantization.accuracy_control=true")
-    summary = next(r for r in read_json(controlled_ov.artifact / "report.json")["optimizations"]
-                   if r["step"] == "nncf_quantize")
-    assert summary["accuracy_control"] and summary["validations"] >= 2 and summary["returned_to_float"] >= 1
+    """A network with one outlier activation channel (a thousand times the others), int8 limits tightened so
+    that plain int8 misses them: ONNX Runtime's measured search and NNCF's accuracy control return a few
+    layers to float (not all: that would fail as no longer int8) and the artifacts pass."""
+    workspace.recipe("out", {"model": {"source": "pytorch", "factory": "tinynets.outlier", "outputs": ["y"], "dims": {"batch": 2},
+                                       "inputs": [{"name": "x", "shape": ["batch", 16], "dtype": "float32"}]},
+                             "calibration": {"source": "random", "samples": 8}})
+    tight = [*QUICK, "verify.tolerances.int8.max_rel_l2=0.03"]
+    for target, step in (("onnxruntime_int8", "ort_quantize"), ("openvino_int8", "nncf_quantize")):
+        plain = workspace.run("+recipe=out", f"target={target}", *tight, check=False)
+        assert plain.code == 1 and "error: verify.tolerances.int8: verification failed: output 'y' rel_l2" in plain.stderr
+        controlled = workspace.run("+recipe=out", f"target={target}", *tight, "quantization.accuracy_control=true")
+        report = read_json(controlled.artifact / "report.json")
+        summary = next(r for r in report["optimizations"] if r["step"] == step)
+        assert summary["accuracy_control"] and 1 <= summary["returned_to_float"] <= 4, summary
+        assert report["outputs"]["y"]["metrics"]["rel_l2"] < 0.03
+    assert summary["validations"] >= 2 and summary["returned_first"]
 
 
 def test_minilm_real_weights_verified_on_sentences_and_scored_by_rank_correlation(workspace):
@@ -248,3 +247,18 @@ def test_int8_verified_on_its_calibration_data_says_so_and_random_calibration_is
     workspace.recipe("cnn", {**cnn_recipe(), "calibration": {"source": "random", "samples": 8}})
     report = read_json(workspace.run("+recipe=cnn", "target=onnxruntime_int8", *QUICK).artifact / "report.json")
     assert report["data"] == "seeded random inputs (verify.seed=0)"  # not the calibration samples again
+
+
+def test_the_mask_taint_carries_the_additive_bias_and_stops_where_the_mask_gates_a_tensor():
+    from backends.quantization import Node, mask_path
+
+    nodes = [Node("embed", "Gather", ("ids", "table"), ("e",)),
+             Node("gate", "Mul", ("e", "mask"), ("gated",)),  # embeddings * mask: values in the embeddings' range
+             Node("cast", "Cast", ("mask",), ("m",)),
+             Node("invert", "Sub", ("one", "m"), ("inverted",)),
+             Node("bias", "Mul", ("inverted", "minimum"), ("negative",)),  # times the float minimum: huge
+             Node("scores", "MatMul", ("gated", "gated_t"), ("s",)),
+             Node("masked", "Add", ("s", "negative"), ("biased",)),
+             Node("softmax", "Softmax", ("biased",), ("p",)),
+             Node("context", "MatMul", ("p", "gated"), ("c",))]
+    assert mask_path(nodes, {"mask"}) == ["gate", "cast", "invert", "bias", "masked", "softmax"]

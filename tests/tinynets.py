@@ -142,3 +142,27 @@ class Saturating(nn.Module):
 def saturating() -> nn.Module:
     torch.manual_seed(0)
     return Saturating()
+
+
+class Outlier(nn.Module):
+    """One activation channel a thousand times the others, the next layer's weights scaled down to match
+    (the outlier features of large transformers): per-tensor int8 of that activation rounds the other
+    channels away; the layers after it quantize well."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Linear(16, 32), nn.Linear(32, 32)
+        self.rest = nn.Sequential(*(layer for _ in range(3) for layer in (nn.Linear(32, 32), nn.ReLU())), nn.Linear(32, 4))
+        gain = torch.ones(32)
+        gain[0] = 1000.0
+        self.register_buffer("gain", gain)
+        with torch.no_grad():
+            self.second.weight[:, 0] /= 1000.0
+
+    def forward(self, x):
+        return self.rest(torch.relu(self.second(torch.relu(self.first(x)) * self.gain)))
+
+
+def outlier() -> nn.Module:
+    torch.manual_seed(0)
+    return Outlier()

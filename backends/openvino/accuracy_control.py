@@ -1,6 +1,7 @@
 """Accuracy-controlled int8 for OpenVINO (nncf_quantize with quantization.accuracy_control): plain NNCF
-int8 first; where it misses the int8 limits (verify.tolerances.int8) on the calibration set, NNCF's
-quantize_with_accuracy_control returns the quantizers that cost most to float until they hold.
+int8 first (as without accuracy control); where it misses the int8 limits (verify.tolerances.int8) on
+the calibration set, NNCF's quantize_with_accuracy_control returns the quantizers that cost most to
+float until they hold. A model whose limits hold only with nothing quantized fails.
 
 Its metric is the margin inside the limits (backends.accuracy_control.margin: 1 for the float model,
 0 at a limit), so its drop budget is that 1. SmoothQuant stays off under accuracy control: NNCF
@@ -9,6 +10,7 @@ stays in the graph, and all-MiniLM-L6-v2 fell to a minimum cosine of 0.007 as la
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable
 
 import numpy as np
@@ -30,9 +32,7 @@ def quantize_within_limits(model, samples: list[dict], options: dict[str, Any], 
         return [_named(compiled(sample)) for sample in samples]
 
     reference = answers(model)
-    advanced = options.pop("advanced_parameters") or AdvancedQuantizationParameters()
-    advanced.smooth_quant_alphas = AdvancedSmoothQuantParameters(matmul=-1, convolution=-1)
-    plain = nncf.quantize(model, nncf.Dataset(samples), advanced_parameters=advanced, **options)
+    plain = nncf.quantize(model, nncf.Dataset(samples), **options)
     first = margin(reference, answers(plain), limits)
     progress(f"accuracy control: plain int8 is {'inside' if first >= 0 else 'past'} the int8 limits (margin {first:.3g})")
     if first >= 0:
@@ -50,16 +50,23 @@ def quantize_within_limits(model, samples: list[dict], options: dict[str, Any], 
             progress(f"accuracy control: {calls} validations")
         return margin(expected, actual, limits), [margin([e], [a], limits) for e, a in zip(expected, actual)]
 
+    advanced = copy.deepcopy(options.pop("advanced_parameters")) or AdvancedQuantizationParameters()
+    advanced.smooth_quant_alphas = AdvancedSmoothQuantParameters(matmul=-1, convolution=-1)
     indices = nncf.Dataset(list(range(len(samples))), lambda index: samples[index])
     controlled = nncf.quantize_with_accuracy_control(model, indices, indices, validate, max_drop=1.0,
                                                       drop_type=nncf.DropType.ABSOLUTE,
                                                       advanced_quantization_parameters=advanced, **options)
     final = margin(reference, answers(controlled), limits)
-    returned = sorted(_quantized_ops(plain) - _quantized_ops(controlled))
+    still = _quantized_ops(controlled)
+    returned = [name for name in _quantized_ops(plain) if name not in still]
     if final < 0:
-        raise GateFailed(f"NNCF's accuracy control returned {len(returned)} layers to float and the int8 limits still "
-                         f"fail on the calibration set (margin {final:.3g})", "quantization.accuracy_control",
+        raise GateFailed(f"NNCF's accuracy control returned {len(returned)} operations to float and the int8 limits "
+                         f"still fail on the calibration set (margin {final:.3g})", "quantization.accuracy_control",
                          "build an fp16 or fp32 target, or keep more in float with quantization.exclude")
+    if not still:
+        raise GateFailed(f"the int8 limits hold only with every quantized operation back in float ({len(returned)}): "
+                         "this is no longer an int8 model", "quantization.accuracy_control",
+                         "build an fp16 or fp32 target, or loosen verify.tolerances.int8")
     return controlled, {"accuracy_control": True, "validations": calls, "returned_to_float": len(returned),
                         "returned_first": ", ".join(returned[:5])}
 
@@ -68,12 +75,7 @@ def _named(results) -> dict[str, np.ndarray]:
     return {port.get_any_name(): np.asarray(value) for port, value in results.items()}
 
 
-def _quantized_ops(model) -> set[str]:
-    """The operations reading a FakeQuantize output (quantized inputs)."""
-    found = set()
-    for op in model.get_ordered_ops():
-        if op.get_type_name() == "FakeQuantize":
-            continue
-        if any(port.get_source_output().get_node().get_type_name() == "FakeQuantize" for port in op.inputs()):
-            found.add(op.get_friendly_name())
-    return found
+def _quantized_ops(model) -> list[str]:
+    """The operations reading a FakeQuantize output (quantized inputs), in graph order."""
+    return [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() != "FakeQuantize"
+            and any(port.get_source_output().get_node().get_type_name() == "FakeQuantize" for port in op.inputs())]

@@ -81,6 +81,9 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
                            if entry["ignored_by_source"] and name not in allowed})
     warnings += [unmeasured_text(name, entry) for name, entry in responded.items()
                  if entry["output"] and not entry["ignored"] and not entry["measured"]]
+    warnings += [f"input '{name}' was not perturbed: its verification values leave no change to make (a constant, "
+                 "a mask with one real position, ids of a one-value range); the artifact's response to it is not "
+                 "checked" for name in described["inputs"] if name not in responded]
     if described["section"] == "calibration" and level == "int8":
         warnings.append("verified on the calibration data, to which int8 fitted its ranges: declare evaluation data "
                         "or verify.source for an out-of-sample check")
