@@ -23,6 +23,9 @@ def validate(spec: BuildSpec) -> None:
     _choice(model["exporter"], EXPORTERS, "model.exporter")
     if not model["inputs"]:
         raise MdbuildError("the model has no inputs", "model.inputs", "declare each input's name, shape and dtype")
+    for name, size in model["dims"].items():
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise MdbuildError(f"{size!r} is not a size", f"model.dims.{name}", "give a whole number of at least 1")
     names = [spec_["name"] for spec_ in model["inputs"]]
     if len(set(names)) != len(names):
         raise MdbuildError(f"input names repeat: {names}", "model.inputs", "give every input its own name")
@@ -40,6 +43,84 @@ def validate(spec: BuildSpec) -> None:
     for index, spec_ in enumerate(model["inputs"]):
         _values(spec_, f"model.inputs[{index}]")
     _verification(config, names)
+    _settings(config)
+
+
+# Numbers the schema types but cannot bound: (key, lowest allowed, whether the lowest itself is allowed, what it is).
+_BOUNDS = (
+    ("serving.max_batch_size", 1, True, "rows per batch (1: no batching)"),
+    ("serving.max_queue_delay_ms", 0, True, "milliseconds a request waits for a batch"),
+    ("serving.max_body_bytes", 1, True, "bytes of a request body"),
+    ("serving.top_k", 1, True, "classes answered"),
+    ("hardware.intra_op_threads", 0, True, "threads (0: the runtime chooses)"),
+    ("hardware.inter_op_threads", 0, True, "threads (0: the runtime chooses)"),
+    ("verify.seed", 0, True, "a seed"),
+    ("verify.latency.warmup_runs", 0, True, "runs"),
+    ("verify.latency.min_runs", 1, True, "runs"),
+    ("verify.latency.max_runs", 1, True, "runs"),
+    ("verify.latency.max_seconds", 0, False, "seconds"),
+    ("verify.latency.stable_within", 0, False, "a fraction"),
+    ("preprocess.scale", 0, False, "the factor applied to pixel values"),
+)
+_PREPROCESS_CHOICES = {"layout": ("NCHW", "NHWC"), "color": ("RGB", "BGR", "L")}
+_SCORES = ("softmax", "raw")
+# Verification holds its inputs in memory: a size past this is a typo, not a model (measured: 20.1 TiB asked for).
+_MOST_BYTES = 16 * 2**30
+
+
+def _settings(config: dict) -> None:
+    """The serving, hardware, latency and preprocessing values: in range, one of their choices."""
+    for key, lowest, inclusive, what in _BOUNDS:
+        value = _at(config, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lowest or (value == lowest and not inclusive):
+            bound = f"at least {lowest}" if inclusive else f"more than {lowest}"
+            raise MdbuildError(f"{value!r} is not valid: {what}, {bound}", key, f"give a number {bound}")
+    latency = config["verify"]["latency"]
+    if latency["min_runs"] > latency["max_runs"]:
+        raise MdbuildError(f"min_runs {latency['min_runs']} exceeds max_runs {latency['max_runs']}", "verify.latency.min_runs",
+                           "make min_runs at most max_runs")
+    _choice(config["serving"]["scores"], _SCORES, "serving.scores")
+    preprocess = config["preprocess"]
+    for key, choices in _PREPROCESS_CHOICES.items():
+        _choice(preprocess[key], choices, f"preprocess.{key}")
+    for key in ("resize", "center_crop"):
+        if preprocess[key] is not None and preprocess[key] < 1:
+            raise MdbuildError(f"{preprocess[key]} pixels is not a size", f"preprocess.{key}", "give a size of at least 1, or null")
+    if preprocess["std"] and min(preprocess["std"]) <= 0:
+        raise MdbuildError(f"std {preprocess['std']} divides by a value that is not positive", "preprocess.std",
+                           "give positive standard deviations")
+    channels = 1 if preprocess["color"] == "L" else 3
+    for key in ("mean", "std"):
+        if preprocess[key] and len(preprocess[key]) not in (1, channels):
+            raise MdbuildError(f"{len(preprocess[key])} values for {channels} channels ({preprocess['color']})",
+                               f"preprocess.{key}", f"give 1 value or {channels}")
+    _memory(config)
+
+
+def _memory(config: dict) -> None:
+    """The verification inputs at model.dims fit in memory (a typo of a dimension or a sample count does not)."""
+    model, samples = config["model"], config["verify"]["samples"]
+    total = 0
+    for spec_ in model["inputs"]:
+        count = 1
+        for dim in spec_["shape"]:
+            count *= model["dims"][dim] if isinstance(dim, str) else dim
+        total += count * _ITEMSIZE.get(spec_["dtype"], 8)
+    if total * samples > _MOST_BYTES:
+        largest = max(model["dims"], key=model["dims"].get) if model["dims"] else None
+        raise MdbuildError(f"{samples} verification samples at model.dims hold {total * samples / 2**30:.3g} GiB of "
+                           f"inputs (at most {_MOST_BYTES // 2**30} GiB)", f"model.dims.{largest}" if largest else "verify.samples",
+                           "check model.dims and verify.samples for a typo")
+
+
+_ITEMSIZE = {"float16": 2, "float32": 4, "float64": 8, "int8": 1, "uint8": 1, "int32": 4, "int64": 8, "bool": 1}
+
+
+def _at(config: dict, key: str):
+    value = config
+    for part in key.split("."):
+        value = value[part]
+    return value
 
 
 def _batch(inputs: list[dict]) -> None:

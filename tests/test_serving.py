@@ -166,6 +166,38 @@ def test_malformed_json_structures_get_400(server, body):
     assert status == 400, data
 
 
+@pytest.mark.parametrize(("body", "message"), [
+    ({"inputs": [{"name": "extra", "shape": [1, 4], "datatype": "FP32", "data": [True, 1, 2, 3]}]}, "true/false"),
+    ({"inputs": [{"name": "extra", "shape": [1, 4], "datatype": "FP32", "data": ["1e3", 1, 2, 3]}]}, "strings"),
+    ({"inputs": [{"name": "extra", "shape": [0, 4], "datatype": "FP32", "data": []}]}, "at least one row"),
+    ({"inputs": [{"name": "extra", "shape": [1, 4], "datatype": "FP32", "data": [[1, 2], [3, [4]]]}]}, "not a list of FP32"),
+])
+def test_values_of_the_wrong_type_and_empty_batches_get_400(server, body, message):
+    """numpy would read true as 1.0 and "1e3" as 1000.0; zero rows ran the model on nothing."""
+    status, _, data = server.request("POST", "/v2/models/heads/infer", json.dumps(body).encode())
+    assert status == 400 and message in json.loads(data)["error"], data
+
+
+def test_deep_json_non_ascii_credentials_and_odd_lengths_get_4xx_not_500(heads):
+    served = Served(heads, "--token", "t")
+    try:
+        deep = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        status, _, data = served.request("POST", "/v2/models/heads/infer", deep, {"Authorization": "Bearer t"})
+        assert status == 400 and "nested too deeply" in json.loads(data)["error"]
+        for value in ("Bearer \u00e9t\u00e9", "Bearer t\u00ff"):  # http.client sends them as latin-1
+            assert served.request("GET", "/v2/models/heads", headers={"Authorization": value})[0] == 401
+        for lengths in ([b"1_0"], [b"+10"], [b" 10"], [b"10", b"10"]):
+            with socket.create_connection(("127.0.0.1", served.port)) as connection:
+                connection.sendall(b"POST /v2/models/heads/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n"
+                                   + b"".join(b"Content-Length: " + value + b"\r\n" for value in lengths)
+                                   + b"\r\n" + b"{}" * 5)
+                assert b" 400 " in connection.recv(4096).split(b"\r\n")[0], lengths
+        assert served.request("GET", "/v2/health/live")[0] == 200
+        assert "mdbuild_request_errors_total{model=\"heads\",kind=\"internal\"}" not in served.metrics({"Authorization": "Bearer t"})
+    finally:
+        served.stop()
+
+
 def test_a_rejected_request_does_not_desync_the_connection(heads):
     served = Served(heads, "--token", "t")
     try:
@@ -455,17 +487,25 @@ def test_sigterm_finishes_the_request_in_flight(heads):
     idle = socket.create_connection(("127.0.0.1", served.port))  # an idle keep-alive client must not block exit
     busy = socket.create_connection(("127.0.0.1", served.port))
     busy.sendall(head + body[:100])
+    # A request whose first line is still arriving is not idle (it counted as idle and was cut: 2 of 6
+    # large requests answered `truncated` under load).
+    starting = socket.create_connection(("127.0.0.1", served.port))
+    starting.sendall(head[:10])
     time.sleep(0.3)
     served.proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     busy.sendall(body[100:])
-    reply = b""
-    while b"\r\n\r\n" not in reply:
-        reply += busy.recv(65536)
-    assert reply.startswith(b"HTTP/1.1 200")
+    starting.sendall(head[10:] + body)
+    for connection in (busy, starting):
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = connection.recv(65536)
+            assert chunk, reply
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200"), reply
     assert served.proc.wait(timeout=20) == 0
-    idle.close()
-    busy.close()
+    for connection in (idle, busy, starting):
+        connection.close()
 
 
 def test_fuzzed_requests_never_get_5xx_and_memory_stays_flat(heads):
@@ -557,5 +597,10 @@ def test_image_route_applies_the_recipes_preprocessing(workspace):
         assert abs(predictions[0]["score"] - probabilities.max()) < 1e-5
         status, _, data = served.request("POST", "/v2/models/cnn/classify", b"GIF89a not an image", {})
         assert status == 400 and "not a PNG or JPEG image" in json.loads(data)["error"]
+        for kind in ("GIF", "BMP"):  # images PIL reads, but not what the route promises
+            image.save(workspace.root / f"photo.{kind.lower()}", kind)
+            status, _, data = served.request("POST", "/v2/models/cnn/classify",
+                                             (workspace.root / f"photo.{kind.lower()}").read_bytes(), {})
+            assert status == 400 and "not a PNG or JPEG image" in json.loads(data)["error"], kind
     finally:
         served.stop()

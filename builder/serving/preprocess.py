@@ -4,11 +4,12 @@ Standalone (numpy + Pillow) so that the same definition can run wherever images 
 import numpy as np
 
 
-def load_image(path, cfg):
-    """One image file as a float32 array laid out per cfg["layout"] without the batch dimension."""
+def load_image(path, cfg, formats=None):
+    """One image file as a float32 array laid out per cfg["layout"] without the batch dimension; `formats`
+    (PIL's names) limits what is read, else any format PIL reads."""
     from PIL import Image
 
-    with Image.open(path) as image:
+    with Image.open(path, formats=formats) as image:
         image = image.convert("L" if cfg["color"] == "L" else "RGB")
         if cfg.get("resize"):
             width, height = image.size

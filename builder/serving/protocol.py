@@ -42,6 +42,8 @@ def _json(data):
         request = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(f"the body is not valid JSON: {exc}", kind="bad_json") from None
+    except RecursionError:
+        raise RequestError("the body's JSON is nested too deeply", kind="bad_json") from None
     if not isinstance(request, dict):
         raise RequestError('the body must be a JSON object with an "inputs" list', kind="bad_json")
     return request
@@ -93,14 +95,12 @@ def decode_inputs(request, binary, model_inputs, allow_nonfinite, contract):
 
 
 def _check_dims(feeds, contract):
-    """Named dimensions agree across inputs, are not empty, and stay within the longest size verified."""
+    """Named dimensions agree across inputs and stay within the longest size verified."""
     seen = {}
     for name, array in feeds.items():
         for dim, size in zip(contract["dims"].get(name, []), array.shape):
             if dim is None:
                 continue
-            if size == 0:
-                raise RequestError(f"input {name!r} has {dim} 0", kind="bad_input")
             longest = contract["longest"].get(dim)
             if longest is not None and size > longest:
                 raise RequestError(f"input {name!r} has {dim} {size}; this artifact is built and verified for {dim} up "
@@ -124,8 +124,11 @@ def _check_header(name, tensor, dtype, dims):
     if tensor.get("datatype") != expected_type:
         raise RequestError(f"input {name!r} has datatype {tensor.get('datatype')!r}; expected {expected_type}", kind="bad_input")
     shape = tensor.get("shape")
+    if isinstance(shape, list) and 0 in shape:
+        raise RequestError(f"input {name!r} has shape {shape}: a request holds at least one row and one of each "
+                           "dimension", kind="bad_input")
     if (not isinstance(shape, list) or len(shape) != len(dims)
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)
             or any(d is not None and d != s for d, s in zip(dims, shape))):
         wanted = ["-1" if d is None else str(d) for d in dims]
         raise RequestError(f"input {name!r} has shape {shape}; expected [{', '.join(wanted)}] (-1: any size)", kind="bad_input")
@@ -144,17 +147,47 @@ def _from_binary(name, binary, offset, size, dtype, shape):
     return array, offset + size
 
 
+# The JSON values each input type takes, as numpy reads them: an FP32 input takes numbers, an INT64 input
+# whole numbers, a BOOL input true/false (numpy would turn true into 1.0, "1e3" into 1000.0, 5.9 into 5).
+_JSON_KINDS = {"f": "iuf", "i": "iu", "u": "iu", "b": "b"}
+
+
 def _from_json(name, data, dtype, shape):
     if not isinstance(data, list):
         raise RequestError(f"input {name!r}: data must be a list (or use binary_data_size)", kind="bad_input")
+    wanted = V2_NAMES.get(dtype, dtype)
     try:
-        array = np.asarray(data, dtype=dtype)
+        given = np.asarray(data)
+        if given.dtype.kind not in _JSON_KINDS[np.dtype(dtype).kind]:
+            raise TypeError(f"it holds {_described(given)}")
+        if given.dtype.kind != "b" and _holds_bool(data):
+            raise TypeError("it holds true/false values")
+        array = given.astype(dtype) if given.size else np.asarray(data, dtype=dtype)
+        if array.dtype.kind in "iu" and not np.array_equal(array, given):
+            raise OverflowError("a value does not fit")
     except (TypeError, ValueError, OverflowError) as exc:
-        raise RequestError(f"input {name!r}: data is not a list of {V2_NAMES.get(dtype, dtype)} values ({exc})",
-                           kind="bad_input") from None
+        raise RequestError(f"input {name!r}: data is not a list of {wanted} values ({exc})", kind="bad_input") from None
     if array.size != math.prod(shape):
         raise RequestError(f"input {name!r}: {array.size} values do not fill shape {shape}", kind="bad_input")
     return array.reshape(shape)
+
+
+def _holds_bool(data):
+    """Whether nested lists hold a true or false (numpy reads [true, 2.5] as numbers)."""
+    pending = [data]
+    while pending:
+        item = pending.pop()
+        if type(item) is list:
+            pending.extend(item)
+        elif type(item) is bool:
+            return True
+    return False
+
+
+def _described(array):
+    kinds = {"b": "true/false values", "U": "strings", "O": "values of mixed types", "f": "fractional numbers",
+             "i": "whole numbers", "u": "whole numbers"}
+    return kinds.get(array.dtype.kind, f"{array.dtype} values")
 
 
 def requested_outputs(request, model_outputs):

@@ -9,6 +9,7 @@ import hmac
 import io
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -111,7 +112,7 @@ class Service:
             except ValueError:
                 raise RequestError("top_k must be a whole number") from None
             try:
-                pixels = load_image(io.BytesIO(body), self.manifest["config"]["preprocess"])
+                pixels = load_image(io.BytesIO(body), self.manifest["config"]["preprocess"], formats=["PNG", "JPEG"])
             except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
                 raise RequestError(f"the body is not a PNG or JPEG image this server can read ({exc})", kind="bad_image") from None
             if len(pixels.shape) != len(dims) - 1 or any(d is not None and d != p for d, p in zip(dims[1:], pixels.shape)):
@@ -174,14 +175,18 @@ class Server(ThreadingHTTPServer):
                 _close(list(self.idle))
             time.sleep(0.05)
         with self.idle_lock:
-            _close(list(self.open))
+            _close(list(self.open), arriving_too=True)
 
 
-def _close(connections):
+def _close(connections, arriving_too=False):
+    """Shuts the connections down; an idle one whose next request has begun arriving (the socket is
+    readable) is left to its handler, which serves that request and then closes, unless `arriving_too`."""
     for connection in connections:
         try:
+            if not arriving_too and select.select([connection], [], [], 0)[0]:
+                continue
             connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
+        except (OSError, ValueError):
             pass
 
 
@@ -203,19 +208,15 @@ class Handler(BaseHTTPRequestHandler):
         super().finish()
 
     def handle_one_request(self):
-        # Between requests a keep-alive connection is idle: SIGTERM may close it at once.
-        with self.server.idle_lock:
-            if self.server.stopping:
-                self.close_connection = True
-                return
-            self.server.idle.add(self.connection)
+        # Between requests a keep-alive connection is idle, and SIGTERM may close it at once; once the
+        # first byte of a request has arrived it is not idle (a request line still arriving was cut).
+        if not self._request_started():
+            self.close_connection = True
+            return
         try:
             self.raw_requestline = self.rfile.readline(65537)
         except (OSError, ValueError):
             self.raw_requestline = b""
-        finally:
-            with self.server.idle_lock:
-                self.server.idle.discard(self.connection)
         if not self.raw_requestline:
             self.close_connection = True
             return
@@ -229,6 +230,30 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         if self.server.stopping:
             self.close_connection = True
+
+    def _request_started(self):
+        """Waits, idle, for the next request's first byte: True once it is here (read ahead already, or
+        in the socket), False at the end of the connection, the idle timeout, or SIGTERM."""
+        self.connection.settimeout(0)
+        try:
+            if self.rfile.peek(1):  # a pipelined request read ahead with the last one; never blocks here
+                return True
+        except (OSError, ValueError):
+            return False
+        finally:
+            self.connection.settimeout(self.timeout)
+        with self.server.idle_lock:
+            if self.server.stopping:
+                return False
+            self.server.idle.add(self.connection)
+        try:
+            ready, _, _ = select.select([self.connection], [], [], self.timeout)
+        except (OSError, ValueError):
+            ready = []
+        finally:
+            with self.server.idle_lock:
+                self.server.idle.discard(self.connection)
+        return bool(ready)
 
     def log_message(self, fmt, *args):  # the access log below replaces http.server's own lines
         pass
@@ -297,19 +322,22 @@ class Handler(BaseHTTPRequestHandler):
 
     def _authorize(self):
         token = self.server.token
-        if token and not hmac.compare_digest(self.headers.get("Authorization", ""), f"Bearer {token}"):
+        # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, answered 500);
+        # http.server decodes header values as latin-1, so that encoding gives back the bytes sent.
+        sent = self.headers.get("Authorization", "").encode("latin-1", "replace")
+        if token and not hmac.compare_digest(sent, f"Bearer {token}".encode()):
             raise RequestError("missing or wrong bearer token (Authorization: Bearer <token>)", status=401, kind="unauthorized")
 
     def _body(self, service):
-        length = self.headers.get("Content-Length")
-        if length is None:
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
             self.close_connection = True
             raise RequestError("a Content-Length header is required", status=411, kind="no_length")
-        try:
-            length = int(length)
-        except ValueError:
+        if len(lengths) > 1 or not lengths[0].isascii() or not lengths[0].isdigit():  # int() takes "+10", "1_0", " 10"
             self.close_connection = True
-            raise RequestError("Content-Length is not a number", kind="bad_length") from None
+            raise RequestError(f"Content-Length must be one number of decimal digits, not {', '.join(map(repr, lengths))}",
+                               kind="bad_length")
+        length = int(lengths[0])
         if length < 0 or length > service.settings["max_body_bytes"]:
             self.close_connection = True
             raise RequestError(f"the body of {length} bytes exceeds the limit of {service.settings['max_body_bytes']}",

@@ -79,6 +79,9 @@ def source_inputs(spec: BuildSpec) -> tuple[dict[str, Path], Code]:
     name, and the factory's code."""
     model = spec.model
     code = Code()
+    if model.get("factory") and model.get("path"):
+        raise MdbuildError(f"a {model['source']} source built from model.factory does not read model.path "
+                           f"({model['path']})", "model.path", "remove model.path, or model.factory to build from the file")
     if model["source"] == "tensorflow" and model.get("factory"):
         return {}, factory_code(model["factory"], spec.workdir, "model.factory", "factory")
     if model["source"] in _FACTORY_SOURCES:

@@ -1,0 +1,43 @@
+"""The bad-input table (issue 14): each bad value fails the build at plan time with one line naming the
+key and the fix, exit 1, before any step runs, leaving nothing behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import QUICK, cnn_recipe
+
+BAD = [
+    ("serving.max_body_bytes=-1", "serving.max_body_bytes: -1 is not valid: bytes of a request body, at least 1"),
+    ("serving.max_batch_size=-1", "serving.max_batch_size: -1 is not valid: rows per batch (1: no batching), at least 1"),
+    ("serving.max_queue_delay_ms=-2", "serving.max_queue_delay_ms: -2.0 is not valid"),
+    ("serving.top_k=-3", "serving.top_k: -3 is not valid: classes answered, at least 1"),
+    ("serving.scores=bogus", "serving.scores: 'bogus' is not valid (fix: choose one of: softmax, raw)"),
+    ("preprocess.layout=bogus", "preprocess.layout: 'bogus' is not valid (fix: choose one of: NCHW, NHWC)"),
+    ("preprocess.color=CMYK", "preprocess.color: 'CMYK' is not valid (fix: choose one of: RGB, BGR, L)"),
+    ("preprocess.std=[0,1,1]", "preprocess.std: std [0.0, 1.0, 1.0] divides by a value that is not positive"),
+    ("preprocess.mean=[0.5,0.5]", "preprocess.mean: 2 values for 3 channels (RGB) (fix: give 1 value or 3)"),
+    ("preprocess.resize=0", "preprocess.resize: 0 pixels is not a size"),
+    ("preprocess.scale=0", "preprocess.scale: 0.0 is not valid: the factor applied to pixel values, more than 0"),
+    ("hardware.intra_op_threads=-4", "hardware.intra_op_threads: -4 is not valid: threads (0: the runtime chooses), at least 0"),
+    ("verify.latency.max_seconds=-1", "verify.latency.max_seconds: -1.0 is not valid: seconds, more than 0"),
+    ("verify.latency.min_runs=500 verify.latency.max_runs=100",
+     "verify.latency.min_runs: min_runs 500 exceeds max_runs 100"),
+    ("verify.seed=-1", "verify.seed: -1 is not valid: a seed, at least 0"),
+    ("model.dims.batch=-1", "model.dims.batch: -1 is not a size (fix: give a whole number of at least 1)"),
+    ("model.dims.batch=0", "model.dims.batch: 0 is not a size"),
+    ("model.dims.batch=100000000", "model.dims.batch: 4 verification samples at model.dims hold 1.14e+03 GiB of inputs"),
+    ("verify.samples=100000000 model.dims.batch=1000", "model.dims.batch: 100000000 verification samples at model.dims"),
+    ("+model.path=model.onnx", "model.path: a pytorch source built from model.factory does not read model.path (model.onnx)"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD, ids=[case[0] for case in BAD])
+def test_a_bad_value_fails_at_plan_time_with_one_line_naming_its_key(workspace, overrides, message):
+    workspace.recipe("cnn", cnn_recipe())
+    result = workspace.run("+recipe=cnn", *QUICK, *overrides.split(), check=False)
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.code == 1 and len(errors) == 1 and errors[0].startswith(f"error: {message}"), result.stderr
+    assert "running" not in result.stdout
+    assert not workspace.cache_entries() and not (workspace.root / "artifacts").exists()
+    assert sorted(p.name for p in (workspace.root / "recipes").iterdir()) == ["cnn.yaml"]
