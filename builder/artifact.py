@@ -25,6 +25,8 @@ def materialize(entry: Entry, destination: Path, cache: Cache) -> tuple[Path, st
     build intact. An existing directory is checked by content: every file against the sha256 the
     entry recorded (a flipped byte is found whatever its size and mtime); a copy is made only from an
     entry whose content is checked too (cache.check_content raises DamagedEntry)."""
+    if _difference(destination, entry) is None:  # the common case, checked without holding the lock
+        return destination, None
     destination.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(destination.parent):  # concurrent builds of one artifact place it one after the other
         problem = _difference(destination, entry)
@@ -38,15 +40,17 @@ def materialize(entry: Entry, destination: Path, cache: Cache) -> tuple[Path, st
 
 def _place(entry: Entry, destination: Path) -> None:
     staging = destination.parent / f"{_prefix(destination)}{_OWNER}-{uuid.uuid4().hex[:8]}"
+    old = None
     try:
         shutil.copytree(entry.out, staging)
-        if destination.exists():
+        if destination.exists():  # two renames apart: the directory is missing only between them
             old = destination.parent / f"{_prefix(destination)}{_OWNER}-old-{uuid.uuid4().hex[:8]}"
             os.rename(destination, old)
-            shutil.rmtree(old, ignore_errors=True)
         os.rename(staging, destination)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 _ABSENT = "absent"

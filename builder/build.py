@@ -68,7 +68,7 @@ def _run_mode(plan: Plan, cache: Cache, console: Console, run_dir: Path | None) 
     try:
         destination, replaced = materialize(results["package"].entry, artifact_path(spec, results["package"].key), cache)
     except DamagedEntry as damaged:  # the entry to copy from: rebuilt, then copied
-        console.line(f"warning: {damaged}; discarded, starting over to rebuild it")
+        console.line(f"warning: {damaged.what}; discarded, starting over to rebuild it")
         results = execute(plan, cache, console, failure_dir=run_dir)
         destination, replaced = materialize(results["package"].entry, artifact_path(spec, results["package"].key), cache)
     if replaced:

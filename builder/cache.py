@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder.locking import lease
+from builder.errors import MdbuildError
+from builder.locking import Unshared, lease
 from builder.hashing import DigestMemo, digest_tree, list_files, sha256_file, sha256_text
 
 _ENTRY_FORMAT = 1
@@ -36,12 +37,13 @@ def default_cache_dir() -> Path:
     return Path(base) / "mdbuild"
 
 
-class DamagedEntry(Exception):
+class DamagedEntry(MdbuildError):
     """A cache entry whose content no longer matches its sha256 (found where content is checked): it has
     been discarded, and the build starts over to rebuild it."""
 
     def __init__(self, step: str, key: str, problem: str):
-        super().__init__(f"the cache entry of step '{step}' ({key[:12]}) is damaged: {problem}")
+        super().__init__(f"the cache entry of step '{step}' ({key[:12]}) is damaged: {problem}", "cache.dir",
+                         "build again; if it recurs, check the disk under the cache")
         self.step, self.key, self.problem = step, key, problem
 
 
@@ -104,15 +106,18 @@ class Cache:
         a mismatch discards it and raises DamagedEntry. For entries whose content is about to be used:
         the inputs of a step that runs, the files an artifact is copied from."""
         for rel, sha in entry.files.items():
-            path = entry.out / rel
-            problem = None if path.is_file() and sha256_file(path) == sha else f"{rel} does not match its sha256"
-            if problem:
+            try:
+                intact = sha256_file(entry.out / rel) == sha
+            except OSError:  # missing, or discarded by another build meanwhile
+                intact = False
+            if not intact:
+                problem = f"{rel} does not match its sha256"
                 self.discard(entry.key, problem)
                 raise DamagedEntry(step, entry.key, problem)
 
     def lease(self, key: str, waiting):
         """While held, no other build of this cache computes `key` (builder.locking.lease)."""
-        return lease(self.root / "leases" / key[:2] / key, waiting) if self.enabled else nullcontext()
+        return lease(self.root / "leases" / key[:2] / key, waiting) if self.enabled else nullcontext(Unshared())
 
     def peek(self, key: str) -> dict[str, Any] | None:
         """The metadata of an entry without verifying it (plan and check modes)."""
@@ -191,7 +196,10 @@ class Cache:
         trash.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(entry_dir, trash)
-        except OSError:
+        except OSError as exc:
+            if entry_dir.exists():  # not another build's discard: this one cannot remove it
+                raise MdbuildError(f"cannot remove the damaged cache entry {entry_dir} ({exc.strerror})", "cache.dir",
+                                   "fix the cache's permissions, or remove that directory by hand") from exc
             return
         shutil.rmtree(trash, ignore_errors=True)
 

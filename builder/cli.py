@@ -131,6 +131,7 @@ class _Terminated(KeyboardInterrupt):
 
 
 def _terminate(_signum, _frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the build at once (inside native code too)
     raise _Terminated()
 
 

@@ -70,9 +70,9 @@ def execute(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None
                 return _walk(plan, cache, console, failure_dir)
             except DamagedEntry as damaged:
                 if attempt == _RESTARTS:
-                    raise MdbuildError(f"{damaged}, again after {_RESTARTS} rebuilds", "cache.dir",
+                    raise MdbuildError(f"{damaged.what}, again after {_RESTARTS} rebuilds", "cache.dir",
                                        "check the disk under the cache, or point cache.dir elsewhere") from damaged
-                console.line(f"warning: {damaged}; discarded, starting over to rebuild it")
+                console.line(f"warning: {damaged.what}; discarded, starting over to rebuild it")
     finally:
         cache.digests.save()
     raise AssertionError("unreachable")
@@ -87,15 +87,30 @@ def _walk(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None) 
         entry = _lookup(cache, console, key)
         if entry is None:
             # One build computes a key at a time; the others wait for it, then take its entry.
-            with cache.lease(key, lambda who: console.line(f"{label} waiting  {key[:12]}  ({who} is building it)")):
+            waited: list[str] = []
+
+            def waiting(who: str, label: str = label, key: str = key) -> None:
+                waited.append(who)
+                console.line(f"{label} waiting  {key[:12]}  ({who} is building it)")
+
+            with cache.lease(key, waiting) as held:
                 entry = _lookup(cache, console, key)
                 if entry is None:
+                    failed, by = held.previous.get("failed"), held.previous.get("failed_by")
+                    if waited and failed:  # the same key fails the same way: not again, one build after another
+                        held.note(failed=failed, failed_by=by)  # for the builds still waiting
+                        raise MdbuildError(f"the build this one waited for (pid {by}) failed at this step: {failed}",
+                                           node.id, "fix that failure, then build again")
                     why = cache.discarded.get(key)
                     reason = f"its cache entry was damaged: {why}" if why else \
                         explain(cache.last_description(plan.slot(node)), description)
                     started = time.monotonic()
                     context = StepContext(node, key, description, results, plan.spec.workdir, _silent)
-                    entry = _run_step(context, cache, console, label, reason, failure_dir)
+                    try:
+                        entry = _run_step(context, cache, console, label, reason, failure_dir)
+                    except Exception as exc:
+                        held.note(failed=first_line(exc), failed_by=os.getpid())
+                        raise
                     cache.remember(plan.slot(node), description)
                     results[node.id] = StepResult(node, key, description, entry, False, time.monotonic() - started)
                     digests[node.id] = entry.digest
@@ -125,11 +140,12 @@ def _run_step(context: StepContext, cache: Cache, console: Console, label: str, 
     in the cache (a failed verification's report is copied to failure_dir for inspection)."""
     for step_id in sorted(set(context.node.upstream.values())):  # what the step reads is checked by content
         cache.check_content(context.results[step_id].entry, step_id)
-    work = cache.new_workdir()
-    console.line(f"{label} running  {context.key[:12]}  ({reason})")
     started = time.monotonic()
     inputs = {name: context.results[sid].entry.out for name, sid in context.node.upstream.items()}
-    try:
+    work = None
+    try:  # from the work directory's creation on: a signal at any point removes it
+        work = cache.new_workdir()
+        console.line(f"{label} running  {context.key[:12]}  ({reason})")
         with console.step(label) as progress:
             (_run_isolated if context.node.isolated else _run_here)(context, inputs, work, progress)
     except GateFailed as failure:
@@ -139,7 +155,8 @@ def _run_step(context: StepContext, cache: Cache, console: Console, label: str, 
             failure.what += f" (report kept in {kept})"
         raise
     except BaseException:
-        cache.abandon(work)
+        if work is not None:
+            cache.abandon(work)
         raise
     return cache.commit(context.key, work, context.description, time.monotonic() - started, context.node.reports)
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from builder.errors import MdbuildError, missing_extra
+from builder.errors import MdbuildError, first_line, missing_extra
 
 
 def import_sdk(module: str, extra: str, where: str) -> Any:
@@ -37,11 +38,23 @@ def resolve_callable(path: str, workdir: Path, key: str) -> Callable[..., Any]:
     return target
 
 
-def build_from_factory(model: dict[str, Any], workdir: Path) -> Any:
-    """The recipe's model.factory called with model.kwargs."""
+def build_from_factory(model: dict[str, Any], workdir: Path, expected: type | tuple[type, ...] = object,
+                       what: str = "model") -> Any:
+    """The recipe's model.factory called with model.kwargs; what it returns must be an `expected`."""
     factory = resolve_callable(model["factory"], workdir, "model.factory")
     try:
-        return factory(**model["kwargs"])
+        inspect.signature(factory).bind(**model["kwargs"])
     except TypeError as exc:
-        raise MdbuildError(f"the factory rejected its arguments: {exc}", "model.kwargs",
+        raise MdbuildError(f"the factory {model['factory']} rejects its arguments: {exc}", "model.kwargs",
                            "pass only keyword arguments the factory accepts") from exc
+    except ValueError:  # a builtin or C function without a signature: calling it tells
+        pass
+    try:
+        built = factory(**model["kwargs"])
+    except Exception as exc:  # noqa: BLE001 - the user's code: any failure is theirs to fix, named as such
+        raise MdbuildError(f"the factory {model['factory']} raised {type(exc).__name__}: {first_line(exc)}", "model.factory",
+                           "fix the factory (traceback=true shows where it failed)") from exc
+    if not isinstance(built, expected):
+        raise MdbuildError(f"the factory {model['factory']} returned {type(built).__name__}, not a {what}", "model.factory",
+                           f"return the {what} from the factory")
+    return built

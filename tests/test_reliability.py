@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MDBUILD, QUICK, cnn_recipe, read_json
+from conftest import MDBUILD, QUICK, TESTS, cnn_recipe, read_json
 
 from builder import lock
 from builder.locking import lease
@@ -64,6 +65,12 @@ def test_a_lease_waits_for_its_holder_and_is_free_once_the_holder_is_killed(tmp_
     assert len(waited) == 1 and f"pid {holder.pid} on " in waited[0]
 
 
+def _env(workspace) -> dict:
+    """The environment Workspace.run gives a build: this checkout's mdbuild, the workspace's modules."""
+    return {**os.environ, "MDBUILD_CACHE_DIR": str(workspace.cache),
+            "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(workspace.root)])}
+
+
 def _flip_keeping_stat(path: Path) -> None:
     """Changes a byte in the middle of the file, keeping its size and mtime."""
     stat = path.stat()
@@ -91,6 +98,18 @@ def test_a_damaged_entry_is_found_by_content_where_it_is_read_and_rebuilt(worksp
     assert "is damaged: model.onnx does not match its sha256; discarded, starting over to rebuild it" in result.stdout
     assert result.ran()[0] == "export" and "(its cache entry was damaged: model.onnx does not match" in result.stdout
     assert read_json(result.artifact / "report.json")["passed"]
+
+
+@pytest.mark.torch
+def test_a_damaged_package_entry_is_rebuilt_before_the_artifact_is_copied_from_it(workspace):
+    workspace.recipe("cnn", cnn_recipe())
+    first = workspace.run("+recipe=cnn", *QUICK)
+    _flip_keeping_stat(_entry_of(workspace, "package") / "out" / "model_repository" / "cnn" / "1" / "model.onnx")
+    shutil.rmtree(first.artifact)
+    again = workspace.run("+recipe=cnn", *QUICK)
+    assert "warning: the cache entry of step 'package' (" in again.stdout and again.ran() == ["package"]
+    assert again.artifact == first.artifact
+    workspace.run("+recipe=cnn", *QUICK, "mode=check")  # what is locked is what was rebuilt
 
 
 @pytest.mark.torch
@@ -123,8 +142,7 @@ def test_concurrent_identical_builds_run_each_step_once(workspace):
     """Four identical builds on an empty cache: each step runs in one of them, the others wait for it
     and take its entry (they ran export 4 times, 15 step runs instead of 5)."""
     workspace.recipe("cnn", cnn_recipe())
-    env = {**os.environ, "MDBUILD_CACHE_DIR": str(workspace.cache), "PYTHONPATH": str(workspace.root)}
-    builds = [subprocess.Popen([*MDBUILD, "+recipe=cnn", *QUICK], cwd=workspace.root, env=env, stdout=subprocess.PIPE,
+    builds = [subprocess.Popen([*MDBUILD, "+recipe=cnn", *QUICK], cwd=workspace.root, env=_env(workspace), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True) for _ in range(4)]
     outputs = [build.communicate(timeout=600) for build in builds]
     assert [build.returncode for build in builds] == [0] * 4, outputs
@@ -135,10 +153,27 @@ def test_concurrent_identical_builds_run_each_step_once(workspace):
 
 
 @pytest.mark.torch
+def test_builds_waiting_for_a_step_that_fails_fail_with_it_instead_of_repeating_it(workspace):
+    (workspace.root / "slow.py").write_text(
+        "import time\n"
+        "def failing():\n"
+        "    time.sleep(3)\n"
+        "    raise ValueError('no weights here')\n")
+    workspace.recipe("slow", cnn_recipe(factory="slow.failing", kwargs={}))
+    builds = [subprocess.Popen([*MDBUILD, "+recipe=slow", *QUICK], cwd=workspace.root, env=_env(workspace),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [build.communicate(timeout=300) for build in builds]
+    assert [build.returncode for build in builds] == [1] * 3
+    assert sum(out.count(" running ") for out, _ in outputs) == 1, outputs
+    assert sum("error: model.factory: the factory slow.failing raised ValueError: no weights here" in err
+               for _, err in outputs) == 1
+    assert sum("the build this one waited for (pid " in err and "failed at this step: " in err for _, err in outputs) == 2
+
+
+@pytest.mark.torch
 def test_sigterm_ends_a_build_without_leaving_its_work_directory(workspace):
     workspace.recipe("cnn", cnn_recipe())
-    env = {**os.environ, "MDBUILD_CACHE_DIR": str(workspace.cache), "PYTHONPATH": str(workspace.root)}
-    proc = subprocess.Popen([*MDBUILD, "+recipe=cnn", *QUICK], cwd=workspace.root, env=env,
+    proc = subprocess.Popen([*MDBUILD, "+recipe=cnn", *QUICK], cwd=workspace.root, env=_env(workspace),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
         if line.split()[1:3] == ["export", "running"]:

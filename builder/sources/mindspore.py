@@ -16,10 +16,7 @@ def load_network(ctx) -> Any:
     ms = import_sdk("mindspore", "mindspore", "model.source")
     model_cfg = ctx.config["model"]
     ms.set_seed(model_cfg["seed"])
-    network = build_from_factory(model_cfg, ctx.workdir)
-    if not isinstance(network, ms.nn.Cell):
-        raise MdbuildError(f"the factory returned {type(network).__name__}, not a mindspore.nn.Cell", "model.factory",
-                           "point model.factory at a function or class that builds the network")
+    network = build_from_factory(model_cfg, ctx.workdir, ms.nn.Cell, "mindspore.nn.Cell")
     if "weights" in ctx.paths:
         _load_checkpoint(ms, network, ctx.paths["weights"])
     network.set_train(False)

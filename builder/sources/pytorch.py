@@ -32,7 +32,7 @@ def load_module(ctx) -> Any:
         except Exception as exc:  # torch raises RuntimeError with a C++ trace for a bad file
             raise MdbuildError(f"not a TorchScript file: {path} ({first_line(exc)})", "model.path",
                                "point model.path at a file written by torch.jit.save") from exc
-    module = build_from_factory(model_cfg, ctx.workdir)
+    module = build_from_factory(model_cfg, ctx.workdir, torch.nn.Module, "torch.nn.Module")
     if "weights" in ctx.paths:
         _load_weights(torch, module, ctx.paths["weights"])
     return module.eval()
