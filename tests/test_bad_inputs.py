@@ -41,3 +41,21 @@ def test_a_bad_value_fails_at_plan_time_with_one_line_naming_its_key(workspace, 
     assert "running" not in result.stdout
     assert not workspace.cache_entries() and not (workspace.root / "artifacts").exists()
     assert sorted(p.name for p in (workspace.root / "recipes").iterdir()) == ["cnn.yaml"]
+
+
+@pytest.mark.parametrize(("factory", "message"), [
+    ("mine.fortytwo", "model.factory: the factory mine.fortytwo returned int, not a torch.nn.Module"),
+    ("mine.raises", "model.factory: the factory mine.raises raised ValueError: no weights here"),
+    ("mine.typo_inside", "model.factory: the factory mine.typo_inside raised TypeError: "),
+])
+def test_a_factory_that_fails_is_named_with_what_it_did(workspace, factory, message):
+    """A factory's own TypeError is not blamed on model.kwargs; what it raised and returned is named."""
+    (workspace.root / "mine.py").write_text(
+        "def fortytwo():\n    return 42\n"
+        "def raises():\n    raise ValueError('no weights here')\n"
+        "def typo_inside():\n    return len(3)\n")
+    workspace.recipe("mine", cnn_recipe(factory=factory, kwargs={}))
+    result = workspace.run("+recipe=mine", *QUICK, check=False)
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.code == 1 and errors[-1].startswith(f"error: {message}"), result.stderr
+    assert not workspace.cache_entries() and not (workspace.root / "artifacts").exists()
