@@ -16,13 +16,13 @@ from builder.artifact import artifact_path, materialize
 from builder.cache import Cache, DamagedEntry, default_cache_dir
 from builder.execute import execute
 from builder.keys import walk
-from builder.lock import check_lock, check_writable, write_lock
+from builder.lock import check_lock, check_writable, lock_path, write_lock
 from builder.plan import Plan, make_plan
 from builder.progress import Console
 from builder.reasons import explain
 from builder.signature import with_signature
 from builder.sources import get_source
-from builder.spec import BuildSpec
+from builder.spec import BuildSpec, writable_directory
 from builder.validate import validate
 
 
@@ -63,6 +63,9 @@ def _run_mode(plan: Plan, cache: Cache, console: Console, run_dir: Path | None) 
     get_backend(spec.target["backend"]).require("target.backend")
     if spec.config["lock"]["update"]:
         check_writable(spec)
+        writable_directory(lock_path(spec).parent, "lock.path")
+    writable_directory(spec.resolve_path(spec.config["output"]["dir"]), "output.dir")
+    writable_directory(cache.root, "cache.dir")
     console.line(f"mdbuild {__version__} · recipe {spec.recipe} · target {spec.target['name']} · cache {cache.root}")
     results = execute(plan, cache, console, failure_dir=run_dir)
     try:

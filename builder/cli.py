@@ -24,7 +24,7 @@ from builder.sweep import job_result, write_result
 _RECIPES: dict[str, tuple[Path, bool]] = {}
 
 
-def _register_configs(workdir: Path) -> None:
+def _register_configs(workdir: Path, argv: list[str]) -> None:
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
@@ -33,11 +33,16 @@ def _register_configs(workdir: Path) -> None:
     for backend in all_backends():  # each target's `- options: <backend>` picks its schema
         store.store(group="target/options", name=backend.name, node=backend.options)
     _RECIPES.update(recipe_files(workdir))
+    wanted = {name for arg in argv if arg.lstrip("+").startswith("recipe=") for name in arg.split("=", 1)[1].split(",")}
     for name, (path, _) in _RECIPES.items():
         try:
             node = OmegaConf.load(path)
         except Exception as exc:  # yaml errors carry the line and column
-            raise MdbuildError(f"cannot parse recipe: {first_line(exc)}", str(path), "fix the YAML syntax") from exc
+            if name in wanted:
+                raise MdbuildError(f"cannot parse recipe: {first_line(exc)}", str(path), "fix the YAML syntax") from exc
+            # Another recipe's typo does not block this build.
+            print(f"warning: {path}: cannot parse recipe ({first_line(exc)}); skipped", file=sys.stderr)
+            continue
         store.store(group="recipe", name=name, node=node, package="_global_")
 
 
@@ -139,9 +144,9 @@ def main() -> None:
     argv = sys.argv[1:]
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        _register_configs(Path.cwd())
         if not any(arg.lstrip("+").startswith("recipe=") for arg in argv) and not _asks_help(argv):
             sys.argv.append(f"+recipe={DEFAULT_RECIPE}")
+        _register_configs(Path.cwd(), sys.argv[1:])
         os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us; we print them as one line
         import hydra
 

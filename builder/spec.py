@@ -47,6 +47,33 @@ class BuildSpec:
 PACKAGE_SCHEME = "pkg://"
 
 
+def writable_directory(path: Path, key: str) -> None:
+    """A directory the build can create (if missing) and write in; else one line naming the key. Checked
+    before any step runs and left as found: what it creates to try is removed."""
+    import tempfile
+
+    missing, probe = [], path
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    if not probe.is_dir():
+        raise MdbuildError(f"{probe} is a file, not a directory, so {path} cannot be made", key,
+                           "point it at a directory")
+    made = []
+    try:
+        for directory in reversed(missing):
+            directory.mkdir()
+            made.append(directory)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise MdbuildError(f"cannot write in {path} ({exc.strerror or exc})", key,
+                           "point it at a directory this user can create and write") from None
+    finally:
+        for directory in reversed(made):
+            directory.rmdir()
+
+
 def package_path(reference: str, key: str) -> Path:
     """`package.module/relative/file` -> that file in the package's directory (the first of a namespace
     package's directories that holds it). Only the top-level package is looked up, never imported."""

@@ -29,6 +29,9 @@ BAD = [
     ("model.dims.batch=100000000", "model.dims.batch: 4 verification samples at model.dims hold 1.14e+03 GiB of inputs"),
     ("verify.samples=100000000 model.dims.batch=1000", "model.dims.batch: 100000000 verification samples at model.dims"),
     ("+model.path=model.onnx", "model.path: a pytorch source built from model.factory does not read model.path (model.onnx)"),
+    ("output.dir=/proc/forbidden", "output.dir: cannot write in /proc/forbidden"),
+    ("lock.path=/proc/x/cnn.lock.json", "lock.path: cannot write in /proc/x"),
+    ("cache.dir=recipes/cnn.yaml/cache", "cache.dir: "),
 ]
 
 

@@ -98,3 +98,13 @@ def test_appending_an_undeclared_key_is_a_typo(workspace):
     workspace.recipe("cnn", cnn_recipe())
     line = _one_error_line(workspace.run("+recipe=cnn", "+hardware.thread=2", "mode=plan", check=False))
     assert "hardware.thread: no such key" in line and "intra_op_threads" in line
+
+
+def test_a_broken_recipe_blocks_only_itself(workspace):
+    """A typo in one recipe file of ./recipes used to fail every build, the shipped recipes' too."""
+    workspace.recipe("cnn", cnn_recipe())
+    (workspace.root / "recipes" / "broken.yaml").write_text("model: [unclosed\n")
+    other = workspace.run("+recipe=cnn", "mode=plan")
+    assert "warning: " in other.stderr and "broken.yaml: cannot parse recipe (" in other.stderr
+    itself = workspace.run("+recipe=broken", "mode=plan", check=False)
+    assert itself.code == 1 and "broken.yaml: cannot parse recipe: while parsing a flow sequence" in itself.stderr

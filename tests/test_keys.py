@@ -41,7 +41,7 @@ CASES = [("digits", target) for target in ("onnxruntime_fp32", "onnxruntime_int8
 
 def _compose(recipe: str, target: str) -> BuildSpec:
     workdir = Path.cwd()
-    cli._register_configs(workdir)
+    cli._register_configs(workdir, [f"+recipe={recipe}"])
     with initialize_config_dir(version_base="1.3", config_dir=str(resource_dir("conf"))):
         config = OmegaConf.to_container(compose("config", overrides=[f"+recipe={recipe}", f"target={target}"]),
                                         resolve=True)
