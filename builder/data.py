@@ -20,7 +20,8 @@ import numpy as np
 from builder.code import Code, factory_code
 from builder.errors import MdbuildError
 from builder.imports import resolve_callable
-from builder.inputs import random_samples
+from builder import cases
+from builder.inputs import batch_dim, random_samples
 from builder.samples import Sample
 from builder.serving.preprocess import load_image
 from builder.spec import BuildSpec
@@ -89,8 +90,10 @@ def load(config: dict[str, Any], paths: dict[str, Path], section: str, workdir: 
     data, model = config[section], config["model"]
     names = [i["name"] for i in model["inputs"]]
     labels = None
-    if data["source"] == "random":
-        return random_samples(model["inputs"], model["dims"], data["samples"], model["seed"] + 1), None
+    if data["source"] == "random":  # sequences of the lengths verification takes (short, middle, longest)
+        batch = batch_dim(model["inputs"])
+        lengths = {dim: values for dim, values in cases.sizes(model, {"sizes": {}}).items() if dim != batch}
+        return random_samples(model["inputs"], model["dims"], data["samples"], model["seed"] + 1, lengths), None
     if data["source"] == "npz":
         arrays, labels = _from_npz(paths[f"{section} data"], names, section)
     elif data["source"] == "images":

@@ -140,6 +140,7 @@ def _run_step(context: StepContext, cache: Cache, console: Console, label: str, 
     in the cache (a failed verification's report is copied to failure_dir for inspection)."""
     for step_id in sorted(set(context.node.upstream.values())):  # what the step reads is checked by content
         cache.check_content(context.results[step_id].entry, step_id)
+    before = {step_id: _stats(context.results[step_id].entry.out) for step_id in set(context.node.upstream.values())}
     started = time.monotonic()
     inputs = {name: context.results[sid].entry.out for name, sid in context.node.upstream.items()}
     work = None
@@ -158,7 +159,22 @@ def _run_step(context: StepContext, cache: Cache, console: Console, label: str, 
         if work is not None:
             cache.abandon(work)
         raise
+    for step_id, files in before.items():  # a step writes its own output only (onnx2tf saved over its input)
+        changed = next((rel for rel, stat in _stats(context.results[step_id].entry.out).items() if files.get(rel) != stat),
+                       None) or next((rel for rel in files if not (context.results[step_id].entry.out / rel).exists()), None)
+        if changed:
+            cache.abandon(work)
+            cache.discard(context.results[step_id].key, f"{changed} was changed by step '{context.node.id}'")
+            raise MdbuildError(f"the step changed {changed} in the output of step '{step_id}', which it only reads",
+                               context.node.id, "a bug of mdbuild or of the tool the step runs: please report it; the "
+                               "changed entry is discarded")
     return cache.commit(context.key, work, context.description, time.monotonic() - started, context.node.reports)
+
+
+def _stats(directory: Path) -> dict[str, tuple[int, int]]:
+    """{relative path: (size, mtime)} of every file under `directory`."""
+    return {str(path.relative_to(directory)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in directory.rglob("*") if path.is_file()}
 
 
 def _run_here(context: StepContext, inputs: dict[str, Path], work: Path, progress: Callable[[str], None]) -> None:

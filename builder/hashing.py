@@ -38,7 +38,7 @@ def digest_tree(files: dict[str, str]) -> str:
 
 
 class DigestMemo:
-    """Remembers file digests by (path, size, mtime, inode) so an unchanged 100 MB checkpoint is not
+    """Remembers file digests by (path, size, mtime, ctime, inode) so an unchanged 100 MB checkpoint is not
     re-read on every build. Stored as JSON in the cache directory; a stale or unreadable memo only
     costs a re-hash."""
 
@@ -55,7 +55,8 @@ class DigestMemo:
     def file(self, path: Path) -> str:
         path = Path(path).resolve()
         stat = path.stat()
-        stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        # ctime too: a same-size edit with its mtime put back (os.utime) still moves the ctime
+        stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
         cached = self._entries.get(str(path))
         if cached and cached[:3] == stamp:
             return cached[3]

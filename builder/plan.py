@@ -88,7 +88,7 @@ def make_plan(spec: BuildSpec) -> Plan:
                 "random inputs, which the report then flags")
         data_files, data_code = data_inputs(spec, "calibration")
         steps.append(StepNode(
-            id="calibration", run="builder.steps.calibration:run", version=3,
+            id="calibration", run="builder.steps.calibration:run", version=4,  # 4: random sequences of varied lengths
             **_reading(config, calibration.reads(config)), files={**data_files, **data_code.files},
             libraries=("numpy", "pillow"), extra_versions=data_code.versions, shared=True,
         ))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from builder import cases
 from builder.data import SOURCES, random_verification
 from builder.errors import MdbuildError
@@ -55,6 +57,8 @@ _BOUNDS = (
     ("hardware.intra_op_threads", 0, True, "threads (0: the runtime chooses)"),
     ("hardware.inter_op_threads", 0, True, "threads (0: the runtime chooses)"),
     ("verify.seed", 0, True, "a seed"),
+    ("model.seed", 0, True, "a seed"),
+    ("model.opset", 7, True, "an ONNX opset (7 is the oldest ONNX Runtime runs)"),
     ("verify.latency.warmup_runs", 0, True, "runs"),
     ("verify.latency.min_runs", 1, True, "runs"),
     ("verify.latency.max_runs", 1, True, "runs"),
@@ -62,6 +66,8 @@ _BOUNDS = (
     ("verify.latency.stable_within", 0, False, "a fraction"),
     ("preprocess.scale", 0, False, "the factor applied to pixel values"),
 )
+_MOST_THREADS = 1024
+_NEWEST_OPSET = 25
 _PREPROCESS_CHOICES = {"layout": ("NCHW", "NHWC"), "color": ("RGB", "BGR", "L")}
 _SCORES = ("softmax", "raw")
 # Verification holds its inputs in memory: a size past this is a typo, not a model (measured: 20.1 TiB asked for).
@@ -75,6 +81,21 @@ def _settings(config: dict) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lowest or (value == lowest and not inclusive):
             bound = f"at least {lowest}" if inclusive else f"more than {lowest}"
             raise MdbuildError(f"{value!r} is not valid: {what}, {bound}", key, f"give a number {bound}")
+    for key in ("hardware.intra_op_threads", "hardware.inter_op_threads"):
+        if _at(config, key) > _MOST_THREADS:  # 100000 threads hung verification
+            raise MdbuildError(f"{_at(config, key)} threads is past any machine's", key, f"give at most {_MOST_THREADS} (0: the runtime chooses)")
+    if config["model"]["opset"] > _NEWEST_OPSET:
+        raise MdbuildError(f"opset {config['model']['opset']} is newer than any exporter knows", "model.opset",
+                           f"give an opset from 7 to {_NEWEST_OPSET} (default 18)")
+    for section in ("calibration", "evaluation"):
+        samples = config[section]["samples"]
+        if samples is not None and (isinstance(samples, bool) or samples < 1):
+            raise MdbuildError(f"{samples} samples is no data", f"{section}.samples", "give at least 1, or null for all")
+    outputs = config["model"]["outputs"]
+    for key in ("serving.output", "evaluation.output"):
+        if _at(config, key) is not None and _at(config, key) not in outputs:
+            raise MdbuildError(f"'{_at(config, key)}' is not an output of the model", key, f"choose from: {', '.join(outputs)}")
+    _tolerances(config["verify"]["tolerances"])
     latency = config["verify"]["latency"]
     if latency["min_runs"] > latency["max_runs"]:
         raise MdbuildError(f"min_runs {latency['min_runs']} exceeds max_runs {latency['max_runs']}", "verify.latency.min_runs",
@@ -95,6 +116,18 @@ def _settings(config: dict) -> None:
             raise MdbuildError(f"{len(preprocess[key])} values for {channels} channels ({preprocess['color']})",
                                f"preprocess.{key}", f"give 1 value or {channels}")
     _memory(config)
+
+
+def _tolerances(tolerances: dict) -> None:
+    """Finite limits in range: a similarity in [0, 1], an error at least 0 (NaN or inf turned a gate off)."""
+    for level, limits in tolerances.items():
+        for key, value in (limits or {}).items():
+            if value is None:
+                continue
+            similarity = key.startswith("min_")
+            if isinstance(value, bool) or not math.isfinite(value) or value < 0 or (similarity and value > 1):
+                span = "from 0 to 1" if similarity else "a finite number of at least 0"
+                raise MdbuildError(f"{value!r} is not a limit", f"verify.tolerances.{level}.{key}", f"give {span}, or null for none")
 
 
 def _memory(config: dict) -> None:

@@ -172,7 +172,9 @@ def test_builds_waiting_for_a_step_that_fails_fail_with_it_instead_of_repeating_
 
 @pytest.mark.torch
 def test_sigterm_ends_a_build_without_leaving_its_work_directory(workspace):
-    workspace.recipe("cnn", cnn_recipe())
+    (workspace.root / "slow.py").write_text(  # an export that is surely running when the signal comes
+        "import time\nimport tinynets\ndef cnn():\n    time.sleep(30)\n    return tinynets.small_cnn()\n")
+    workspace.recipe("cnn", cnn_recipe(factory="slow.cnn", kwargs={}))
     proc = subprocess.Popen([*MDBUILD, "+recipe=cnn", *QUICK], cwd=workspace.root, env=_env(workspace),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:

@@ -508,6 +508,25 @@ def test_sigterm_finishes_the_request_in_flight(heads):
         connection.close()
 
 
+def test_sigterm_serves_a_keep_alive_request_already_sent(heads):
+    """Two requests pipelined on one connection; SIGTERM while the first waits for its batch: the second,
+    sent before the signal, is answered too (the connection was closed after the first)."""
+    served = Served(heads, "--max-batch-size", "8", "--max-queue-delay-ms", "500")
+    body, headers = binary_request(feeds_for(1))
+    request = ("POST /v2/models/heads/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n" % len(body)
+               + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode() + body
+    with socket.create_connection(("127.0.0.1", served.port)) as connection:
+        connection.sendall(request * 2)
+        time.sleep(0.2)
+        served.proc.send_signal(signal.SIGTERM)
+        replies = b""
+        while replies.count(b"HTTP/1.1 200") < 2:
+            chunk = connection.recv(65536)
+            assert chunk, replies[:200]
+            replies += chunk
+    assert served.proc.wait(timeout=20) == 0
+
+
 def test_fuzzed_requests_never_get_5xx_and_memory_stays_flat(heads):
     served = Served(heads)
     rng = random.Random(0)

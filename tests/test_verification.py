@@ -177,6 +177,13 @@ def test_accuracy_control_returns_the_most_harmful_nodes_to_float_until_the_limi
         assert summary["accuracy_control"] and 1 <= summary["returned_to_float"] <= 4, summary
         assert report["outputs"]["y"]["metrics"]["rel_l2"] < 0.03
     assert summary["validations"] >= 2 and summary["returned_first"]
+    workspace.recipe("cancel", {"model": {"source": "pytorch", "factory": "tinynets.cancelling", "outputs": ["y"],
+                                          "dims": {"batch": 2}, "inputs": [{"name": "x", "shape": ["batch", 8], "dtype": "float32"}]},
+                                "calibration": {"source": "random", "samples": 8}})
+    for target in ("onnxruntime_int8", "openvino_int8"):  # a model only float can hold: no all-float "int8" ships
+        result = workspace.run("+recipe=cancel", f"target={target}", *QUICK, "quantization.accuracy_control=true", check=False)
+        assert result.code == 1 and "back in float" in result.stderr and "this is no longer an int8 model" in result.stderr, \
+            result.stdout + result.stderr
 
 
 def test_minilm_real_weights_verified_on_sentences_and_scored_by_rank_correlation(workspace):
@@ -262,3 +269,17 @@ def test_the_mask_taint_carries_the_additive_bias_and_stops_where_the_mask_gates
              Node("softmax", "Softmax", ("biased",), ("p",)),
              Node("context", "MatMul", ("p", "gated"), ("c",))]
     assert mask_path(nodes, {"mask"}) == ["gate", "cast", "invert", "bias", "masked", "softmax"]
+
+
+def test_random_calibration_takes_the_sequence_lengths_verification_takes():
+    """Calibrated at full length with all-ones masks only, int8 looked fine there and failed on the
+    verified short, padded sequences (accuracy control then found nothing to do)."""
+    from builder import data
+
+    model = {"inputs": [{"name": "input_ids", "shape": ["batch", "seq"], "dtype": "int64", "low": 0, "high": 50,
+                         "role": "auto", "pad": 0},
+                        {"name": "attention_mask", "shape": ["batch", "seq"], "dtype": "int64", "low": None, "high": None,
+                         "role": "auto", "pad": 0}],
+             "dims": {"batch": 2, "seq": 16}, "seed": 0}
+    found, _ = data.load({"model": model, "calibration": {"source": "random", "samples": 6}}, {}, "calibration", None)
+    assert sorted({sample["input_ids"].shape[-1] for sample in found}) == [4, 9, 16]

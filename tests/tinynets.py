@@ -166,3 +166,23 @@ class Outlier(nn.Module):
 def outlier() -> nn.Module:
     torch.manual_seed(0)
     return Outlier()
+
+
+class Cancelling(nn.Module):
+    """The difference of two nearly equal layers, scaled up: int8's rounding of either is larger than the
+    difference, so only float passes."""
+
+    def __init__(self):
+        super().__init__()
+        self.one, self.two = nn.Linear(8, 4), nn.Linear(8, 4)
+        with torch.no_grad():
+            self.two.weight.copy_(self.one.weight + 1e-3 * torch.randn_like(self.one.weight))
+            self.two.bias.copy_(self.one.bias)
+
+    def forward(self, x):
+        return (self.one(x) - self.two(x)) * 100.0
+
+
+def cancelling() -> nn.Module:
+    torch.manual_seed(0)
+    return Cancelling()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ def compile_model(onnx_path: Path, config: dict[str, Any], out: Path) -> dict[st
 
     tensors = signature(onnx.load(str(onnx_path), load_external_data=False))
     converted = Path("onnx2tf").resolve()  # the step's scratch directory: onnx2tf also writes .tflite files there
+    # onnx2tf saves its shape-estimated graph over the file it is given: a copy, never the input entry.
+    # (its directory, external weights included).
+    onnx_path = Path(shutil.copytree(onnx_path.parent, Path("input").resolve())) / onnx_path.name
     kept = [name for name, _, dims in tensors["inputs"] if len(dims) >= 3]  # channels-first stay as declared
     try:
         onnx2tf.convert(

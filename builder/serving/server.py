@@ -228,20 +228,24 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._serve()
         self.wfile.flush()
-        if self.server.stopping:
+        if self.server.stopping and not self._next_sent():  # a request already sent is served before closing
             self.close_connection = True
 
-    def _request_started(self):
-        """Waits, idle, for the next request's first byte: True once it is here (read ahead already, or
-        in the socket), False at the end of the connection, the idle timeout, or SIGTERM."""
+    def _next_sent(self):
+        """Whether the next request's first byte is here already (read ahead, or in the socket)."""
         self.connection.settimeout(0)
         try:
-            if self.rfile.peek(1):  # a pipelined request read ahead with the last one; never blocks here
-                return True
+            return bool(self.rfile.peek(1))
         except (OSError, ValueError):
             return False
         finally:
             self.connection.settimeout(self.timeout)
+
+    def _request_started(self):
+        """Waits, idle, for the next request's first byte: True once it is here (read ahead already, or
+        in the socket), False at the end of the connection, the idle timeout, or SIGTERM."""
+        if self._next_sent():  # a pipelined request read ahead with the last one
+            return True
         with self.server.idle_lock:
             if self.server.stopping:
                 return False
@@ -324,11 +328,15 @@ class Handler(BaseHTTPRequestHandler):
         token = self.server.token
         # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, answered 500);
         # http.server decodes header values as latin-1, so that encoding gives back the bytes sent.
-        sent = self.headers.get("Authorization", "").encode("latin-1", "replace")
-        if token and not hmac.compare_digest(sent, f"Bearer {token}".encode()):
+        scheme, _, credentials = self.headers.get("Authorization", "").partition(" ")
+        sent = credentials.encode("latin-1", "replace") if scheme.lower() == "bearer" else b""  # schemes ignore case
+        if token and not hmac.compare_digest(sent, token.encode()):
             raise RequestError("missing or wrong bearer token (Authorization: Bearer <token>)", status=401, kind="unauthorized")
 
     def _body(self, service):
+        if self.headers.get("Transfer-Encoding"):  # with a Content-Length too, proxies disagree on where it ends
+            self.close_connection = True
+            raise RequestError("Transfer-Encoding is not supported: send a Content-Length", status=411, kind="no_length")
         lengths = self.headers.get_all("Content-Length") or []
         if not lengths:
             self.close_connection = True

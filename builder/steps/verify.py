@@ -62,7 +62,7 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     warnings = []
     if compute:
         ctx.progress(f"computing in {compute['words']}")
-        if level != stored:
+        if lossiest([target["precision"], level]) != target["precision"]:  # below what the target asked for
             warnings.append(f"this CPU computes {target['name']} in {compute['words']}, a lower precision than the "
                             f"target's {target['precision']}: verified at the {level} limits")
     found, described = load_reference(inputs["reference"])
