@@ -14,6 +14,7 @@ from backends import get_backend
 from builder import __version__
 from builder.artifact import artifact_path, materialize
 from builder.cache import Cache, DamagedEntry, default_cache_dir
+from builder.errors import MdbuildError
 from builder.execute import execute
 from builder.keys import walk
 from builder.lock import check_lock, check_writable, lock_path, write_lock
@@ -62,8 +63,10 @@ def _run_mode(plan: Plan, cache: Cache, console: Console, run_dir: Path | None) 
     get_source(spec.model).require()
     get_backend(spec.target["backend"]).require("target.backend")
     if spec.config["lock"]["update"]:
-        check_writable(spec)
+        if lock_path(spec).is_dir():
+            raise MdbuildError(f"{lock_path(spec)} is a directory", "lock.path", "give the lock file's path, e.g. recipes/NAME.lock.json")
         writable_directory(lock_path(spec).parent, "lock.path")
+        check_writable(spec)
     writable_directory(spec.resolve_path(spec.config["output"]["dir"]), "output.dir")
     writable_directory(cache.root, "cache.dir")
     console.line(f"mdbuild {__version__} · recipe {spec.recipe} · target {spec.target['name']} · cache {cache.root}")

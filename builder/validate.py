@@ -141,9 +141,10 @@ def _memory(config: dict) -> None:
         total += count * _ITEMSIZE.get(spec_["dtype"], 8)
     if total * samples > _MOST_BYTES:
         largest = max(model["dims"], key=model["dims"].get) if model["dims"] else None
+        # One sample past the bound: a dimension's typo; else the sample count's.
+        key = f"model.dims.{largest}" if largest and total > _MOST_BYTES else "verify.samples"
         raise MdbuildError(f"{samples} verification samples at model.dims hold {total * samples / 2**30:.3g} GiB of "
-                           f"inputs (at most {_MOST_BYTES // 2**30} GiB)", f"model.dims.{largest}" if largest else "verify.samples",
-                           "check model.dims and verify.samples for a typo")
+                           f"inputs (at most {_MOST_BYTES // 2**30} GiB)", key, "check model.dims and verify.samples for a typo")
 
 
 _ITEMSIZE = {"float16": 2, "float32": 4, "float64": 8, "int8": 1, "uint8": 1, "int32": 4, "int64": 8, "bool": 1}
