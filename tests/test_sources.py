@@ -73,3 +73,17 @@ def test_dynamo_exporter(workspace):
     manifest = read_json(artifact / "manifest.json")
     assert manifest["config"]["model"]["exporter"] == "dynamo"
     assert read_json(artifact / "report.json")["passed"]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"shape": ["n", 3, 16, 15]}, "model.inputs[0].shape: input 'image' has size 16 at axis 3 in the model, not 15"),
+    ({"shape": ["n", 3, 16]}, "model.inputs[0].shape: input 'image' has shape ['n', 3, 16, 16] in the model"),
+    ({"dtype": "float16"}, "model.inputs[0].dtype: input 'image' is float32 in the model, not float16 (fix: set it to float32)"),
+])
+def test_an_onnx_model_declared_with_another_shape_or_dtype_is_named(workspace, two_heads_onnx, change, message):
+    """ONNX Runtime said only `INVALID_ARGUMENT : Got invalid dimensions for input: image`, steps later."""
+    recipe = onnx_recipe(two_heads_onnx)
+    recipe["model"]["inputs"][0].update(change)
+    workspace.recipe("heads", recipe)
+    result = workspace.run("+recipe=heads", *QUICK, check=False)
+    assert result.code == 1 and f"error: {message}" in result.stderr, result.stderr

@@ -59,7 +59,7 @@ SOURCES = {
                          ("tensorflow", "keras", "tf2onnx", "onnx"), "tensorflow", "tensorflow", isolated=True),
     "mindspore": Source("mindspore", "builder.sources.mindspore", _BUILT, ("model.dims",),
                         ("mindspore", "onnx"), "mindspore", "mindspore"),
-    "onnx": Source("onnx", "builder.sources.onnx", ("model.source", "model.inputs", "model.outputs"), (),
+    "onnx": Source("onnx", "builder.sources.onnx", ("model.source", "model.inputs", "model.outputs", "model.dims"), (),
                    ("onnx", "onnxruntime"), "onnxruntime", "onnxruntime"),
 }
 
