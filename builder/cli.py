@@ -26,7 +26,7 @@ _RECIPES: dict[str, tuple[Path, bool]] = {}
 
 def _register_configs(workdir: Path, argv: list[str]) -> None:
     from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     store = ConfigStore.instance()
     store.store(name="mdbuild_schema", node=BuildConfig)
@@ -37,6 +37,8 @@ def _register_configs(workdir: Path, argv: list[str]) -> None:
     for name, (path, _) in _RECIPES.items():
         try:
             node = OmegaConf.load(path)
+            if not isinstance(node, DictConfig):
+                raise ValueError(f"a recipe is a mapping of config keys (model:, target:, ...), this is a {type(node).__name__}")
         except Exception as exc:  # yaml errors carry the line and column
             if name in wanted:
                 raise MdbuildError(f"cannot parse recipe: {first_line(exc)}", str(path), "fix the YAML syntax") from exc

@@ -108,3 +108,6 @@ def test_a_broken_recipe_blocks_only_itself(workspace):
     assert "warning: " in other.stderr and "broken.yaml: cannot parse recipe (" in other.stderr
     itself = workspace.run("+recipe=broken", "mode=plan", check=False)
     assert itself.code == 1 and "broken.yaml: cannot parse recipe: while parsing a flow sequence" in itself.stderr
+    (workspace.root / "recipes" / "listed.yaml").write_text("- model\n- target\n")
+    listed = workspace.run("+recipe=listed", "mode=plan", check=False)
+    assert listed.code == 1 and "listed.yaml: cannot parse recipe: a recipe is a mapping of config keys" in listed.stderr
