@@ -86,11 +86,11 @@ def test_a_missing_package_names_its_extra(workspace, tmp_path, hidden, args, wh
 
 def test_failed_gate_fails_the_build_and_keeps_the_report(workspace):
     workspace.recipe("cnn", cnn_recipe())
-    failed = workspace.run("+recipe=cnn", *QUICK, "verify.tolerances.fp32.min_cosine=1.5", check=False)
+    failed = workspace.run("+recipe=cnn", *QUICK, "verify.tolerances.fp32.max_rel_l2=1e-15", check=False)
     assert failed.code == 1
     line = failed.stderr.strip()
-    assert "verify.tolerances.fp32: verification failed: output 'logits' min_cosine" in line
-    assert "< min_cosine 1.5" in line and "fix:" in line
+    assert "verify.tolerances.fp32: verification failed: output 'logits' rel_l2" in line
+    assert "> max_rel_l2 1e-15" in line and "fix:" in line
     kept = line.split("report kept in ")[1].split(")")[0]
     assert '"passed": false' in open(os.path.join(kept, "report.json")).read()
     assert not (workspace.root / "artifacts").exists()
