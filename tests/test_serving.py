@@ -455,6 +455,12 @@ def test_refuses_to_start_when_a_file_was_modified(heads, tmp_path):
                           timeout=60)
     assert proc.returncode == 2
     assert "refusing to start: model_repository/heads/1/model.onnx does not match the manifest's sha256" in proc.stderr
+    # The serving code too, checked before it is imported (a damaged .py file gave a SyntaxError traceback).
+    shutil.copytree(heads, copy, dirs_exist_ok=True)
+    (copy / "serving" / "runtime.py").write_text((copy / "serving" / "runtime.py").read_text() + "\ndef broken(:\n")
+    proc = subprocess.run([sys.executable, "-I", str(copy / "serve.py"), "--port", "0"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "refusing to start: serving/runtime.py does not match" in proc.stderr, proc.stderr
 
 
 def test_selftest_passes_and_fails_when_results_no_longer_match(heads, tmp_path):
