@@ -108,6 +108,8 @@ def _walk(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None) 
                     context = StepContext(node, key, description, results, plan.spec.workdir, _silent)
                     try:
                         entry = _run_step(context, cache, console, label, reason, failure_dir)
+                    except DamagedEntry:  # an input's damage, not this step's failure: rebuilt on the restart
+                        raise
                     except Exception as exc:
                         held.note(failed=first_line(exc), failed_by=os.getpid())
                         raise
