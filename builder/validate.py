@@ -32,6 +32,11 @@ def validate(spec: BuildSpec) -> None:
     if len(set(names)) != len(names):
         raise MdbuildError(f"input names repeat: {names}", "model.inputs", "give every input its own name")
     for index, spec_ in enumerate(model["inputs"]):
+        if not spec_["name"]:
+            raise MdbuildError("an input has no name", f"model.inputs[{index}].name", "give the model's input name")
+        if not spec_["shape"]:
+            raise MdbuildError(f"input '{spec_['name']}' has no dimensions: inputs are batched", f"model.inputs[{index}].shape",
+                               "give its shape with the batch first, e.g. [batch, 4]")
         _choice(spec_["dtype"], DTYPES, f"model.inputs[{index}].dtype")
         for dim in spec_["shape"]:
             if isinstance(dim, str) and dim not in model["dims"]:
@@ -101,6 +106,8 @@ def _settings(config: dict) -> None:
         raise MdbuildError(f"min_runs {latency['min_runs']} exceeds max_runs {latency['max_runs']}", "verify.latency.min_runs",
                            "make min_runs at most max_runs")
     _choice(config["serving"]["scores"], _SCORES, "serving.scores")
+    if not config["output"]["dir"]:
+        raise MdbuildError("the artifacts' directory is empty", "output.dir", "give a directory, e.g. artifacts (the default)")
     preprocess = config["preprocess"]
     for key, choices in _PREPROCESS_CHOICES.items():
         _choice(preprocess[key], choices, f"preprocess.{key}")
@@ -159,7 +166,7 @@ def _at(config: dict, key: str):
 
 def _batch(inputs: list[dict]) -> None:
     """Every input's first dimension is the batch: one name (dynamic) or one size."""
-    firsts = {spec_["name"]: repr(spec_["shape"][0]) if spec_["shape"] else "no dimension (a scalar)" for spec_ in inputs}
+    firsts = {spec_["name"]: repr(spec_["shape"][0]) for spec_ in inputs}  # every input has a shape (checked before)
     if len(set(firsts.values())) > 1:
         (a, one), (b, other) = [next(item for item in firsts.items() if item[1] == value)
                                 for value in list(dict.fromkeys(firsts.values()))[:2]]
