@@ -162,8 +162,8 @@ def _run_step(context: StepContext, cache: Cache, console: Console, label: str, 
             cache.abandon(work)
         raise
     for step_id, files in before.items():  # a step writes its own output only (onnx2tf saved over its input)
-        changed = next((rel for rel, stat in _stats(context.results[step_id].entry.out).items() if files.get(rel) != stat),
-                       None) or next((rel for rel in files if not (context.results[step_id].entry.out / rel).exists()), None)
+        now = _stats(context.results[step_id].entry.out)
+        changed = min((rel for rel in files.keys() | now.keys() if files.get(rel) != now.get(rel)), default=None)
         if changed:
             cache.abandon(work)
             cache.discard(context.results[step_id].key, f"{changed} was changed by step '{context.node.id}'")
@@ -175,8 +175,8 @@ def _run_step(context: StepContext, cache: Cache, console: Console, label: str, 
 
 def _stats(directory: Path) -> dict[str, tuple[int, int]]:
     """{relative path: (size, mtime)} of every file under `directory`."""
-    return {str(path.relative_to(directory)): (path.stat().st_size, path.stat().st_mtime_ns)
-            for path in directory.rglob("*") if path.is_file()}
+    return {str(path.relative_to(directory)): (stat.st_size, stat.st_mtime_ns)
+            for path in directory.rglob("*") if path.is_file() for stat in [path.stat()]}
 
 
 def _run_here(context: StepContext, inputs: dict[str, Path], work: Path, progress: Callable[[str], None]) -> None:

@@ -27,7 +27,6 @@ from builder.errors import MdbuildError
 def exclusive(directory: Path) -> Iterator[None]:
     """Holds an exclusive lock on `directory` (which must exist) for the duration."""
     fcntl = _fcntl()
-
     fd = os.open(directory, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
