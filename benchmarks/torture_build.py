@@ -1,7 +1,7 @@
 """Issue-14 figures: builds killed at random moments, same-size corruptions of cache entries, and
 concurrent builds on one cache and one repository; prints the counts that must be zero.
 
-    .venv/bin/python benchmarks/torture_build.py [--kills 40] [--corruptions 10] [--concurrent 4] [--trials 10]
+    .venv/bin/python benchmarks/torture_build.py [--kills 40] [--corruptions 10] [--concurrent 4] [--trials 50] [--builds 5]
 
 Every build is the shipped `tiny` recipe (SqueezeNet 1.1, seconds) with `verify=quick`; a kill trial
 uses its own `model.seed` so that it starts from an empty key and can die in any step.
@@ -25,6 +25,8 @@ from _common import print_host
 from builder.hashing import sha256_file
 
 TARGETS = ["onnxruntime_fp32", "openvino_fp32", "openvino_fp16"]
+# The targets of the concurrent different builds: each one writes its own entry into one lock file.
+DIFFERENT = [*TARGETS, "openvino_bf16", "pytorch"]
 BUILD = [sys.executable, "-m", "builder", "+recipe=tiny", "verify=quick"]
 
 
@@ -33,7 +35,9 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=40)
     parser.add_argument("--corruptions", type=int, default=10)
     parser.add_argument("--concurrent", type=int, default=4)
-    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--trials", type=int, default=50)
+    parser.add_argument("--builds", type=int, default=5, choices=range(2, len(DIFFERENT) + 1),
+                        help="different targets built at once in each trial")
     args = parser.parse_args()
     print_host()
     rng = random.Random(0)
@@ -50,8 +54,8 @@ def main() -> None:
         print(f"{args.corruptions} same-size corruptions (mtime kept) of entries a rebuild reads: {trusted} used as they were")
         runs = _identical(args.concurrent, Path(scratch) / "identical")
         print(f"{args.concurrent} identical builds at once on an empty cache: {runs} step runs (5 steps)")
-        lost = _different(args.trials, Path(scratch) / "different")
-        print(f"{args.trials} trials of {len(TARGETS)} targets built at once: {lost} lock entries lost")
+        lost, failed = _different(args.trials, DIFFERENT[:args.builds], Path(scratch) / "different")
+        print(f"{args.trials} trials of {args.builds} targets built at once: {lost} lock entries lost, {failed} builds failed")
 
 
 def _run(work: Path, env: dict, *overrides: str) -> subprocess.CompletedProcess:
@@ -112,21 +116,21 @@ def _identical(count: int, root: Path) -> int:
     return sum(out.count(" running ") for out in outputs)
 
 
-def _different(trials: int, root: Path) -> int:
+def _different(trials: int, targets: list[str], root: Path) -> tuple[int, int]:
     (root / "recipes").mkdir(parents=True)
     env = {**os.environ, "MDBUILD_CACHE_DIR": str(root / "cache")}
-    for target in TARGETS:  # every target cached: the builds race on the lock file only
-        _run(root, env, f"target={target}")
+    for target in targets:  # every target cached: the builds race on the lock file only
+        if _run(root, env, f"target={target}").returncode != 0:
+            sys.exit(f"the build of target={target} failed before the trials")
     lock = root / "recipes" / "tiny.lock.json"
-    lost = 0
+    lost = failed = 0
     for _ in range(trials):
         lock.unlink(missing_ok=True)
         builds = [subprocess.Popen([*BUILD, f"target={target}"], cwd=root, env=env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL) for target in TARGETS]
-        for build in builds:
-            build.wait(timeout=900)
-        lost += len(TARGETS) - len(json.loads(lock.read_text())["targets"])
-    return lost
+                                   stderr=subprocess.DEVNULL) for target in targets]
+        failed += sum(build.wait(timeout=900) != 0 for build in builds)
+        lost += len(targets) - len(json.loads(lock.read_text())["targets"])
+    return lost, failed
 
 
 if __name__ == "__main__":
