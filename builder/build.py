@@ -44,7 +44,8 @@ def open_cache(spec: BuildSpec) -> Iterator[Cache]:
 def run(spec: BuildSpec, console: Console, run_dir: Path | None = None) -> Path | None:
     with open_cache(spec) as cache:
         spec = with_signature(spec, cache)
-        validate(spec)
+        for warning in validate(spec):
+            console.line(f"warning: {warning}")
         return _run_mode(make_plan(spec), cache, console, run_dir)
 
 

@@ -6,22 +6,26 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import signal
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 from backends import all_backends
 from builder.errors import MdbuildError, first_line
+from builder.optimize import LOSS_ORDER
 from builder.progress import Console
 from builder.recipes import DEFAULT_RECIPE, recipe_files
 from builder.resources import resource_dir
-from builder.schema import BuildConfig, declared_keys, section_schema
+from builder.schema import BuildConfig, Tolerance, declared_keys, section_schema
 from builder.spec import BuildSpec
 from builder.sweep import job_result, write_result
 
 _RECIPES: dict[str, tuple[Path, bool]] = {}
+_STARTED = time.time()
 
 
 def _register_configs(workdir: Path, argv: list[str]) -> None:
@@ -39,12 +43,21 @@ def _register_configs(workdir: Path, argv: list[str]) -> None:
             node = OmegaConf.load(path)
             if not isinstance(node, DictConfig):
                 raise ValueError(f"a recipe is a mapping of config keys (model:, target:, ...), this is a {type(node).__name__}")
-        except Exception as exc:  # yaml errors carry the line and column
+        except Exception as exc:
+            mark = getattr(exc, "problem_mark", None)  # a YAML error: the problem and where it was found
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or first_line(exc)
+            started = getattr(exc, "context_mark", None)
+            if started and getattr(exc, "context", None):  # an unclosed bracket or quote: where it opened
+                problem += f" ({exc.context} started at line {started.line + 1}, column {started.column + 1})"
             if name in wanted:
-                raise MdbuildError(f"cannot parse recipe: {first_line(exc)}", str(path), "fix the YAML syntax") from exc
+                fix = "correct the YAML there" if mark else "write the recipe as a mapping of config keys (model:, target:, ...)"
+                raise MdbuildError(f"cannot parse recipe{where}: {problem}", str(path), fix) from exc
             # Another recipe's typo does not block this build.
-            print(f"warning: {path}: cannot parse recipe ({first_line(exc)}); skipped", file=sys.stderr)
+            print(f"warning: {path}: cannot parse recipe{where} ({problem}); skipped", file=sys.stderr)
             continue
+        if name in wanted:
+            _check_bools("", OmegaConf.to_container(node, resolve=False))
         store.store(group="recipe", name=name, node=node, package="_global_")
 
 
@@ -56,18 +69,27 @@ def _task(cfg) -> None:
 
     hydra_cfg = HydraConfig.get()
     recipe = hydra_cfg.runtime.choices.get("recipe")
-    config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    _reject_unknown_keys(config)
-    _backend_options(config["target"])
+    run_dir, workdir = Path(hydra_cfg.runtime.output_dir).resolve(), Path(hydra_cfg.runtime.cwd).resolve()
+    try:
+        _strict_bools(OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False))
+        config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        _reject_unknown_keys(config)
+        _backend_options(config["target"])
+    except BaseException:
+        _discard_run_dir(run_dir, workdir)
+        raise
     path, packaged = _RECIPES[recipe]
-    spec = BuildSpec(recipe=recipe, recipe_path=path, packaged_recipe=packaged, config=config,
-                     workdir=Path(hydra_cfg.runtime.cwd))
-    run_dir = Path(hydra_cfg.runtime.output_dir)
+    spec = BuildSpec(recipe=recipe, recipe_path=path, packaged_recipe=packaged, config=config, workdir=workdir)
     try:
         artifact = run(spec, Console(), run_dir)
+    except KeyboardInterrupt:
+        _discard_run_dir(run_dir, workdir)
+        raise
     except Exception as exc:
         if _is_multirun(hydra_cfg):
             write_result(run_dir, job_result(spec, None, run_dir, _message(exc)))
+        else:
+            _discard_run_dir(run_dir, workdir)
         if _wants_traceback():
             raise
         # Reported here, per job: a sweep goes on with its other jobs and fails at the end.
@@ -76,6 +98,57 @@ def _task(cfg) -> None:
         raise _Reported() from exc
     if _is_multirun(hydra_cfg) and artifact is not None:
         write_result(run_dir, job_result(spec, artifact, run_dir, None))
+
+
+def _discard_run_dir(run_dir: Path, workdir: Path) -> None:
+    """A build that failed before writing anything of its own (a failed verification keeps its report
+    there) leaves no run directory behind, nor the empty folders above it inside the working directory.
+    Only a run directory inside the working directory that this process made (`hydra.run.dir` may name
+    the working directory itself, or a directory that was there before)."""
+    try:
+        made_now = run_dir.stat().st_mtime >= _STARTED - 2  # its .hydra was its first entry
+        contents = {child.name for child in run_dir.iterdir()}
+    except OSError:
+        return
+    if contents - {".hydra"} or not made_now or run_dir == workdir or not run_dir.is_relative_to(workdir) \
+            or workdir.is_relative_to(run_dir):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in run_dir.parents:
+        if parent == workdir or not parent.is_relative_to(workdir):
+            break
+        try:
+            parent.rmdir()  # only when empty: another build's run directory keeps it
+        except OSError:
+            break
+
+
+_BOOL_WORDS = {"true", "false", "yes", "no", "on", "off", "y", "n", "1", "0"}
+
+
+def _strict_bools(overrides: list[str]) -> None:
+    """The command line's overrides of true/false keys (see _check_bools)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if not override.is_delete():
+            _check_bools(override.key_or_group, override.value())
+
+
+def _check_bools(key: str, value: Any) -> None:
+    """OmegaConf reads any integer as a bool (cache.enabled=2 is true): a true/false key takes a bool or a
+    word that means one. `value` may be a section (a recipe, `cache={enabled: 2}`)."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _check_bools(f"{key}.{name}" if key else str(name), item)
+        return
+    parent, _, name = key.rpartition(".")
+    schema = section_schema(parent)
+    kinds = {f.name: f.type for f in dataclasses.fields(schema)} if schema is not None else {}
+    if kinds.get(name) not in ("bool", bool) or value is None or isinstance(value, bool):
+        return
+    if str(value).strip().lower() not in _BOOL_WORDS and not str(value).startswith("${"):
+        raise MdbuildError(f"{value!r} is not true or false", key, "give true or false")
 
 
 class _Reported(Exception):
@@ -210,39 +283,68 @@ def describe_error(exc: BaseException) -> str:
         choices = re.findall(r"^\t(\S+)$", text, re.MULTILINE)
         if group == "recipe":
             choices = sorted(_RECIPES)
-            return (f"recipe: no recipe named '{option}' (valid: {', '.join(choices)}; "
+            return (f"recipe: no recipe named '{option}' (fix: choose one of: {', '.join(choices)}; "
                     f"searched ./recipes and the recipes shipped with mdbuild)")
-        return f"{group}: no option '{option}' (valid: {', '.join(choices)})"
+        return f"{group}: no option '{option}' (fix: choose one of: {', '.join(choices)})"
     full_key = re.search(r"full_key: (\S+)", text)
     unknown = re.search(r"Key '([^']+)' not in '([^']+)'", text)
     if unknown and full_key:
         key = full_key.group(1)
         parent = key.rpartition(".")[0]
         valid = declared_keys(parent) or _option_keys(unknown.group(2))
-        hint = f" (valid keys of {parent or 'the config'}: {', '.join(valid)})" if valid else ""
+        hint = f" (fix: valid keys of {parent or 'the config'}: {', '.join(valid)})" if valid else ""
         return f"{key}: no such key{hint}"
     absent = re.search(r"Key '([^']+)' is not in struct", text)
     if absent and full_key:  # a new key of a free-form section (kwargs, target.options.profiles)
         key = full_key.group(1)
         value = next((arg.split("=", 1)[1] for arg in sys.argv[1:] if arg.startswith(f"{key}=")), "VALUE")
-        return f"{key}: not in the config yet; add it with +{key}={value}"
+        return f"{key}: not in the config yet (fix: add it with +{key}={value})"
+    appended = re.search(r"Could not append to config. An item is already at '([^']+)'", text)
+    if appended:
+        key = appended.group(1)
+        return f"{key}: already in the config (fix: set it without the +, as {key}=VALUE)"
     if "No match in the defaults list" in text:
         override = re.search(r"Could not override '([^']+)'", text)
         name = override.group(1) if override else "the option"
         value = next((arg.split("=", 1)[1] for arg in sys.argv[1:] if arg.startswith(f"{name}=")), "VALUE")
-        return f"{name}: cannot be set with {name}=...; add it with +{name}={value}"
+        return f"{name}: not in the defaults list (fix: add it with +{name}={value})"
     from omegaconf.errors import OmegaConfBaseException
 
     deepest = [item for item in chain if isinstance(item, OmegaConfBaseException)]
     first = first_line(deepest[0] if deepest else chain[0])
+    fix = next((f" (fix: {fix})" for pattern, fix in _TYPE_FIXES if re.search(pattern, first)), "")
     if full_key:
-        return f"{full_key.group(1)}: {first}"
-    return first
+        return f"{_overridden(full_key.group(1))}: {first}{fix}"
+    return first + fix
+
+
+# OmegaConf's words for a value of the wrong type, and what to give instead.
+_TYPE_FIXES = (
+    (r"converted to Integer", "give a whole number"),
+    (r"converted to Float", "give a number"),
+    (r"not a valid bool", "give true or false"),
+    (r"is not a ListConfig, list or tuple", "give a list, e.g. [a, b]"),
+    (r"is not a subclass of Tolerance", f"the levels are {', '.join(LOSS_ORDER)}: set limits of those, e.g. "
+                                        "verify.tolerances.int8.min_cosine=0.98"),
+)
+
+
+def _overridden(key: str) -> str:
+    """OmegaConf names a key inside a dict of sections by its last part alone (`fp99`): the full key
+    of the override that set it."""
+    if "." in key or key in declared_keys(""):
+        return key
+    for arg in sys.argv[1:]:
+        parts = arg.lstrip("+~").split("=", 1)[0].split(".")
+        if key in parts[1:]:
+            return ".".join(parts[: parts.index(key, 1) + 1])
+    return key
 
 
 def _option_keys(schema: str) -> list[str]:
-    """The keys of a backend's target.options, by the name of its schema."""
-    found = [backend.options for backend in all_backends() if backend.options.__name__ == schema]
+    """The keys of a section inside a free-form one (a backend's target.options, a level of
+    verify.tolerances), by the name of its schema."""
+    found = [kind for kind in (Tolerance, *(backend.options for backend in all_backends())) if kind.__name__ == schema]
     return [f.name for f in dataclasses.fields(found[0])] if found else []
 
 

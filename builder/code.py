@@ -51,10 +51,62 @@ def factory_code(dotted: str, workdir: Path, key: str, label: str) -> Code:
     if _installed(location) or (distributions and not root.is_relative_to(workdir) and not _editable(distributions)):
         return Code(versions=_versions(top))
     # The user's tree, or a library installed in editable mode (its files and its version).
-    walked = _walk(module, label, lambda name: _module_file([root], name), lambda path: path.relative_to(root),
-                   lambda first: _module_file([root], first) is not None
-                   or ((root / first).is_dir() and not _distributions(first)))  # a namespace package
+    try:
+        walked = _walk(module, label, lambda name: _module_file([root], name), lambda path: path.relative_to(root),
+                       lambda first: _module_file([root], first) is not None
+                       or ((root / first).is_dir() and not _distributions(first)))  # a namespace package
+    except SyntaxError as exc:  # in the factory's module or one it imports
+        raise MdbuildError(f"cannot parse {exc.filename}: {exc.msg} (line {exc.lineno})", key, "fix the syntax error") from exc
+    _check_defined(root, module, dotted.rpartition(".")[2], key)
     return Code(versions=_versions(top)) | walked
+
+
+def _check_defined(root: Path, module: str, name: str, key: str) -> None:
+    """The factory's name is defined in its module: read from the file at plan time (planning imports no
+    model code), so that a typo fails before any step runs."""
+    path = _module_file([root], module)
+    if path is None or _module_file([root], f"{module}.{name}") is not None:
+        return  # a namespace package, or a submodule (not a factory: its step says so)
+    stat = path.stat()
+    defined = _top_level_names(path, (stat.st_mtime_ns, stat.st_size, stat.st_ino))
+    if defined is not None and name not in defined:
+        raise MdbuildError(f"cannot import '{module}.{name}': {path.relative_to(root)} defines no '{name}'", key,
+                           "give an import path (package.module.function) importable from this directory")
+
+
+@functools.lru_cache(maxsize=4096)
+def _top_level_names(path: Path, _stat: tuple[int, int, int]) -> frozenset[str] | None:
+    """The names a module binds at its top level (in if/try/with/for/match blocks too, by assignment,
+    import, def, class, walrus or pattern); None where the text cannot tell: `from m import *`, a module
+    __getattr__ (lazy loading), names made through globals(), setattr, exec or vars."""
+    names: set[str] = set()
+    pending: list[ast.AST] = [ast.parse(path.read_bytes(), filename=str(path))]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            pending += node.decorator_list  # its body runs later, in its own scope
+            continue
+        if isinstance(node, ast.Lambda):
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            if any(alias.name == "*" for alias in node.names):
+                return None
+            names |= {alias.asname or alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
+            names.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            names.add(node.rest)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _DYNAMIC:
+            return None
+        pending += ast.iter_child_nodes(node)
+    return None if "__getattr__" in names else frozenset(names)
+
+
+# Calls at a module's top level that may bind names the text does not show.
+_DYNAMIC = {"globals", "setattr", "exec", "vars", "locals"}
 
 
 def module_code(module: str, label: str) -> Code:
@@ -101,11 +153,7 @@ def _walk(module: str, label: str, locate: Callable[[str], Path | None], name_of
 def _imports(path: Path, _stat: tuple[int, int, int], package: str) -> tuple[str, ...]:
     """The modules a file imports anywhere in it (factories often import inside functions); for
     `from m import x`, both m and m.x (x may be a submodule). Dynamic imports are not seen."""
-    try:
-        tree = ast.parse(path.read_bytes(), filename=str(path))
-    except SyntaxError as exc:
-        raise MdbuildError(f"cannot parse {path}: {exc.msg} (line {exc.lineno})", str(path),
-                           "fix the syntax error") from exc
+    tree = ast.parse(path.read_bytes(), filename=str(path))
     found: list[str] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from builder.code import Code, factory_code
-from builder.errors import MdbuildError
+from builder.errors import MdbuildError, first_line
 from builder.imports import resolve_callable
 from builder import cases
 from builder.inputs import batch_dim, random_samples
@@ -68,13 +68,15 @@ def data_inputs(spec: BuildSpec, section: str) -> tuple[dict[str, Path], Code]:
     data = spec.config[section]
     if data["source"] is None:
         return {}, Code()
-    if data["source"] not in SOURCES or (section == "evaluation" and data["source"] == "random"):
-        choices = [s for s in SOURCES if section != "evaluation" or s != "random"]
-        raise MdbuildError(f"unknown data source '{data['source']}'", f"{section}.source", f"choose one of: {', '.join(choices)}")
-    if data["source"] in ("npz", "images"):
+    if data["source"] in ("npz", "images"):  # the source is one of SOURCES (validate)
         if not data["path"]:
             raise MdbuildError(f"a {data['source']} data set needs a path", f"{section}.path", "set it to the file or folder")
-        return {f"{section} data": spec.existing_path(data["path"], f"{section}.path")}, Code()
+        path = spec.existing_path(data["path"], f"{section}.path")
+        if data["source"] == "npz":
+            _npz_arrays(path, [i["name"] for i in spec.model["inputs"]], section)  # read at plan time: its listing only
+        else:
+            _image_files(path, data["samples"], section)
+        return {f"{section} data": path}, Code()
     if data["source"] == "factory":
         if not data["factory"]:
             raise MdbuildError("a factory data set needs an import path", f"{section}.factory", "set it to package.module.function")
@@ -112,30 +114,69 @@ def load(config: dict[str, Any], paths: dict[str, Path], section: str, workdir: 
     return samples, labels
 
 
-def _from_npz(path: Path, names: list[str], section: str):
-    if path.suffix == ".npy":
+def _npz_arrays(path: Path, names: list[str], section: str) -> tuple[dict[str, str], str | None]:
+    """{input name: array name} and the labels' array name of an .npz (an .npy: one input, no labels)."""
+    if _numpy_kind(path, section) == "npy":
         if len(names) != 1:
             raise MdbuildError("a .npy file holds one input, the model has several", f"{section}.path", "use an .npz with one array per input")
-        return {names[0]: np.load(path)}, None
-    with np.load(path) as archive:
+        return {names[0]: ""}, None
+    with _open_npz(path, section) as archive:
         keys = set(archive.files)
-        if set(names) <= keys:
-            arrays = {name: archive[name] for name in names}
-        elif len(names) == 1 and keys & {"inputs", "x"}:
-            arrays = {names[0]: archive["inputs" if "inputs" in keys else "x"]}
-        else:
-            raise MdbuildError(f"{path.name} has arrays {sorted(keys)}; expected {names}", f"{section}.path",
-                               "name the arrays after the model inputs (or inputs/x for a one-input model)")
-        labels = archive["labels"] if "labels" in keys else (archive["y"] if "y" in keys else None)
-    return arrays, labels
+    if set(names) <= keys:
+        arrays = {name: name for name in names}
+    elif len(names) == 1 and keys & {"inputs", "x"}:
+        arrays = {names[0]: "inputs" if "inputs" in keys else "x"}
+    else:
+        raise MdbuildError(f"{path.name} has arrays {sorted(keys)}; expected {names}", f"{section}.path",
+                           "name the arrays after the model inputs (or inputs/x for a one-input model)")
+    return arrays, "labels" if "labels" in keys else ("y" if "y" in keys else None)
+
+
+def _numpy_kind(path: Path, section: str) -> str:
+    """npz or npy, by the file's first bytes (whatever its name)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(6)
+    except OSError as exc:
+        raise MdbuildError(f"cannot read {path}: {exc.strerror}", f"{section}.path", "point it at an .npz or .npy file") from exc
+    if head.startswith(b"PK"):
+        return "npz"
+    if head == b"\x93NUMPY":
+        return "npy"
+    raise MdbuildError(f"{path} is neither an .npz (numpy.savez) nor an .npy (numpy.save) file", f"{section}.path",
+                       "save the data with numpy.savez(path, <input name>=array, ...)")
+
+
+def _open_npz(path: Path, section: str):
+    """The archive, or for an .npy its array mapped (not read); a file numpy cannot read is the key's error."""
+    try:
+        return np.load(path, mmap_mode="r" if _numpy_kind(path, section) == "npy" else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise MdbuildError(f"{path} is not a numpy .npz or .npy file of arrays: {first_line(exc)}", f"{section}.path",
+                           "save the data with numpy.savez(path, <input name>=array, ...)") from exc
+
+
+def _from_npz(path: Path, names: list[str], section: str):
+    arrays, labels = _npz_arrays(path, names, section)
+    if _numpy_kind(path, section) == "npy":
+        return {names[0]: np.asarray(_open_npz(path, section))}, None
+    with _open_npz(path, section) as archive:
+        try:
+            return {name: archive[key] for name, key in arrays.items()}, archive[labels] if labels else None
+        except ValueError as exc:  # an array of Python objects
+            raise MdbuildError(f"{path}: {first_line(exc)}", f"{section}.path",
+                               "save numeric arrays with numpy.savez (no Python objects)") from exc
+
+
+def _image_files(folder: Path, samples: int | None, section: str) -> list[Path]:
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[: samples or None]
+    if not files:
+        raise MdbuildError(f"no {'/'.join(IMAGE_SUFFIXES)} files under {folder}", f"{section}.path", "point it at a folder of images")
+    return files
 
 
 def _from_images(folder: Path, names: list[str], data: dict[str, Any], preprocess: dict[str, Any], section: str):
-    if len(names) != 1:
-        raise MdbuildError("an image folder feeds a one-input model", f"{section}.source", "use npz or factory data")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[: data["samples"] or None]
-    if not files:
-        raise MdbuildError(f"no {'/'.join(IMAGE_SUFFIXES)} files under {folder}", f"{section}.path", "point it at a folder of images")
+    files = _image_files(folder, data["samples"], section)  # one input (validate)
     arrays = {names[0]: np.stack([load_image(p, preprocess) for p in files])}
     if section != "evaluation":
         return arrays, None

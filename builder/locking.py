@@ -12,11 +12,12 @@ the leases, regular files, are locks on the server under NFSv4."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -68,28 +69,65 @@ _HEARTBEAT_S = 60.0
 @contextmanager
 def lease(path: Path, waiting: Callable[[str], None]) -> Iterator[Held]:
     """Holds the lease at `path`; while another process holds it, calls `waiting` with who that is (then
-    every minute) until it is released or its holder dies."""
-    fcntl = _fcntl()
+    every minute) until it is released or its holder dies. A lease left without a failure noted is
+    removed (under the lock: a process that then locks the removed file sees so and locks the path anew);
+    one whose holder failed or died stays, for its record."""
+    said = [None]
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:  # 0o666 less the umask: a cache shared by a group stays usable by the group
-        fd, writable = os.open(path, os.O_RDWR | os.O_CREAT, 0o666), True
-    except PermissionError:
-        fd, writable = os.open(path, os.O_RDONLY), False
+    def wait() -> None:
+        if said[0] is None or time.monotonic() - said[0] >= _HEARTBEAT_S:
+            waiting(_holder(path))
+            said[0] = time.monotonic()
+        time.sleep(0.1)
+
+    while True:
+        fd, writable = _open(path)
+        try:
+            _lock(fd, wait)
+        except BaseException as exc:
+            os.close(fd)
+            if isinstance(exc, OSError) and exc.errno == errno.ESTALE:
+                continue  # NFS: the file was removed on the server while this host held it open
+            raise
+        if not writable or _is_at(fd, path):
+            break
+        os.close(fd)  # removed by the holder before us: its entry is in the cache now
     try:
-        said = None
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if said is None or time.monotonic() - said >= _HEARTBEAT_S:
-                    waiting(_holder(path))
-                    said = time.monotonic()
-                time.sleep(0.1)
-        yield Held(fd if writable else None, _read(path))
+        held = Held(fd if writable else None, _read(fd))
+        yield held
+        if writable and "failed" not in held.fields and _is_at(fd, path):
+            with suppress(OSError):  # already gone (a cleaned cache): nothing to remove
+                os.unlink(path)
     finally:
         os.close(fd)
+
+
+def _open(path: Path) -> tuple[int, bool]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # 0o666 less the umask: a cache shared by a group stays usable by the group
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666), True
+    except PermissionError:
+        return os.open(path, os.O_RDONLY), False
+
+
+def _lock(fd: int, wait: Callable[[], None]) -> None:
+    fcntl = _fcntl()
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            wait()
+
+
+def _is_at(fd: int, path: Path) -> bool:
+    """Whether the locked file is still the one at `path`."""
+    try:
+        at = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (at.st_dev, at.st_ino)
 
 
 class Unshared(Held):
@@ -99,9 +137,11 @@ class Unshared(Held):
         super().__init__(None, {})
 
 
-def _read(path: Path) -> dict:
+def _read(where: Path | int) -> dict:
+    """The record of a lease, by path or by descriptor."""
     try:
-        record = json.loads(path.read_text())
+        text = where.read_bytes() if isinstance(where, Path) else os.pread(where, 1 << 16, 0)
+        record = json.loads(text)
         return record if isinstance(record, dict) else {}
     except (OSError, ValueError):
         return {}

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from builder import cases
 from builder.data import SOURCES, random_verification
 from builder.errors import MdbuildError
 from builder.inputs import batch_dim
-from builder.schema import DTYPES, MODES, ROLES
+from builder.optimize import LOSS_ORDER
+from builder.schema import DTYPES, MODES, ROLES, Tolerance
 from builder.sources import EXPORTERS, get_source
 from builder.spec import BuildSpec
 
@@ -18,7 +20,8 @@ def _choice(value: object, choices: tuple[str, ...], key: str) -> None:
         raise MdbuildError(f"'{value}' is not valid", key, f"choose one of: {', '.join(choices)}")
 
 
-def validate(spec: BuildSpec) -> None:
+def validate(spec: BuildSpec) -> list[str]:
+    """Raises on the first bad value; returns the warnings (values that nothing will read)."""
     config, model = spec.config, spec.model
     _choice(config["mode"], MODES, "mode")
     get_source(model)
@@ -43,14 +46,18 @@ def validate(spec: BuildSpec) -> None:
                 raise MdbuildError(f"dynamic dimension '{dim}' of input '{spec_['name']}' has no size", f"model.dims.{dim}",
                                    f"add model.dims.{dim}=<size used for export and verification>")
             if not isinstance(dim, (int, str)) or isinstance(dim, bool) or (isinstance(dim, int) and dim <= 0):
-                raise MdbuildError(f"dimension {dim!r} must be a positive size or a name", f"model.inputs[{index}].shape")
+                raise MdbuildError(f"dimension {dim!r} must be a positive size or a name", f"model.inputs[{index}].shape",
+                                   "give whole numbers of at least 1, or names of model.dims")
     if not model["outputs"]:
         raise MdbuildError("the model has no outputs", "model.outputs", "name each output")
     _batch(model["inputs"])
     for index, spec_ in enumerate(model["inputs"]):
         _values(spec_, f"model.inputs[{index}]")
+    unread = _data_sections(config)
     _verification(config, names)
+    _images(config)
     _settings(config)
+    return unread
 
 
 # Numbers the schema types but cannot bound: (key, lowest allowed, whether the lowest itself is allowed, what it is).
@@ -70,11 +77,14 @@ _BOUNDS = (
     ("verify.latency.max_seconds", 0, False, "seconds"),
     ("verify.latency.stable_within", 0, False, "a fraction"),
     ("preprocess.scale", 0, False, "the factor applied to pixel values"),
+    ("evaluation.max_drop", 0, True, "points of the metric the artifact may lose"),
 )
+_UNBOUNDED = {"evaluation.max_drop"}  # inf: the drop is reported, not gated
 _MOST_THREADS = 1024
 _NEWEST_OPSET = 25
 _PREPROCESS_CHOICES = {"layout": ("NCHW", "NHWC"), "color": ("RGB", "BGR", "L")}
 _SCORES = ("softmax", "raw")
+_LIMITS = tuple(f.name for f in dataclasses.fields(Tolerance))
 # Verification holds its inputs in memory: a size past this is a typo, not a model (measured: 20.1 TiB asked for).
 _MOST_BYTES = 16 * 2**30
 
@@ -83,7 +93,8 @@ def _settings(config: dict) -> None:
     """The serving, hardware, latency and preprocessing values: in range, one of their choices."""
     for key, lowest, inclusive, what in _BOUNDS:
         value = _at(config, key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lowest or (value == lowest and not inclusive):
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < lowest
+                or (value == lowest and not inclusive) or (math.isinf(value) and key not in _UNBOUNDED)):
             bound = f"at least {lowest}" if inclusive else f"more than {lowest}"
             raise MdbuildError(f"{value!r} is not valid: {what}, {bound}", key, f"give a number {bound}")
     for key in ("hardware.intra_op_threads", "hardware.inter_op_threads"):
@@ -128,7 +139,12 @@ def _settings(config: dict) -> None:
 def _tolerances(tolerances: dict) -> None:
     """Finite limits in range: a similarity in [0, 1], an error at least 0 (NaN or inf turned a gate off)."""
     for level, limits in tolerances.items():
+        if level not in LOSS_ORDER:  # a misspelt level's limits would apply to nothing
+            raise MdbuildError(f"'{level}' is not a level of loss", f"verify.tolerances.{level}",
+                               f"give limits for the levels {', '.join(LOSS_ORDER)}")
         for key, value in (limits or {}).items():
+            if key not in _LIMITS:  # `+verify.tolerances.fp32.typo=...` gets past the schema
+                raise MdbuildError("no such limit", f"verify.tolerances.{level}.{key}", f"valid limits: {', '.join(_LIMITS)}")
             if value is None:
                 continue
             similarity = key.startswith("min_")
@@ -184,9 +200,56 @@ def _values(spec_: dict, where: str) -> None:
                            "give role=ids (token ids, indices) or leave low/high out")
 
 
+def _data_sections(config: dict) -> list[str]:
+    """Each data set's source is one it can be. A path or factory its source does not read is a warning,
+    not an error: a sweep over sources (`calibration.source=factory,random`) leaves the recipe's factory."""
+    unread = []
+    for section, sources in (("verify", ("auto", *SOURCES)), ("calibration", SOURCES),
+                             ("evaluation", tuple(s for s in SOURCES if s != "random"))):
+        data = config[section]
+        if section != "verify" and data["source"] is None:
+            sources = (None, *sources)
+        _choice(data["source"], sources, f"{section}.source")
+        reads = {"npz": "path", "images": "path", "factory": "factory"}.get(data["source"])
+        for key in ("path", "factory"):
+            if data[key] and key != reads:
+                source = f"{section}.source={data['source']}" if data["source"] else f"no {section}.source is set"
+                unread.append(f"{section}.{key}: {data[key]} is not read: {source}")
+    return unread
+
+
+def _images(config: dict) -> None:
+    """Where image files become the input (image data sets, the server's classify route), the input is
+    one image of preprocess.color's channels in preprocess.layout."""
+    sections = [s for s in ("verify", "calibration", "evaluation") if config[s]["source"] == "images"]
+    if not sections and not config["serving"]["labels"]:
+        return
+    where = f"{sections[0]}.source=images" if sections else "serving.labels"
+    inputs, preprocess = config["model"]["inputs"], config["preprocess"]
+    if len(inputs) != 1:
+        raise MdbuildError(f"images feed a one-input model; this one has {len(inputs)} inputs ({where})",
+                           f"{sections[0]}.source" if sections else "serving.labels", "use npz or factory data")
+    shape = inputs[0]["shape"]
+    layout = preprocess["layout"]
+    if len(shape) != 4:
+        raise MdbuildError(f"an image input is [batch, {', '.join(layout[1:])}] ({where}, preprocess.layout={layout}); "
+                           f"'{inputs[0]['name']}' is {list(shape)}", "model.inputs[0].shape",
+                           f"declare 4 dimensions, e.g. [batch, {'3, 224, 224' if layout == 'NCHW' else '224, 224, 3'}]")
+    channels = shape[layout.index("C")]
+    wanted = 1 if preprocess["color"] == "L" else 3
+    if isinstance(channels, int) and channels != wanted:
+        other = "NHWC" if layout == "NCHW" else "NCHW"
+        if shape[other.index("C")] == wanted:  # the channels sit where the other layout has them
+            key, fix = "preprocess.layout", f"set preprocess.layout={other}"
+        else:
+            key, fix = "preprocess.color", "set preprocess.color to the input's channels (L: 1; RGB, BGR: 3)"
+        raise MdbuildError(f"preprocess.color={preprocess['color']} gives {wanted} channel{'s' * (wanted > 1)}; input "
+                           f"'{inputs[0]['name']}' {list(shape)} has {channels} at the C of preprocess.layout={layout}",
+                           key, fix)
+
+
 def _verification(config: dict, inputs: list[str]) -> None:
     verify, outputs = config["verify"], config["model"]["outputs"]
-    _choice(verify["source"], ("auto", *SOURCES), "verify.source")
     if not verify["samples"] or verify["samples"] < 1:
         raise MdbuildError(f"{verify['samples']} samples verify nothing", "verify.samples", "give at least 1 (default 8)")
     sizes = cases.sizes(config["model"], verify)

@@ -153,7 +153,7 @@ def test_a_new_backend_is_its_folder_and_a_target_file(workspace, tmp_path):
     bad = workspace.run(*args, "target.options.level=all", "mode=plan", check=False, env=env)
     assert "error: target.options.level: not a level (fix: choose disabled or basic)" in bad.stderr
     typo = workspace.run(*args, "target.options.levle=basic", "mode=plan", check=False, env=env)
-    assert "target.options.levle: no such key (valid keys of target.options: level)" in typo.stderr
+    assert "target.options.levle: no such key (fix: valid keys of target.options: level)" in typo.stderr
     lock_path = workspace.root / "recipes" / "cnn.lock.json"
     compile_step = next(step for step in read_json(lock_path)["targets"]["plainort_fp32"]["steps"] if step["id"] == "compile")
     assert compile_step["description"]["host"] == {"device": "simulated accelerator", "driver": "1.0"}

@@ -65,6 +65,33 @@ def test_a_lease_waits_for_its_holder_and_is_free_once_the_holder_is_killed(tmp_
     assert len(waited) == 1 and f"pid {holder.pid} on " in waited[0]
 
 
+def _hold_briefly(path: str, held) -> None:
+    with lease(Path(path), lambda who: None):
+        held.set()
+        time.sleep(1)
+
+
+def test_a_lease_its_holder_removed_is_taken_anew_at_its_path(tmp_path):
+    """A holder that ends without a failure removes its lease file; the process that waited on that file
+    locks the file now at the path instead (else a third process could hold the path's lease alongside)."""
+    path = tmp_path / "leases" / "key"
+    spawn = multiprocessing.get_context("spawn")
+    held = spawn.Event()
+    holder = spawn.Process(target=_hold_briefly, args=(str(path), held))
+    holder.start()
+    assert held.wait(30)
+    waited = []
+    with lease(path, waited.append) as mine:
+        assert os.fstat(mine.fd).st_ino == os.stat(path).st_ino
+        assert read_json(path)["pid"] == os.getpid()
+    holder.join()
+    assert waited and not path.exists()
+    with pytest.raises(ValueError), lease(path, waited.append) as failing:
+        failing.note(failed="ValueError: no weights")
+        raise ValueError("no weights")
+    assert read_json(path)["failed"] == "ValueError: no weights"  # kept for the builds that wait on it
+
+
 def _env(workspace) -> dict:
     """The environment Workspace.run gives a build: this checkout's mdbuild, the workspace's modules."""
     return {**os.environ, "MDBUILD_CACHE_DIR": str(workspace.cache),
@@ -150,6 +177,7 @@ def test_concurrent_identical_builds_run_each_step_once(workspace):
     assert sorted(ran) == sorted(["export", "reference", "compile", "verify", "package"])
     assert any(" waiting " in out and "is building it)" in out for out, _ in outputs)
     assert len({out.splitlines()[-1] for out, _ in outputs}) == 1  # one artifact
+    assert not [p for p in (workspace.cache / "leases").rglob("*") if p.is_file()]  # leases do not pile up
 
 
 @pytest.mark.torch

@@ -93,5 +93,6 @@ def source_inputs(spec: BuildSpec) -> tuple[dict[str, Path], Code]:
             return {"weights": spec.existing_path(model["weights"], "model.weights")}, code
         return {}, code
     if not model.get("path"):
-        raise MdbuildError(f"a {model['source']} source needs a file", "model.path", "set model.path to the model file")
+        raise MdbuildError(f"model.source={model['source']} reads a model file and none is given", "model.path",
+                           "set model.path to the model file")
     return {"model": spec.existing_path(model["path"], "model.path")}, code

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from builder import cases, data
-from builder.errors import MdbuildError
+from builder.errors import MdbuildError, first_line
 from builder.evaluation import evaluate_source
 from builder.inputs import batch_dim, random_samples
 from builder.samples import Sample
@@ -41,7 +41,7 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     payload = {}
     for index, case in enumerate(built):
         ctx.progress(f"case {index + 1}/{len(built)}: {case['name']}")
-        result = model(case["feeds"])
+        result = _outputs(model, case, ctx.config["model"]["inputs"])
         if not set(names) <= set(result):
             raise MdbuildError(f"the model returns {len(result)} outputs but the recipe names {len(names)}: {names}",
                                "model.outputs", "list one name per model output")
@@ -55,6 +55,31 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
         "inputs": [i["name"] for i in ctx.config["model"]["inputs"]], "outputs": names,
         "data": _described(ctx.config), "section": data.verification_section(ctx.config), "samples": len(found), "cases": [{key: c[key] for key in ("name", "kind", "perturbs")} for c in built]}))
     evaluate_source(ctx, out, model)
+
+
+def _outputs(model, case: dict[str, Any], specs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """The source model's outputs on one case; where the model rejects the inputs (a token id past its
+    vocabulary, a shape it does not take), one line that shows what it was given."""
+    try:
+        return model(case["feeds"])
+    except MdbuildError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # the user's model raised: its message, and the inputs it was given
+        given = ", ".join(_described_feed(spec["name"], case["feeds"][spec["name"]]) for spec in specs)
+        raise MdbuildError(f"the source model failed on verification case '{case['name']}' ({given}): "
+                           f"{type(exc).__name__}: {first_line(exc)}", "model.inputs",
+                           "check each input's shape, dtype and low/high (token ids below the vocabulary size) "
+                           "against what the model takes") from exc
+
+
+def _described_feed(name: str, values: np.ndarray) -> str:
+    """An input's shape, type and, for integers (token ids, indices), the values it holds."""
+    described = f"{name} {list(values.shape)} {values.dtype}"
+    if values.dtype.kind in "iu" and values.size:
+        described += f" values {values.min()}..{values.max()}"
+    return described
 
 
 def verification_samples(ctx) -> list[Sample]:
