@@ -1,6 +1,6 @@
 """The artifact directory: a copy of the package step's cache entry at a deterministic path
 (<output.dir>/<recipe>-<target>-<key prefix>), checked by content on every build and replaced
-atomically when it is missing or damaged."""
+atomically when it is missing or damaged; <recipe>-<target>-latest links to the last one built."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 from builder.cache import HOST, Cache, Entry, process_alive
+from builder.errors import MdbuildError
 from builder.hashing import sha256_file
 from builder.locking import exclusive
 from builder.spec import BuildSpec
@@ -18,6 +19,22 @@ from builder.spec import BuildSpec
 def artifact_path(spec: BuildSpec, package_key: str) -> Path:
     root = spec.resolve_path(spec.config["output"]["dir"])
     return root / f"{spec.recipe}-{spec.target['name']}-{package_key[:12]}"
+
+
+def point_latest(spec: BuildSpec, destination: Path) -> Path:
+    """`<recipe>-<target>-latest` beside the artifact: a relative symlink to the artifact this build made,
+    replaced in one rename (a reader sees the previous artifact or this one, never neither)."""
+    link = destination.parent / f"{spec.recipe}-{spec.target['name']}-latest"
+    _remove_leftovers(link)
+    staging = destination.parent / f"{_prefix(link)}{_OWNER}-{uuid.uuid4().hex[:8]}"
+    os.symlink(destination.name, staging)
+    try:
+        os.replace(staging, link)
+    except OSError as exc:
+        staging.unlink()
+        raise MdbuildError(f"cannot point {link} at the new artifact ({exc.strerror})", "output.dir",
+                           f"remove {link} (mdbuild keeps it as a link to the latest artifact)") from exc
+    return link
 
 
 def materialize(entry: Entry, destination: Path, cache: Cache) -> tuple[Path, str | None]:
@@ -69,7 +86,10 @@ def _remove_leftovers(destination: Path) -> None:
         host, _, rest = leftover.name[len(_prefix(destination)):].partition("-")
         pid = rest.split("-", 1)[0]
         if host == HOST and pid.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(leftover, ignore_errors=True)
+            if leftover.is_symlink():  # a link to the latest artifact, not yet in place
+                leftover.unlink()
+            else:
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _difference(destination: Path, entry: Entry) -> str | None:

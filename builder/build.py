@@ -12,7 +12,7 @@ from typing import Iterator
 
 from backends import get_backend
 from builder import __version__
-from builder.artifact import artifact_path, materialize
+from builder.artifact import artifact_path, materialize, point_latest
 from builder.cache import Cache, DamagedEntry, default_cache_dir
 from builder.errors import MdbuildError
 from builder.execute import execute
@@ -80,6 +80,7 @@ def _run_mode(plan: Plan, cache: Cache, console: Console, run_dir: Path | None) 
         destination, replaced = materialize(results["package"].entry, artifact_path(spec, results["package"].key), cache)
     if replaced:
         console.line(f"warning: the artifact directory was damaged ({replaced}); replaced with the build's own copy")
+    point_latest(spec, destination)
     report = _report_line(destination)
     if report:
         console.line(report)

@@ -63,41 +63,49 @@ def _register_configs(workdir: Path, argv: list[str]) -> None:
 
 def _task(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
 
     from builder.build import run  # imports the plan and its steps (numpy): not for --help
 
     hydra_cfg = HydraConfig.get()
+    multirun = _is_multirun(hydra_cfg)
     recipe = hydra_cfg.runtime.choices.get("recipe")
     run_dir, workdir = Path(hydra_cfg.runtime.output_dir).resolve(), Path(hydra_cfg.runtime.cwd).resolve()
+    spec = None
     try:
-        _strict_bools(OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False))
-        config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-        _reject_unknown_keys(config)
-        _backend_options(config["target"])
-    except BaseException:
-        _discard_run_dir(run_dir, workdir)
-        raise
-    path, packaged = _RECIPES[recipe]
-    spec = BuildSpec(recipe=recipe, recipe_path=path, packaged_recipe=packaged, config=config, workdir=workdir)
-    try:
+        spec = _spec(cfg, hydra_cfg, recipe, workdir)
         artifact = run(spec, Console(), run_dir)
-    except KeyboardInterrupt:
-        _discard_run_dir(run_dir, workdir)
-        raise
-    except Exception as exc:
-        if _is_multirun(hydra_cfg):
-            write_result(run_dir, job_result(spec, None, run_dir, _message(exc)))
-        else:
-            _discard_run_dir(run_dir, workdir)
-        if _wants_traceback():
-            raise
-        # Reported here, per job: a sweep goes on with its other jobs and fails at the end.
-        prefix = f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): " if _is_multirun(hydra_cfg) else ""
-        print(f"error: {prefix}{_message(exc)}", file=sys.stderr, flush=True)
-        raise _Reported() from exc
-    if _is_multirun(hydra_cfg) and artifact is not None:
-        write_result(run_dir, job_result(spec, artifact, run_dir, None))
+    except BaseException as exc:
+        if not multirun or not isinstance(exc, Exception) or _wants_traceback():
+            if not multirun:
+                _discard_run_dir(run_dir, workdir)
+            raise  # main prints it as one line
+        # A sweep's job: reported and recorded here; the sweep goes on, and fails at its end (SweepSummary).
+        target = spec.target if spec else {"name": hydra_cfg.runtime.choices.get("target")}
+        write_result(run_dir, job_result(recipe, target, None, run_dir, _message(exc)))
+        overrides = " ".join(_raw_overrides(hydra_cfg))
+        print(f"error: job {hydra_cfg.job.num} ({overrides}): {_message(exc)}", file=sys.stderr, flush=True)
+        return
+    if multirun and artifact is not None:
+        write_result(run_dir, job_result(recipe, spec.target, artifact, run_dir, None))
+
+
+def _spec(cfg, hydra_cfg, recipe: str, workdir: Path) -> BuildSpec:
+    """The job's config, checked (bools, unknown keys, backend options), as a BuildSpec."""
+    from omegaconf import OmegaConf
+
+    _strict_bools(_raw_overrides(hydra_cfg))
+    config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    _reject_unknown_keys(config)
+    _backend_options(config["target"])
+    path, packaged = _RECIPES[recipe]
+    return BuildSpec(recipe=recipe, recipe_path=path, packaged_recipe=packaged, config=config, workdir=workdir)
+
+
+def _raw_overrides(hydra_cfg) -> list[str]:
+    """The job's override strings as written (iterating Hydra's ListConfig would resolve `${...}` in them)."""
+    from omegaconf import OmegaConf
+
+    return list(OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False))
 
 
 def _discard_run_dir(run_dir: Path, workdir: Path) -> None:
@@ -149,10 +157,6 @@ def _check_bools(key: str, value: Any) -> None:
         return
     if str(value).strip().lower() not in _BOOL_WORDS and not str(value).startswith("${"):
         raise MdbuildError(f"{value!r} is not true or false", key, "give true or false")
-
-
-class _Reported(Exception):
-    """A job failure that was already printed."""
 
 
 def _is_multirun(hydra_cfg) -> bool:
@@ -233,8 +237,6 @@ def main() -> None:
         sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
     except SystemExit:
         raise
-    except _Reported:
-        sys.exit(1)
     except BaseException as exc:  # noqa: BLE001 - every failure ends here, as one line
         if _wants_traceback():
             raise

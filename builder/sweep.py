@@ -1,18 +1,20 @@
 """Sweep summary: after `mdbuild -m ...`, one table of every job (target, precision, accuracy,
-latency, throughput, size, passed) and an accuracy-versus-latency plot, as JSON, Markdown and HTML
-in the sweep directory. Each job leaves result.json in its own directory; a Hydra callback gathers them."""
+latency, throughput, size, result) and a plot of accuracy against latency, as JSON, Markdown, HTML and
+SVG in the sweep directory. Each job leaves result.json in its own directory, a failed one too (with
+its error); a Hydra callback gathers them when the sweep ends, whichever jobs failed."""
 
 from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 RESULT_FILE = "result.json"
 
 
-def job_result(spec, artifact: Path | None, run_dir: Path, error: str | None) -> dict[str, Any]:
+def job_result(recipe: str, target: dict[str, Any], artifact: Path | None, run_dir: Path, error: str | None) -> dict[str, Any]:
     """What one job of a sweep produced, from its report (or the failed report it kept)."""
     report_path = artifact / "report.json" if artifact else run_dir / "failed-verification" / "report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
@@ -20,8 +22,8 @@ def job_result(spec, artifact: Path | None, run_dir: Path, error: str | None) ->
     evaluation = report.get("evaluation") or {}
     latency = report.get("latency", {})
     return {
-        "recipe": spec.recipe, "target": spec.target["name"], "backend": spec.target["backend"],
-        "precision": spec.target["precision"], "computed": (report.get("compute") or {}).get("precision"),
+        "recipe": recipe, "target": target.get("name"), "backend": target.get("backend"),
+        "precision": target.get("precision"), "computed": (report.get("compute") or {}).get("precision"),
         "passed": error is None,
         "score": evaluation.get("artifact_score"), "source_score": evaluation.get("source_score"),
         "metric": evaluation.get("metric"),
@@ -39,86 +41,152 @@ def write_result(run_dir: Path, result: dict[str, Any]) -> None:
     (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=2))
 
 
-def write_summary(sweep_dir: Path) -> list[Path]:
-    rows = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{RESULT_FILE}"), key=lambda p: int(p.parent.name))]
+def read_results(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Every job's result, in job order."""
+    paths = sorted(sweep_dir.glob(f"*/{RESULT_FILE}"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else -1)
+    return [json.loads(path.read_text()) for path in paths]
+
+
+def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[Path]:
     if not rows:
         return []
     written = [sweep_dir / "summary.json", sweep_dir / "summary.md", sweep_dir / "summary.html", sweep_dir / "summary.svg"]
     written[0].write_text(json.dumps(rows, indent=2))
     written[1].write_text(_markdown(rows))
     written[2].write_text(_html(rows))
-    written[3].write_text(_plot(rows))
+    written[3].write_text(plot(rows))
     return written
 
 
-_COLUMNS = [("target", "target"), ("precision", "precision"), ("computed", "computed in"), ("score", "accuracy"), ("rel_l2", "rel L2"),
-            ("min_cosine", "min cosine"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
-            ("throughput_per_s", "items/s"), ("model_bytes", "size MB"), ("passed", "passed")]
+def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The table's columns; the accuracy column only where a labelled set scored the jobs."""
+    metric = _metric(rows)
+    return [("target", "target"), ("precision", "precision"), ("computed", "computed in"),
+            *([("score", f"accuracy ({metric})")] if metric else []),
+            ("rel_l2", "rel L2"), ("min_cosine", "min cosine"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
+            ("throughput_per_s", "items/s"), ("model_bytes", "size MB"), ("passed", "result")]
+
+
+def _metric(rows: list[dict[str, Any]]) -> str | None:
+    return next((row["metric"] for row in rows if row.get("metric") and row.get("score") is not None), None)
+
+
+def _legend(rows: list[dict[str, Any]]) -> str:
+    metric = _metric(rows)
+    compared = ("rel L2 (lower is closer) and min cosine (higher is closer) compare each artifact's outputs with "
+                "the source model's on the verification inputs")
+    if metric:
+        return f"Accuracy: {metric} on the labelled set, the source model's in brackets; {compared}."
+    return f"No labelled set, so no accuracy column: {compared}; the plot shows rel L2."
 
 
 def _cell(row: dict[str, Any], key: str) -> str:
     value = row.get(key)
     if value is None and key in ("p50_ms", "p99_ms", "throughput_per_s") and row.get("latency_note"):
         return row["latency_note"]
+    if key == "passed":
+        return "passed" if value else "FAILED"
     if value is None:
         return "-"
     if key == "model_bytes":
         return f"{value / 1e6:.2f}"
     if key == "score":
-        return f"{value:.2f} (source {row['source_score']:.2f})"
-    if key == "passed":
-        return "yes" if value else "NO"
+        source = row.get("source_score")
+        return f"{value:.2f}" + (f" (source {source:.2f})" if source is not None else "")
+    if key == "rel_l2":
+        return f"{value:.2e}"
+    if key == "min_cosine":
+        return f"{value:.6f}"  # fp16 is 0.99998x: four significant digits read as 1
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
-    metric = next((r["metric"] for r in rows if r.get("metric")), None)
-    lines = [f"# Sweep summary: {rows[0]['recipe']}", "",
-             f"Accuracy: {metric} on the labelled set." if metric else "No labelled set: accuracy is the cosine to the source model.",
-             "", "| " + " | ".join(title for _, title in _COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
-    lines += ["| " + " | ".join(_cell(row, key) for key, _ in _COLUMNS) + " |" for row in rows]
+    columns = _columns(rows)
+    lines = [f"# Sweep summary: {rows[0]['recipe']}", "", _legend(rows), "",
+             "| " + " | ".join(title for _, title in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row, key).replace("|", "\\|") for key, _ in columns) + " |" for row in rows]
     failed = [row for row in rows if row["error"]]
-    lines += [""] + [f"- {row['target']}: {row['error']}" for row in failed]
+    if failed:
+        lines += ["", "Failed jobs:", ""] + [f"- {row['target']}: {row['error']}" for row in failed]
     lines += ["", "![accuracy versus p50 latency](summary.svg)"]
     return "\n".join(lines) + "\n"
 
 
 def _html(rows: list[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{html.escape(title)}</th>" for _, title in _COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(row, key))}</td>" for key, _ in _COLUMNS) + "</tr>"
-                   for row in rows)
-    return (f"<!doctype html><meta charset='utf-8'><title>Sweep summary: {html.escape(rows[0]['recipe'])}</title>"
-            f"<style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;border-bottom:1px solid #ccc}}</style>"
-            f"<h1>Sweep summary: {html.escape(rows[0]['recipe'])}</h1>{_plot(rows)}"
+    columns = _columns(rows)
+    head = "".join(f"<th>{html.escape(title)}</th>" for _, title in columns) + "<th>error</th>"
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(row, key))}</td>" for key, _ in columns)
+                   + f"<td>{html.escape(row['error'] or '')}</td></tr>" for row in rows)
+    title = f"Sweep summary: {html.escape(rows[0]['recipe'])}"
+    return (f"<!doctype html><meta charset='utf-8'><title>{title}</title>"
+            "<style>body{font-family:sans-serif}td,th{padding:2px 8px;border-bottom:1px solid #ccc;text-align:left}</style>"
+            f"<h1>{title}</h1><p>{html.escape(_legend(rows))}</p>{plot(rows)}"
             f"<table><tr>{head}</tr>{body}</table>\n")
 
 
-def _plot(rows: list[dict[str, Any]]) -> str:
-    """Accuracy (labelled score, else cosine to the source) against p50 latency, one dot per target."""
-    points = [(r["p50_ms"], r["score"] if r["score"] is not None else r["min_cosine"], r) for r in rows
-              if r["p50_ms"] is not None and (r["score"] is not None or r["min_cosine"] is not None)]
+_WIDTH, _HEIGHT, _PAD, _RIGHT = 720, 380, 70, 150  # _RIGHT: room for the last dot's label
+
+
+def plot(rows: list[dict[str, Any]]) -> str:
+    """The labelled score (linear), else rel L2 to the source (log: fp32, fp16 and int8 lie decades
+    apart), against p50 latency; one dot per job, red where it failed."""
+    metric = _metric(rows)
+    key = "score" if metric else "rel_l2"
+    points = [(row["p50_ms"], row[key], row) for row in rows if row.get("p50_ms") is not None and row.get(key) is not None]
     if not points:
-        return "<svg xmlns='http://www.w3.org/2000/svg' width='400' height='40'><text x='10' y='25'>No job produced latency and accuracy figures to plot.</text></svg>"
-    width, height, pad = 640, 360, 60
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x0, x1 = 0.0, max(xs) * 1.1
-    y0, y1 = min(ys) - (max(ys) - min(ys) or abs(min(ys)) * 0.01 or 0.01) * 0.2, max(ys) + (max(ys) - min(ys) or 0.01) * 0.2
-    sx = lambda x: pad + (x - x0) / (x1 - x0) * (width - 2 * pad)  # noqa: E731
-    sy = lambda y: height - pad - (y - y0) / (y1 - y0) * (height - 2 * pad)  # noqa: E731
-    label = "accuracy" if points[0][2]["score"] is not None else "min cosine to source"
-    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}'>",
-             f"<line x1='{pad}' y1='{height - pad}' x2='{width - pad}' y2='{height - pad}' stroke='black'/>",
-             f"<line x1='{pad}' y1='{pad}' x2='{pad}' y2='{height - pad}' stroke='black'/>",
-             f"<text x='{width / 2}' y='{height - 15}' text-anchor='middle'>p50 latency (ms)</text>",
-             f"<text x='15' y='{height / 2}' transform='rotate(-90 15 {height / 2})' text-anchor='middle'>{label}</text>",
-             f"<text x='{pad}' y='{height - pad + 15}' text-anchor='middle'>{x0:.3g}</text>",
-             f"<text x='{width - pad}' y='{height - pad + 15}' text-anchor='middle'>{x1:.3g}</text>",
-             f"<text x='{pad - 5}' y='{height - pad}' text-anchor='end'>{y0:.4g}</text>",
-             f"<text x='{pad - 5}' y='{pad}' text-anchor='end'>{y1:.4g}</text>"]
-    for x, y, row in points:
+        return ("<svg xmlns='http://www.w3.org/2000/svg' width='420' height='40'><text x='10' y='25'>"
+                "No job produced latency and accuracy figures to plot.</text></svg>")
+    log = key == "rel_l2"
+    ys = [math.log10(max(y, 1e-12)) if log else y for _, y, _ in points]
+    sources = sorted({row["source_score"] for row in rows if metric and row.get("source_score") is not None})
+    x_ticks = _ticks(0.0, max(x for x, _, _ in points) * 1.05)
+    if log:
+        y_ticks = list(range(math.floor(min(ys)), math.ceil(max(ys)) + 1))
+        y_ticks = y_ticks if len(y_ticks) > 1 else [y_ticks[0] - 1, y_ticks[0]]
+    else:
+        low, high = min(ys + sources), max(ys + sources)
+        margin = (high - low) * 0.05
+        y_ticks = _ticks(low - margin, high + margin)
+    sx = _scale(x_ticks[0], x_ticks[-1], _PAD, _WIDTH - _RIGHT)
+    sy = _scale(y_ticks[0], y_ticks[-1], _HEIGHT - _PAD, _PAD)
+    label = (f"{metric} (labelled set)" if metric else "rel L2 to the source (log scale, lower is closer)")
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{_WIDTH}' height='{_HEIGHT}' font-size='12'>",
+             f"<line x1='{_PAD}' y1='{_HEIGHT - _PAD}' x2='{_WIDTH - _RIGHT}' y2='{_HEIGHT - _PAD}' stroke='black'/>",
+             f"<line x1='{_PAD}' y1='{_PAD}' x2='{_PAD}' y2='{_HEIGHT - _PAD}' stroke='black'/>",
+             f"<text x='{_WIDTH / 2}' y='{_HEIGHT - 20}' text-anchor='middle'>p50 latency (ms)</text>",
+             f"<text x='16' y='{_HEIGHT / 2}' transform='rotate(-90 16 {_HEIGHT / 2})' text-anchor='middle'>"
+             f"{html.escape(label)}</text>"]
+    for tick in x_ticks:
+        parts.append(f"<text class='x-tick' x='{sx(tick):.1f}' y='{_HEIGHT - _PAD + 16}' text-anchor='middle'>{tick:g}</text>")
+    for tick in y_ticks:
+        text = f"1e{tick}" if log else f"{tick:g}"
+        parts.append(f"<line x1='{_PAD - 4}' y1='{sy(tick):.1f}' x2='{_WIDTH - _RIGHT}' y2='{sy(tick):.1f}' stroke='#ddd'/>"
+                     f"<text class='y-tick' x='{_PAD - 8}' y='{sy(tick) + 4:.1f}' text-anchor='end'>{text}</text>")
+    for source in sources:  # the source model's score: what an artifact can lose against
+        parts.append(f"<line x1='{_PAD}' y1='{sy(source):.1f}' x2='{_WIDTH - _RIGHT}' y2='{sy(source):.1f}' "
+                     f"stroke='#555' stroke-dasharray='4 3'/><text x='{_WIDTH - _RIGHT + 4}' y='{sy(source) + 4:.1f}'>"
+                     f"source {source:g}</text>")
+    for (x, _, row), y in zip(points, ys):
         colour = "#1a7f37" if row["passed"] else "#cf222e"
-        parts.append(f"<circle cx='{sx(x):.1f}' cy='{sy(y):.1f}' r='5' fill='{colour}'/>"
-                     f"<text x='{sx(x) + 8:.1f}' y='{sy(y) - 6:.1f}' font-size='12'>{html.escape(row['target'])}</text>")
+        parts.append(f"<circle cx='{sx(x):.1f}' cy='{sy(y):.1f}' r='5' fill='{colour}'><title>{html.escape(row['target'])}"
+                     f"</title></circle><text x='{sx(x) + 8:.1f}' y='{sy(y) - 6:.1f}'>{html.escape(row['target'])}</text>")
     return "".join(parts) + "</svg>"
+
+
+def _scale(low: float, high: float, start: float, end: float):
+    span = (high - low) or 1.0
+    return lambda value: start + (value - low) / span * (end - start)
+
+
+def _ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """Round tick values (1, 2 or 5 times a power of ten apart) covering [low, high]."""
+    span = high - low or abs(high) * 0.1 or 1.0
+    raw = span / count
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first, last = math.floor(low / step), math.ceil(high / step)
+    if first == last:
+        last += 1
+    return [round(i * step, 12) for i in range(first, last + 1)]

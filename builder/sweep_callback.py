@@ -1,17 +1,28 @@
-"""The Hydra callback that writes the sweep summary when a multirun ends (see builder.sweep)."""
+"""The Hydra callback that writes the sweep summary when a multirun ends (see builder.sweep), and
+fails the sweep when any of its jobs failed (each job records its failure instead of raising, so that
+the others run and the summary is written)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from builder.sweep import write_summary
+from builder.sweep import read_results, write_summary
 
 
 class SweepSummary(Callback):
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        written = write_summary(Path(config.hydra.sweep.dir).resolve())
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        rows = read_results(sweep_dir)
+        written = write_summary(sweep_dir, rows)
         if written:
             print(f"sweep summary: {written[1]} ({written[2].name}, {written[0].name})", flush=True)
+        failed = [row for row in rows if row["error"]]
+        if failed:
+            names = ", ".join(str(row["target"]) for row in failed)
+            print(f"error: sweep: {len(failed)} of {len(rows)} jobs failed ({names}); each job's error is above and in "
+                  f"{written[1]}", file=sys.stderr, flush=True)
+            sys.exit(1)

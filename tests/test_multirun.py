@@ -1,8 +1,10 @@
 """Hydra multirun: every job builds, sharing the cache (the export runs once)."""
 
+from pathlib import Path
+
 import pytest
 
-from conftest import QUICK, cnn_recipe
+from conftest import QUICK, cnn_recipe, read_json
 
 pytestmark = pytest.mark.torch
 
@@ -19,15 +21,25 @@ def test_sweep_runs_every_job_and_shares_the_export(workspace):
                            "hardware.intra_op_threads=1,2")
     artifacts = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("artifact: ")]
     assert len(set(artifacts)) == 2
+    latest = workspace.root / "artifacts" / "cnn-onnxruntime_fp32-latest"
+    assert latest.is_symlink() and latest.resolve() == Path(artifacts[1]).resolve()  # the job built last
     assert steps(result, "export") == ["running", "cached"]
     assert steps(result, "compile") == ["running", "running"]
     sweeps = list((workspace.root / "mdbuild-outputs" / "sweeps").glob("*/*/multirun.yaml"))
     assert len(sweeps) == 1
 
 
-def test_a_failing_job_fails_the_sweep(workspace):
+def test_a_failing_job_fails_the_sweep_after_the_others_ran_and_the_summary_is_written(workspace):
     workspace.recipe("cnn", cnn_recipe())
-    result = workspace.run("-m", "+recipe=cnn", *QUICK, "verify.tolerances.fp32.min_cosine=0.5,1.5", check=False)
+    result = workspace.run("-m", "+recipe=cnn", *QUICK, "verify.tolerances.fp32.min_cosine=1.5,0.5", check=False)
     assert result.code == 1
-    assert result.stdout.count("artifact: ") == 1
-    assert "min_cosine" in result.stderr
+    assert result.stdout.count("artifact: ") == 1  # the job after the failed one ran
+    assert "error: job 0 (+recipe=cnn verify=quick verify.tolerances.fp32.min_cosine=1.5): " \
+           "verify.tolerances.fp32.min_cosine: 1.5 is not a limit" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: sweep: 1 of 2 jobs failed (onnxruntime_fp32)")
+    sweep = next((workspace.root / "mdbuild-outputs" / "sweeps").glob("*/*"))
+    rows = read_json(sweep / "summary.json")
+    assert [row["passed"] for row in rows] == [False, True] and "1.5 is not a limit" in rows[0]["error"]
+    markdown = (sweep / "summary.md").read_text()
+    assert "| FAILED |" in markdown and "Failed jobs:" in markdown and "1.5 is not a limit" in markdown
+    assert "1.5 is not a limit" in (sweep / "summary.html").read_text()

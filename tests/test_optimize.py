@@ -81,7 +81,7 @@ def test_the_sweep_summary_tables_and_plots_every_job(digits_sweep):
     assert [row["target"] for row in rows] == CPU_TARGETS
     assert all(row["passed"] and row["p50_ms"] > 0 and row["score"] > 95 and row["model_bytes"] > 0 for row in rows)
     markdown = (sweep / "summary.md").read_text()
-    assert "| target | precision | computed in | accuracy |" in markdown and "openvino_int8 | int8" in markdown
+    assert "| target | precision | computed in | accuracy (top1) |" in markdown and "openvino_int8 | int8" in markdown
     page = (sweep / "summary.html").read_text()
     assert page.count("<circle") == 5 and "p50 latency (ms)" in page
     assert (sweep / "summary.svg").read_text().count("<circle") == 5 and "(summary.svg)" in markdown
