@@ -4,6 +4,7 @@ plan (print the DAG with keys and cache state), check (compare with the lock fil
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from builder.lock import check_lock, check_writable, lock_path, write_lock
 from builder.plan import Plan, make_plan
 from builder.progress import Console
 from builder.reasons import explain
+from builder.remote import Remote
 from builder.signature import with_signature
 from builder.sources import get_source
 from builder.spec import BuildSpec, writable_directory
@@ -37,8 +39,11 @@ def open_cache(spec: BuildSpec) -> Iterator[Cache]:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return
-    configured = spec.config["cache"]["dir"]
-    yield Cache(spec.resolve_path(configured) if configured else default_cache_dir())
+    settings = spec.config["cache"]
+    remote_url = settings["remote"] or os.environ.get("MDBUILD_CACHE_REMOTE")
+    remote = Remote(remote_url, settings["remote_options"]) if remote_url else None
+    yield Cache(spec.resolve_path(settings["dir"]) if settings["dir"] else default_cache_dir(), remote=remote,
+                push=settings["push"])
 
 
 def run(spec: BuildSpec, console: Console, run_dir: Path | None = None) -> Path | None:
@@ -70,6 +75,8 @@ def _run_mode(plan: Plan, cache: Cache, console: Console, run_dir: Path | None) 
         check_writable(spec)
     writable_directory(spec.resolve_path(spec.config["output"]["dir"]), "output.dir")
     writable_directory(cache.root, "cache.dir")
+    if cache.remote is not None:
+        cache.remote.check()
     console.line(f"mdbuild {__version__} · recipe {spec.recipe} · target {spec.target['name']} · cache {cache.root}")
     results = execute(plan, cache, console, failure_dir=run_dir)
     try:
@@ -89,6 +96,9 @@ def _run_mode(plan: Plan, cache: Cache, console: Console, run_dir: Path | None) 
         if note:
             console.line(f"note: {note}")
         console.line(f"lock: {path}")
+    if cache.remote is not None:
+        console.line(f"remote cache {cache.remote.url}: {cache.remote.downloaded / 1e6:.1f} MB downloaded, "
+                     f"{cache.remote.uploaded / 1e6:.1f} MB uploaded")
     console.line(f"artifact: {destination}")
     return destination
 

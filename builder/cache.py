@@ -16,13 +16,14 @@ import os
 import shutil
 import socket
 import uuid
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from builder.errors import MdbuildError
-from builder.locking import Unshared, lease
+from builder.locking import Held, Unshared, lease
+from builder.remote import Remote
 from builder.hashing import DigestMemo, digest_tree, list_files, sha256_file, sha256_text
 
 _ENTRY_FORMAT = 1
@@ -66,12 +67,37 @@ def output_digest(files: dict[str, str], reports: tuple[str, ...] | list[str]) -
 
 
 class Cache:
-    def __init__(self, root: Path, enabled: bool = True):
+    def __init__(self, root: Path, enabled: bool = True, remote: Remote | None = None, push: bool = True):
         self.root = Path(root)
         self.enabled = enabled
         self.digests = DigestMemo(self.root / "digests.json" if enabled else None)
         self.warnings: list[str] = []
         self.discarded: dict[str, str] = {}  # key: why its entry was discarded in this build
+        self.remote = remote if enabled else None  # the shared tier (builder.remote)
+        self.pushes = push
+        if self.remote is not None:
+            self.remote.warnings = self.warnings
+
+    def fetch(self, key: str) -> Entry | None:
+        """The remote tier's entry of `key`, downloaded, checked and committed here; None on a miss."""
+        if self.remote is None:
+            return None
+        work = self.new_workdir()
+        try:
+            meta = self.remote.fetch(key, work / "out")
+            if meta is None:
+                self.abandon(work)
+                return None
+            return self.commit(key, work, meta["description"], meta.get("seconds", 0.0), tuple(meta.get("reports", ())))
+        except BaseException:
+            self.abandon(work)
+            raise
+
+    def push(self, entry: Entry) -> None:
+        """Uploads an entry this build computed to the remote tier (cache.push)."""
+        meta = self.peek(entry.key)
+        if self.remote is not None and self.pushes and meta is not None:
+            self.remote.push(entry.key, entry.out, meta)
 
     # -- lookup ------------------------------------------------------------------------------
     def _entry_dir(self, key: str) -> Path:
@@ -115,9 +141,19 @@ class Cache:
                 self.discard(entry.key, problem)
                 raise DamagedEntry(step, entry.key, problem)
 
-    def lease(self, key: str, waiting):
-        """While held, no other build of this cache computes `key` (builder.locking.lease)."""
-        return lease(self.root / "leases" / key[:2] / key, waiting) if self.enabled else nullcontext(Unshared())
+    @contextmanager
+    def lease(self, key: str, waiting) -> Iterator[Held]:
+        """While held, no other build of this cache computes `key` (builder.locking.lease), nor, with a
+        remote tier, a build on another host (Remote.lease) unless its entry appeared meanwhile."""
+        if not self.enabled:
+            yield Unshared()
+            return
+        with lease(self.root / "leases" / key[:2] / key, waiting) as held:
+            if self.remote is None:
+                yield held
+                return
+            with self.remote.lease(key, waiting):
+                yield held
 
     def peek(self, key: str) -> dict[str, Any] | None:
         """The metadata of an entry without verifying it (plan and check modes)."""

@@ -84,7 +84,7 @@ def _walk(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None) 
     for index, keyed in enumerate(walk(plan, cache, digests), 1):
         node, description, key = keyed.node, keyed.description, keyed.key
         label = f"[{index}/{len(plan.steps)}] {node.id:<13}"
-        entry = _lookup(cache, console, key)
+        entry = _find(cache, console, key, label)
         if entry is None:
             # One build computes a key at a time; the others wait for it, then take its entry.
             waited: list[str] = []
@@ -94,7 +94,7 @@ def _walk(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None) 
                 console.line(f"{label} waiting  {key[:12]}  ({who} is building it)")
 
             with cache.lease(key, waiting) as held:
-                entry = _lookup(cache, console, key)
+                entry = _find(cache, console, key, label)
                 if entry is None:
                     failed, by = held.previous.get("failed"), held.previous.get("failed_by")
                     if waited and failed:  # the same key fails the same way: not again, one build after another
@@ -114,6 +114,8 @@ def _walk(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None) 
                         held.note(failed=first_line(exc), failed_by=os.getpid())
                         raise
                     cache.remember(plan.slot(node), description)
+                    cache.push(entry)
+                    _warn(cache, console)
                     results[node.id] = StepResult(node, key, description, entry, False, time.monotonic() - started)
                     digests[node.id] = entry.digest
                     console.line(f"{label} done     {results[node.id].seconds:.1f}s")
@@ -124,12 +126,21 @@ def _walk(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None) 
     return results
 
 
-def _lookup(cache: Cache, console: Console, key: str) -> Entry | None:
+def _find(cache: Cache, console: Console, key: str, label: str) -> Entry | None:
+    """The entry of `key` in the local cache, else downloaded from the remote tier."""
     entry = cache.lookup(key)
+    if entry is None:
+        entry = cache.fetch(key)
+        if entry is not None:
+            console.line(f"{label} fetched  {key[:12]}  (remote cache)")
+    _warn(cache, console)
+    return entry
+
+
+def _warn(cache: Cache, console: Console) -> None:
     for warning in cache.warnings:
         console.line(f"warning: {warning}")
     cache.warnings.clear()
-    return entry
 
 
 def _silent(_message: str) -> None:

@@ -177,6 +177,10 @@ class CacheConfig:
     # null: $MDBUILD_CACHE_DIR, else the user cache directory (~/.cache/mdbuild).
     dir: Optional[str] = None
     enabled: bool = True
+    # A tier shared between machines (s3://bucket/prefix, gs://..., file:///...); null: $MDBUILD_CACHE_REMOTE, else none.
+    remote: Optional[str] = None
+    remote_options: Dict[str, Any] = field(default_factory=dict)  # fsspec storage options (endpoint_url, ...)
+    push: bool = True  # upload what this build computed to the remote tier
 
 
 @dataclass

@@ -1,0 +1,175 @@
+"""The shared remote tier of the cache (`cache.remote=s3://bucket/prefix`, `gs://...`, `file://...`),
+through fsspec, the way Bazel's remote cache shares actions between machines.
+
+Layout beside the local cache's: `<prefix>/entries/<k[:2]>/<key>/out/<files>` and, written last,
+`<prefix>/entries/<k[:2]>/<key>/meta.json`: an entry exists for readers only once its manifest does,
+so an upload cut short is never a hit. A local miss reads through: the manifest, then every file,
+each checked against its sha256 before the entry is committed to the local cache (a damaged or
+half-written remote entry is a miss, with a warning). A step that ran is pushed after it succeeded.
+
+Across hosts a key is built once where the store can create an object only if it is absent (S3's
+If-None-Match, a local file system's O_EXCL): `<prefix>/leases/<key>` holds who builds it, renewed
+while the step runs; a lease not renewed for _EXPIRES_S is taken over (its holder died). Two builds
+that take over a dead lease at once may both build the key: the entries are identical by
+construction, and the first commit wins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from builder.errors import MdbuildError, first_line
+from builder.hashing import sha256_file
+
+_RENEW_S = 30.0
+_EXPIRES_S = 120.0
+_POLL_S = 1.0
+
+
+class Remote:
+    def __init__(self, url: str, options: dict[str, Any]):
+        try:
+            import fsspec
+
+            self.fs, self.root = fsspec.url_to_fs(url, **options)
+        except (ImportError, ValueError, TypeError) as exc:
+            raise MdbuildError(f"cannot open {url}: {first_line(exc)}", "cache.remote",
+                               "give s3://bucket/prefix, gs://bucket/prefix or file:///path (pip install s3fs or "
+                               "gcsfs for the clouds); storage options go in cache.remote_options") from exc
+        self.url = url
+        self.downloaded = self.uploaded = 0  # bytes, for the build's summary line
+        self.warnings: list[str] = []
+
+    def check(self) -> None:
+        """The store answers (credentials, endpoint) and its bucket exists (a build does not create buckets;
+        a local directory it does): one line naming cache.remote if not."""
+        protocols = {self.fs.protocol} if isinstance(self.fs.protocol, str) else set(self.fs.protocol)
+        try:
+            if protocols & {"file", "local"}:
+                self.fs.makedirs(self.root, exist_ok=True)
+                return
+            bucket = self.root.split("/", 1)[0]
+            if not self.fs.exists(bucket):
+                raise FileNotFoundError(f"no bucket '{bucket}'")
+        except Exception as exc:  # noqa: BLE001 - every client error (auth, network, no bucket) ends here
+            raise MdbuildError(f"cannot reach {self.url}: {type(exc).__name__}: {first_line(exc)}", "cache.remote",
+                               "check the URL, the credentials (AWS_* variables for S3) and "
+                               "cache.remote_options (endpoint_url for an S3-compatible server); the bucket must exist") from exc
+
+    def _entry(self, key: str) -> str:
+        return f"{self.root}/entries/{key[:2]}/{key}"
+
+    def manifest(self, key: str) -> dict[str, Any] | None:
+        """The entry's manifest, or None when the remote has no complete entry of `key`."""
+        try:
+            return json.loads(self.fs.cat_file(f"{self._entry(key)}/meta.json"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            self.warnings.append(f"remote cache: cannot read the manifest of {key[:12]} ({first_line(exc)})")
+            return None
+
+    def fetch(self, key: str, into: Path) -> dict[str, Any] | None:
+        """Downloads the entry of `key` into `into` (its out/ files), each checked against its sha256;
+        returns its manifest, or None (no entry, or a damaged one: a warning says which)."""
+        meta = self.manifest(key)
+        if meta is None:
+            return None
+        try:
+            for rel, info in meta["files"].items():
+                local = into / rel
+                local.parent.mkdir(parents=True, exist_ok=True)
+                self.fs.get_file(f"{self._entry(key)}/out/{rel}", str(local))
+                if sha256_file(local) != info["sha256"]:
+                    self.warnings.append(f"remote cache: {rel} of {key[:12]} does not match its sha256; building it here")
+                    return None
+                self.downloaded += local.stat().st_size
+        except (OSError, KeyError, TypeError) as exc:
+            self.warnings.append(f"remote cache: cannot download {key[:12]} ({first_line(exc)}); building it here")
+            return None
+        return meta
+
+    def push(self, key: str, out: Path, meta: dict[str, Any]) -> None:
+        """Uploads an entry's files, then its manifest (the entry exists for readers from then on);
+        nothing when the remote has it already. A failed upload is a warning: the build has its entry."""
+        if self.manifest(key) is not None:
+            return
+        try:
+            for rel in meta["files"]:
+                self.fs.put_file(str(out / rel), f"{self._entry(key)}/out/{rel}")
+                self.uploaded += (out / rel).stat().st_size
+            self.fs.pipe_file(f"{self._entry(key)}/meta.json", json.dumps(meta, sort_keys=True).encode())
+        except Exception as exc:  # noqa: BLE001 - network and permission errors alike
+            self.warnings.append(f"remote cache: cannot upload {key[:12]} ({type(exc).__name__}: {first_line(exc)})")
+
+    @contextmanager
+    def lease(self, key: str, waiting: Callable[[str], None]) -> Iterator[bool]:
+        """Holds the remote lease of `key` (yields True), or yields False once another host's entry of it
+        is complete (nothing to build) or where the store cannot create exclusively."""
+        path = f"{self.root}/leases/{key[:2]}/{key}"
+        said = None
+        while True:
+            record = {"host": _HOST, "pid": os.getpid(), "renewed": time.time()}
+            try:
+                self.fs.pipe_file(path, json.dumps(record).encode(), mode="create")
+                break
+            except FileExistsError:
+                pass
+            except (NotImplementedError, TypeError, ValueError):  # no exclusive create: builds may repeat a key
+                yield False
+                return
+            if self.manifest(key) is not None:
+                yield False
+                return
+            holder = _read(self.fs, path)
+            if holder is not None and time.time() - holder.get("renewed", 0) > _EXPIRES_S:
+                _remove(self.fs, path)  # its holder stopped renewing it: died
+                continue
+            if said is None or time.monotonic() - said >= 60:
+                who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "another host"
+                waiting(f"{who}, through {self.url}")
+                said = time.monotonic()
+            time.sleep(_POLL_S)
+        stop = threading.Event()
+        renewer = threading.Thread(target=_renew, args=(self.fs, path, record, stop), daemon=True)
+        renewer.start()
+        try:
+            yield True
+        finally:
+            stop.set()
+            renewer.join()
+            _remove(self.fs, path)
+
+
+_HOST = socket.gethostname()
+
+
+def _renew(fs, path: str, record: dict[str, Any], stop: threading.Event) -> None:
+    while not stop.wait(_RENEW_S):
+        record["renewed"] = time.time()
+        try:
+            fs.pipe_file(path, json.dumps(record).encode())
+        except Exception:  # noqa: BLE001 - a missed renewal only lets another host take the key over
+            pass
+
+
+def _read(fs, path: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(fs.cat_file(path))
+        return record if isinstance(record, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _remove(fs, path: str) -> None:
+    try:
+        fs.rm_file(path)
+    except OSError:
+        pass

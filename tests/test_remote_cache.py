@@ -1,0 +1,126 @@
+"""The remote cache tier (issue 15) against a real S3-protocol server started here (moto's standalone
+server on 127.0.0.1), with the ordinary S3 clients: two local caches stand for two machines."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import MDBUILD, QUICK, TESTS, Workspace, cnn_recipe
+
+pytestmark = pytest.mark.torch
+BUCKET = "mdbuild-team"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto S3 server on a free port of 127.0.0.1, with one bucket; stopped after the module."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    os.environ.update(env)
+    try:
+        import s3fs
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True)
+                fs.mkdir(BUCKET)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        yield endpoint, fs
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _remote(s3, prefix: str) -> list[str]:
+    endpoint, _ = s3
+    return [f"cache.remote=s3://{BUCKET}/{prefix}", f"+cache.remote_options.endpoint_url={endpoint}"]
+
+
+def _machine(tmp_path, name: str) -> Workspace:
+    """A working copy with its own local cache: another machine of the team."""
+    workspace = Workspace(tmp_path / name / "work", tmp_path / name / "cache")
+    workspace.recipe("cnn", cnn_recipe())
+    return workspace
+
+
+def _lines(result, word: str) -> list[str]:
+    return [line.split()[1] for line in result.stdout.splitlines() if line.startswith("[") and f" {word} " in line]
+
+
+def test_a_second_machine_takes_every_step_from_the_remote_and_builds_the_same_artifact(s3, tmp_path):
+    first = _machine(tmp_path, "one").run("+recipe=cnn", *QUICK, *_remote(s3, "warm"))
+    assert len(_lines(first, "running")) == 5 and "MB uploaded" in first.stdout
+    _, fs = s3
+    manifests = fs.glob(f"{BUCKET}/warm/entries/*/*/meta.json")
+    assert len(manifests) == 5  # one per step, written after the files
+    second = _machine(tmp_path, "two").run("+recipe=cnn", *QUICK, *_remote(s3, "warm"))
+    assert _lines(second, "running") == [] and len(_lines(second, "fetched")) == 5
+    assert first.artifact.name == second.artifact.name
+    assert (first.artifact / "model_repository").is_dir() and (second.artifact / "manifest.json").read_text() == \
+        (first.artifact / "manifest.json").read_text()
+
+
+def test_a_damaged_or_half_uploaded_remote_entry_is_not_used(s3, tmp_path):
+    _machine(tmp_path, "one").run("+recipe=cnn", *QUICK, *_remote(s3, "damaged"))
+    _, fs = s3
+    fs.invalidate_cache()
+    by_step = {fs.cat_file(path).decode().split('"step": "')[1].split('"')[0]: path.rsplit("/", 1)[0]
+               for path in fs.glob(f"{BUCKET}/damaged/entries/*/*/meta.json")}
+    model = f"{by_step['export']}/out/model.onnx"
+    data = bytearray(fs.cat_file(model))
+    data[len(data) // 2] ^= 0xFF
+    fs.pipe_file(model, bytes(data))  # same size, other bytes
+    fs.rm_file(f"{by_step['reference']}/meta.json")  # an upload cut before its manifest
+    second = _machine(tmp_path, "two").run("+recipe=cnn", *QUICK, *_remote(s3, "damaged"))
+    assert "warning: remote cache: model.onnx of " in second.stdout and "does not match its sha256" in second.stdout
+    assert _lines(second, "running")[:2] == ["export", "reference"]
+
+
+def test_builds_on_two_machines_at_once_run_each_step_once(s3, tmp_path):
+    """Two local caches (two hosts' worth: their local leases do not see each other) and one remote: the
+    remote lease makes one build each step while the other waits, then fetches it."""
+    machines = [_machine(tmp_path, name) for name in ("one", "two")]
+    builds = [subprocess.Popen([*MDBUILD, "+recipe=cnn", *QUICK, *_remote(s3, "concurrent")], cwd=m.root,
+                               env={**os.environ, "MDBUILD_CACHE_DIR": str(m.cache),
+                                    "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(m.root)])},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for m in machines]
+    outputs = [build.communicate(timeout=600) for build in builds]
+    assert [build.returncode for build in builds] == [0, 0], outputs
+    ran = sorted(line.split()[1] for out, _ in outputs for line in out.splitlines() if " running " in line)
+    assert ran == sorted(["export", "reference", "compile", "verify", "package"]), outputs
+    assert any(f"through s3://{BUCKET}/concurrent" in out for out, _ in outputs)
+    _, fs = s3
+    fs.invalidate_cache()
+    assert not fs.glob(f"{BUCKET}/concurrent/leases/**")  # released
+
+
+@pytest.mark.parametrize(("remote", "message"), [
+    ("cache.remote=nosuch://bucket/x", "error: cache.remote: cannot open nosuch://bucket/x: "),
+    ("cache.remote=s3://no-such-bucket-here/x", "error: cache.remote: cannot reach s3://no-such-bucket-here/x: "),
+])
+def test_a_remote_that_cannot_be_used_is_one_line_before_any_step(s3, tmp_path, remote, message):
+    endpoint, _ = s3
+    workspace = _machine(tmp_path, "one")
+    result = workspace.run("+recipe=cnn", *QUICK, remote, f"+cache.remote_options.endpoint_url={endpoint}", check=False)
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.code == 1 and len(errors) == 1 and errors[0].startswith(message) and "(fix: " in errors[0], result.stderr
+    assert " running " not in result.stdout and not workspace.cache_entries()
+    shutil.rmtree(workspace.root / "mdbuild-outputs", ignore_errors=True)
