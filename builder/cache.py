@@ -78,6 +78,19 @@ class Cache:
         if self.remote is not None:
             self.remote.warnings = self.warnings
 
+    def remote_entry(self, key: str) -> Entry | None:
+        """The remote tier's entry of `key`, known by its manifest alone: its files are downloaded when a step
+        or the artifact reads them (check_content), so a rebuild fetches only what it uses."""
+        if self.remote is None or key in self.discarded:
+            return None
+        meta = self.remote.manifest(key)
+        try:
+            files = {rel: info["sha256"] for rel, info in meta["files"].items()} if meta else None
+        except (KeyError, TypeError, AttributeError):
+            self.warnings.append(f"remote cache: the manifest of {key[:12]} is malformed; building it here")
+            files = None
+        return Entry(key, self._entry_dir(key) / "out", files, tuple(meta.get("reports", ()))) if files else None
+
     def fetch(self, key: str) -> Entry | None:
         """The remote tier's entry of `key`, downloaded, checked and committed here; None on a miss."""
         if self.remote is None:
@@ -94,10 +107,11 @@ class Cache:
             raise
 
     def push(self, entry: Entry) -> None:
-        """Uploads an entry this build computed to the remote tier (cache.push)."""
+        """Uploads an entry this build computed to the remote tier (cache.push); over the remote's copy
+        where that one was found damaged."""
         meta = self.peek(entry.key)
         if self.remote is not None and self.pushes and meta is not None:
-            self.remote.push(entry.key, entry.out, meta)
+            self.remote.push(entry.key, entry.out, meta, replace=entry.key in self.discarded)
 
     # -- lookup ------------------------------------------------------------------------------
     def _entry_dir(self, key: str) -> Path:
@@ -130,7 +144,15 @@ class Cache:
     def check_content(self, entry: Entry, step: str) -> None:
         """Re-hashes every file of `entry` (its size and mtime may be intact where its bytes are not);
         a mismatch discards it and raises DamagedEntry. For entries whose content is about to be used:
-        the inputs of a step that runs, the files an artifact is copied from."""
+        the inputs of a step that runs, the files an artifact is copied from. A remote entry is
+        downloaded first; one that cannot be, intact, is damaged too (the build then computes it here)."""
+        if self.remote is not None and not (entry.out.parent / "meta.json").is_file():
+            fetched = self.fetch(entry.key)
+            if fetched is None or fetched.files != entry.files:
+                self.discarded[entry.key] = "its remote copy could not be downloaded intact"
+                if fetched is not None:
+                    self.discard(entry.key, self.discarded[entry.key])
+                raise DamagedEntry(step, entry.key, self.discarded[entry.key])
         for rel, sha in entry.files.items():
             try:
                 intact = sha256_file(entry.out / rel) == sha

@@ -84,7 +84,7 @@ def _walk(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None) 
     for index, keyed in enumerate(walk(plan, cache, digests), 1):
         node, description, key = keyed.node, keyed.description, keyed.key
         label = f"[{index}/{len(plan.steps)}] {node.id:<13}"
-        entry = _find(cache, console, key, label)
+        entry = _find(cache, console, key)
         if entry is None:
             # One build computes a key at a time; the others wait for it, then take its entry.
             waited: list[str] = []
@@ -94,7 +94,7 @@ def _walk(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None) 
                 console.line(f"{label} waiting  {key[:12]}  ({who} is building it)")
 
             with cache.lease(key, waiting) as held:
-                entry = _find(cache, console, key, label)
+                entry = _find(cache, console, key)
                 if entry is None:
                     failed, by = held.previous.get("failed"), held.previous.get("failed_by")
                     if waited and failed:  # the same key fails the same way: not again, one build after another
@@ -122,17 +122,14 @@ def _walk(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None) 
                     continue
         results[node.id] = StepResult(node, key, description, entry, True, 0.0)
         digests[node.id] = entry.digest
-        console.line(f"{label} cached   {key[:12]}")
+        here = (entry.out.parent / "meta.json").is_file()  # else the remote tier's: downloaded when read
+        console.line(f"{label} {'cached' if here else 'remote'}   {key[:12]}")
     return results
 
 
-def _find(cache: Cache, console: Console, key: str, label: str) -> Entry | None:
-    """The entry of `key` in the local cache, else downloaded from the remote tier."""
-    entry = cache.lookup(key)
-    if entry is None:
-        entry = cache.fetch(key)
-        if entry is not None:
-            console.line(f"{label} fetched  {key[:12]}  (remote cache)")
+def _find(cache: Cache, console: Console, key: str) -> Entry | None:
+    """The entry of `key` in the local cache, else the remote tier's (by its manifest)."""
+    entry = cache.lookup(key) or cache.remote_entry(key)
     _warn(cache, console)
     return entry
 

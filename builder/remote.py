@@ -96,10 +96,13 @@ class Remote:
             return None
         return meta
 
-    def push(self, key: str, out: Path, meta: dict[str, Any]) -> None:
+    def push(self, key: str, out: Path, meta: dict[str, Any], replace: bool = False) -> None:
         """Uploads an entry's files, then its manifest (the entry exists for readers from then on);
-        nothing when the remote has it already. A failed upload is a warning: the build has its entry."""
-        if self.manifest(key) is not None:
+        nothing when the remote has it already, unless `replace` (its copy there is damaged). A failed
+        upload is a warning: the build has its entry."""
+        if replace:
+            _remove(self.fs, f"{self._entry(key)}/meta.json")  # not a hit while its files are replaced
+        elif self.manifest(key) is not None:
             return
         try:
             for rel in meta["files"]:

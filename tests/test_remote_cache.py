@@ -3,6 +3,7 @@ server on 127.0.0.1), with the ordinary S3 clients: two local caches stand for t
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MDBUILD, QUICK, TESTS, Workspace, cnn_recipe
+from conftest import MDBUILD, QUICK, TESTS, Workspace, cnn_recipe, read_json
 
 pytestmark = pytest.mark.torch
 BUCKET = "mdbuild-team"
@@ -71,9 +72,12 @@ def test_a_second_machine_takes_every_step_from_the_remote_and_builds_the_same_a
     _, fs = s3
     manifests = fs.glob(f"{BUCKET}/warm/entries/*/*/meta.json")
     assert len(manifests) == 5  # one per step, written after the files
-    second = _machine(tmp_path, "two").run("+recipe=cnn", *QUICK, *_remote(s3, "warm"))
-    assert _lines(second, "running") == [] and len(_lines(second, "fetched")) == 5
+    two = _machine(tmp_path, "two")
+    second = two.run("+recipe=cnn", *QUICK, *_remote(s3, "warm"))
+    assert _lines(second, "running") == [] and len(_lines(second, "remote")) == 5
     assert first.artifact.name == second.artifact.name
+    # Only what the build read was downloaded: the package entry the artifact is copied from.
+    assert [read_json(entry / "meta.json")["description"]["step"] for entry in two.cache_entries()] == ["package"]
     assert (first.artifact / "model_repository").is_dir() and (second.artifact / "manifest.json").read_text() == \
         (first.artifact / "manifest.json").read_text()
 
@@ -82,16 +86,19 @@ def test_a_damaged_or_half_uploaded_remote_entry_is_not_used(s3, tmp_path):
     _machine(tmp_path, "one").run("+recipe=cnn", *QUICK, *_remote(s3, "damaged"))
     _, fs = s3
     fs.invalidate_cache()
-    by_step = {fs.cat_file(path).decode().split('"step": "')[1].split('"')[0]: path.rsplit("/", 1)[0]
+    by_step = {json.loads(fs.cat_file(path))["description"]["step"]: path.rsplit("/", 1)[0]
                for path in fs.glob(f"{BUCKET}/damaged/entries/*/*/meta.json")}
-    model = f"{by_step['export']}/out/model.onnx"
+    model = next(path for path in fs.find(f"{by_step['package']}/out") if path.endswith("model.onnx"))
     data = bytearray(fs.cat_file(model))
     data[len(data) // 2] ^= 0xFF
-    fs.pipe_file(model, bytes(data))  # same size, other bytes
-    fs.rm_file(f"{by_step['reference']}/meta.json")  # an upload cut before its manifest
+    fs.pipe_file(model, bytes(data))  # same size, other bytes: found when the artifact is copied from it
+    fs.rm_file(f"{by_step['reference']}/meta.json")  # an upload cut before its manifest: not a hit
     second = _machine(tmp_path, "two").run("+recipe=cnn", *QUICK, *_remote(s3, "damaged"))
-    assert "warning: remote cache: model.onnx of " in second.stdout and "does not match its sha256" in second.stdout
-    assert _lines(second, "running")[:2] == ["export", "reference"]
+    assert "warning: remote cache: model_repository/cnn/1/model.onnx of " in second.stdout, second.stdout
+    assert "does not match its sha256" in second.stdout
+    assert _lines(second, "running") == ["reference", "package"]  # package rebuilt here from the remote's inputs
+    fs.invalidate_cache()
+    assert fs.cat_file(model) != bytes(data)  # the remote copy replaced by the intact one
 
 
 def test_builds_on_two_machines_at_once_run_each_step_once(s3, tmp_path):
