@@ -138,6 +138,10 @@ class Cache:
             self.warnings.append(f"cache entry {key[:12]} is corrupt ({problem}); rebuilding it")
             self.discard(key, problem)
             return None
+        try:
+            os.utime(meta_path)  # its last use, for `mdbuild cache gc --older-than`
+        except OSError:
+            pass  # a read-only cache
         return Entry(key, entry_dir / "out", {rel: info["sha256"] for rel, info in files.items()},
                      tuple(meta.get("reports", ())))
 

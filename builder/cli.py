@@ -223,6 +223,10 @@ def main() -> None:
     argv = sys.argv[1:]
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        if argv[:1] == ["cache"]:  # mdbuild cache ls|du|gc|verify|push|pull: about the cache, not a recipe
+            from builder import cache_cli
+
+            sys.exit(cache_cli.main(argv[1:]))
         if not any(arg.lstrip("+").startswith("recipe=") for arg in argv) and not _asks_help(argv):
             sys.argv.append(f"+recipe={DEFAULT_RECIPE}")
         _register_configs(Path.cwd(), sys.argv[1:])

@@ -153,3 +153,25 @@ def _holder(path: Path) -> str:
         return f"pid {owner['pid']} on {owner['host']}, for {time.time() - owner['since']:.0f} s"
     except (KeyError, TypeError):
         return "another process"
+
+
+def free_leases(directory: Path) -> int:
+    """Removes the lease files under `directory` that no process holds (their step ended, failed or was
+    killed); each under its lock, so a build that takes it meanwhile locks the path anew. How many."""
+    fcntl = _fcntl()
+    removed = 0
+    for path in directory.rglob("*") if directory.is_dir() else ():
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            continue  # a folder, gone meanwhile, or not ours to change
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _is_at(fd, path):
+                os.unlink(path)
+                removed += 1
+        except OSError:
+            pass  # held: a build is computing its key
+        finally:
+            os.close(fd)
+    return removed

@@ -131,3 +131,19 @@ def test_a_remote_that_cannot_be_used_is_one_line_before_any_step(s3, tmp_path, 
     assert result.code == 1 and len(errors) == 1 and errors[0].startswith(message) and "(fix: " in errors[0], result.stderr
     assert " running " not in result.stdout and not workspace.cache_entries()
     shutil.rmtree(workspace.root / "mdbuild-outputs", ignore_errors=True)
+
+
+def test_cache_push_and_pull_move_the_entries_a_lock_names(s3, tmp_path):
+    """A machine that built without the remote pushes its cache; another pulls what the first one's lock
+    names and then builds with every step cached, without the remote."""
+    endpoint, _ = s3
+    one = _machine(tmp_path, "one")
+    one.run("+recipe=cnn", *QUICK)
+    remote = ["--remote", f"s3://{BUCKET}/pushed", "--remote-option", f"endpoint_url={endpoint}"]
+    pushed = one.run("cache", *remote, "push")
+    assert "pushed 5 entries" in pushed.stdout and "MB uploaded" in pushed.stdout
+    assert "pushed 0 entries" in one.run("cache", *remote, "push").stdout  # the remote has them all
+    two = _machine(tmp_path, "two")
+    pulled = two.run("cache", *remote, "pull", "--locks", str(one.root / "recipes" / "cnn.lock.json"))
+    assert "pulled 5 of 5 entries" in pulled.stdout
+    assert two.run("+recipe=cnn", *QUICK).ran() == []

@@ -1,0 +1,256 @@
+"""`mdbuild cache ls | du | gc | verify | push | pull`: the cache as a thing to look at and keep
+(argparse, no Hydra: these act on the cache, not on a recipe).
+
+An entry's last use is its meta.json's mtime (a hit touches it). gc never removes an entry a lock file
+of the current repository names (`recipes/*.lock.json`, `*.lock.json`, or --locks) unless told to:
+those are what `mode=check` and a rebuild of the checked-in builds need."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.cache import HOST, Cache, default_cache_dir
+from builder.errors import MdbuildError
+from builder.hashing import sha256_file
+from builder.locking import free_leases
+from builder.remote import Remote
+
+
+@dataclass(frozen=True)
+class Stored:
+    key: str
+    path: Path  # entries/<k[:2]>/<key>
+    step: str
+    size: int
+    used: float  # meta.json's mtime: last hit or commit
+
+    @property
+    def files(self) -> dict[str, dict]:
+        return json.loads((self.path / "meta.json").read_text())["files"]
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    cache = Cache(Path(args.dir) if args.dir else default_cache_dir(), remote=_remote(args))
+    return args.run(cache, args)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with mdbuild's one-line errors (exit 1) instead of usage plus message (exit 2)."""
+
+    def error(self, message: str):
+        raise MdbuildError(message, self.prog, f"see {self.prog} --help")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mdbuild cache", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", help="the cache directory (default: $MDBUILD_CACHE_DIR, else ~/.cache/mdbuild)")
+    parser.add_argument("--remote", help="the remote tier (default: $MDBUILD_CACHE_REMOTE), for push and pull")
+    parser.add_argument("--remote-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an fsspec storage option, e.g. endpoint_url=http://127.0.0.1:9000")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=_Parser)
+    ls = commands.add_parser("ls", help="every entry: key, step, size, last use, whether a lock names it")
+    ls.add_argument("--locks", nargs="*", help="lock files (default: recipes/*.lock.json and *.lock.json here)")
+    ls.set_defaults(run=_ls)
+    du = commands.add_parser("du", help="entries and bytes, by step")
+    du.set_defaults(run=_du)
+    gc = commands.add_parser("gc", help="remove entries unused for a while, or the least recently used past a size")
+    gc.add_argument("--older-than", type=_duration, metavar="AGE", help="e.g. 30d, 12h, 90m")
+    gc.add_argument("--max-size", type=_size, metavar="SIZE", help="e.g. 50G, 500M")
+    gc.add_argument("--include-locked", action="store_true", help="also entries the repository's lock files name")
+    gc.add_argument("--locks", nargs="*", help="lock files (default: recipes/*.lock.json and *.lock.json here)")
+    gc.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    gc.set_defaults(run=_gc)
+    verify = commands.add_parser("verify", help="re-hash every entry; damaged ones are removed (exit 1)")
+    verify.set_defaults(run=_verify)
+    push = commands.add_parser("push", help="upload the entries the remote lacks (files first, manifest last)")
+    push.set_defaults(run=_push)
+    pull = commands.add_parser("pull", help="download the entries the lock files name (--all: every remote entry)")
+    pull.add_argument("--locks", nargs="*", help="lock files (default: recipes/*.lock.json and *.lock.json here)")
+    pull.add_argument("--all", action="store_true")
+    pull.set_defaults(run=_pull)
+    return parser
+
+
+def _remote(args) -> Remote | None:
+    url = args.remote or os.environ.get("MDBUILD_CACHE_REMOTE")
+    if not url:
+        return None
+    options = {}
+    for item in args.remote_option:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise MdbuildError(f"'{item}' is not KEY=VALUE", "--remote-option", "e.g. --remote-option endpoint_url=http://host:9000")
+        options[name] = value
+    return Remote(url, options)
+
+
+def _entries(cache: Cache) -> list[Stored]:
+    found = []
+    for meta in sorted((cache.root / "entries").glob("*/*/meta.json")):
+        try:
+            record = json.loads(meta.read_text())
+            size = sum(info["size"] for info in record["files"].values())
+            found.append(Stored(meta.parent.name, meta.parent, record["description"].get("step", "?"), size,
+                                meta.stat().st_mtime))
+        except (OSError, ValueError, KeyError, TypeError):
+            found.append(Stored(meta.parent.name, meta.parent, "(unreadable)", 0, 0.0))
+    return found
+
+
+def locked_keys(paths: list[str] | None) -> set[str]:
+    """The step keys the lock files name (every target's every step)."""
+    files = [Path(p) for p in paths] if paths is not None else [*Path("recipes").glob("*.lock.json"), *Path(".").glob("*.lock.json")]
+    keys = set()
+    for path in files:
+        try:
+            lock = json.loads(path.read_text())
+            keys |= {step["key"] for target in lock["targets"].values() for step in target["steps"]}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise MdbuildError(f"cannot read the lock file {path} ({exc})", "--locks", "give lock files mdbuild wrote") from exc
+    return keys
+
+
+def _ls(cache: Cache, args) -> int:
+    locked = locked_keys(args.locks)
+    now = time.time()
+    print(f"{'key':<14}{'step':<12}{'MB':>9}  {'last used':>10}  locked")
+    for entry in sorted(_entries(cache), key=lambda e: e.used, reverse=True):
+        print(f"{entry.key[:12]:<14}{entry.step:<12}{entry.size / 1e6:>9.1f}  {_age(now - entry.used):>10}  "
+              f"{'yes' if entry.key in locked else ''}")
+    return 0
+
+
+def _du(cache: Cache, args) -> int:
+    entries = _entries(cache)
+    by_step: dict[str, list[Stored]] = {}
+    for entry in entries:
+        by_step.setdefault(entry.step, []).append(entry)
+    for step, group in sorted(by_step.items(), key=lambda item: -sum(e.size for e in item[1])):
+        print(f"{step:<12}{len(group):>6} entries  {sum(e.size for e in group) / 1e6:>10.1f} MB")
+    print(f"{'total':<12}{len(entries):>6} entries  {sum(e.size for e in entries) / 1e6:>10.1f} MB  ({cache.root})")
+    return 0
+
+
+def _gc(cache: Cache, args) -> int:
+    if args.older_than is None and args.max_size is None:
+        raise MdbuildError("nothing to collect by", "gc", "give --older-than AGE, --max-size SIZE, or both")
+    locked = set() if args.include_locked else locked_keys(args.locks)
+    entries = sorted(_entries(cache), key=lambda e: e.used)  # least recently used first
+    now = time.time()
+    doomed = [e for e in entries if args.older_than is not None and now - e.used > args.older_than and e.key not in locked]
+    total = sum(e.size for e in entries) - sum(e.size for e in doomed)
+    for entry in entries:
+        if args.max_size is None or total <= args.max_size:
+            break
+        if entry not in doomed and entry.key not in locked:
+            doomed.append(entry)
+            total -= entry.size
+    for entry in doomed:
+        if not args.dry_run:
+            _remove(cache, entry.path)
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb} {len(doomed)} entries, {sum(e.size for e in doomed) / 1e6:.1f} MB; kept {len(entries) - len(doomed)} "
+          f"({total / 1e6:.1f} MB, {sum(e.key in locked for e in entries)} named by lock files)")
+    if not args.dry_run:
+        cache.clean_stale_workdirs()
+        print(f"removed {free_leases(cache.root / 'leases')} lease files no build holds")
+    if args.max_size is not None and total > args.max_size:
+        print(f"note: still {total / 1e6:.1f} MB: the rest is named by lock files (--include-locked removes those too)")
+    return 0
+
+
+def _verify(cache: Cache, args) -> int:
+    damaged = 0
+    entries = _entries(cache)
+    for entry in entries:
+        try:
+            bad = next((rel for rel, info in entry.files.items() if sha256_file(entry.path / "out" / rel) != info["sha256"]), None)
+        except (OSError, ValueError, KeyError):
+            bad = "meta.json"
+        if bad:
+            damaged += 1
+            print(f"damaged: {entry.key[:12]} ({entry.step}): {bad} does not match its sha256; removed")
+            _remove(cache, entry.path)
+    print(f"{len(entries)} entries checked, {damaged} damaged")
+    return 1 if damaged else 0
+
+
+def _push(cache: Cache, args) -> int:
+    remote = _required(cache)
+    pushed = 0
+    for entry in _entries(cache):
+        if remote.manifest(entry.key) is None:
+            remote.push(entry.key, entry.path / "out", json.loads((entry.path / "meta.json").read_text()))
+            pushed += 1
+    return _report(remote, f"pushed {pushed} entries")
+
+
+def _pull(cache: Cache, args) -> int:
+    remote = _required(cache)
+    if args.all:
+        keys = {path.rsplit("/", 2)[-2] for path in remote.fs.glob(f"{remote.root}/entries/*/*/meta.json")}
+    else:
+        keys = locked_keys(args.locks)
+    pulled = sum(cache.lookup(key) is None and cache.fetch(key) is not None for key in sorted(keys))
+    return _report(remote, f"pulled {pulled} of {len(keys)} entries")
+
+
+def _required(cache: Cache) -> Remote:
+    if cache.remote is None:
+        raise MdbuildError("no remote tier", "--remote", "give --remote s3://bucket/prefix or set MDBUILD_CACHE_REMOTE")
+    cache.remote.check()
+    return cache.remote
+
+
+def _report(remote: Remote, what: str) -> int:
+    for warning in remote.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{what} ({remote.url}: {remote.downloaded / 1e6:.1f} MB downloaded, {remote.uploaded / 1e6:.1f} MB uploaded)")
+    return 1 if remote.warnings else 0
+
+
+def _remove(cache: Cache, entry_dir: Path) -> None:
+    """Out of entries/ in one rename (a build reading it then finds it missing and rebuilds), then deleted."""
+    trash = cache.root / "tmp" / f"{HOST}-{os.getpid()}-gc-{uuid.uuid4().hex}"
+    trash.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(entry_dir, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_BYTES = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+
+
+def _duration(text: str) -> float:
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", text.strip().lower())
+    if not found:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an age: give a number and a unit (s, m, h, d, w), e.g. 30d")
+    return float(found.group(1)) * _UNITS[found.group(2)]
+
+
+def _size(text: str) -> float:
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", text.strip().lower())
+    if not found:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size: give a number and a unit, e.g. 50G or 500M")
+    return float(found.group(1)) * _BYTES[found.group(2)]
+
+
+def _age(seconds: float) -> str:
+    for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= span:
+            return f"{seconds / span:.0f}{unit} ago"
+    return "just now"
+
