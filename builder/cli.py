@@ -64,14 +64,14 @@ def _register_configs(workdir: Path, argv: list[str]) -> None:
 def _task(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from builder.build import run  # imports the plan and its steps (numpy): not for --help
-
     hydra_cfg = HydraConfig.get()
     multirun = _is_multirun(hydra_cfg)
-    recipe = hydra_cfg.runtime.choices.get("recipe")
+    recipe = hydra_cfg.runtime.choices.get("recipe").removesuffix(".yaml")  # Hydra finds recipe=NAME.yaml too
     run_dir, workdir = Path(hydra_cfg.runtime.output_dir).resolve(), Path(hydra_cfg.runtime.cwd).resolve()
     spec = None
     try:
+        from builder.build import run  # imports the plan and its steps (numpy): not for --help
+
         spec = _spec(cfg, hydra_cfg, recipe, workdir)
         artifact = run(spec, Console(), run_dir)
     except BaseException as exc:
@@ -97,6 +97,8 @@ def _spec(cfg, hydra_cfg, recipe: str, workdir: Path) -> BuildSpec:
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     _reject_unknown_keys(config)
     _backend_options(config["target"])
+    if recipe not in _RECIPES:  # a launcher's worker process (joblib, Ray): main() did not run there
+        _RECIPES.update(recipe_files(workdir))
     path, packaged = _RECIPES[recipe]
     return BuildSpec(recipe=recipe, recipe_path=path, packaged_recipe=packaged, config=config, workdir=workdir)
 
@@ -283,7 +285,7 @@ def describe_error(exc: BaseException) -> str:
         if isinstance(item, MdbuildError):
             return item.one_line()
     text = "\n".join(str(item) for item in chain)
-    missing = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
+    missing = re.search(r"Could not find '([^'/]+)/([^']*)'", text)
     if missing:
         group, option = missing.groups()
         choices = re.findall(r"^\t(\S+)$", text, re.MULTILINE)
@@ -321,7 +323,10 @@ def describe_error(exc: BaseException) -> str:
     fix = next((f" (fix: {fix})" for pattern, fix in _TYPE_FIXES if re.search(pattern, first)), "")
     if full_key:
         return f"{_overridden(full_key.group(1))}: {first}{fix}"
-    return first + fix
+    section = re.search(r"is not a subclass of (\w+)", first)  # a recipe's `target: NAME` names no key
+    owner = next((f.name for f in dataclasses.fields(BuildConfig) if section
+                  and getattr(f.default_factory, "__name__", None) == section.group(1)), None)
+    return f"{owner}: {first}{fix}" if owner else first + fix
 
 
 # OmegaConf's words for a value of the wrong type, and what to give instead.
@@ -330,6 +335,14 @@ _TYPE_FIXES = (
     (r"converted to Float", "give a number"),
     (r"not a valid bool", "give true or false"),
     (r"is not a ListConfig, list or tuple", "give a list, e.g. [a, b]"),
+    (r"Cannot assign \w+ to Dict|Cannot merge DictConfig with ListConfig", "give a mapping, e.g. {name: value}"),
+    (r"Missing mandatory value", "set it in the recipe or on the command line"),
+    (r"is not Optional", "give a value: null is not allowed here"),
+    (r"Interpolation key '[^']*' not found", "interpolate a key the config has, e.g. ${model.dims.batch}"),
+    (r"Config group override must be a string", "choose one of the group's options (mdbuild --help lists them)"),
+    (r"is not a subclass of TargetConfig", "choose the target by name: target=NAME on the command line, or "
+                                            "`defaults: [{override /target: NAME}]` in the recipe"),
+    (r"is not a subclass of \w+Config", "set the section's keys (SECTION.KEY=value), not the section itself"),
     (r"is not a subclass of Tolerance", f"the levels are {', '.join(LOSS_ORDER)}: set limits of those, e.g. "
                                         "verify.tolerances.int8.min_cosine=0.98"),
 )

@@ -73,7 +73,7 @@ def data_inputs(spec: BuildSpec, section: str) -> tuple[dict[str, Path], Code]:
             raise MdbuildError(f"a {data['source']} data set needs a path", f"{section}.path", "set it to the file or folder")
         path = spec.existing_path(data["path"], f"{section}.path")
         if data["source"] == "npz":
-            _npz_arrays(path, [i["name"] for i in spec.model["inputs"]], section)  # read at plan time: its listing only
+            _check_npz(path, spec.model, section)
         else:
             _image_files(path, data["samples"], section)
         return {f"{section} data": path}, Code()
@@ -102,15 +102,24 @@ def load(config: dict[str, Any], paths: dict[str, Path], section: str, workdir: 
         arrays, labels = _from_images(paths[f"{section} data"], names, data, config["preprocess"], section)
     else:
         arrays, labels = _from_factory(data, names, section, workdir)
-    count = min(len(a) for a in arrays.values())
+    key = f"{section}.{'factory' if data['source'] == 'factory' else 'path'}"
+    counts = {name: len(array) for name, array in arrays.items()}
+    if len(set(counts.values())) > 1:  # taking the fewest would pair samples of one input with another's
+        raise MdbuildError(f"the inputs hold different numbers of samples ({', '.join(f'{n} {c}' for n, c in counts.items())})",
+                           key, "give every input the same samples, in the same order")
+    count = min(counts.values())
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or len(labels) != count:
+            raise MdbuildError(f"labels of shape {list(labels.shape)} for {count} samples", key,
+                               "give one label per sample, a 1-D array")
     if data["samples"]:
         count = min(count, data["samples"])
     if count == 0:
-        raise MdbuildError(f"the {section} data set is empty", f"{section}.{'factory' if data['source'] == 'factory' else 'path'}",
-                           "give it at least one sample")
+        raise MdbuildError(f"the {section} data set is empty", key, "give it at least one sample")
     samples = [{name: np.ascontiguousarray(arrays[name][index]) for name in names} for index in range(count)]
     labels = None if labels is None else np.asarray(labels)[:count]
-    _check_shapes(model, samples, section)
+    _check_shapes(model, samples, key)
     return samples, labels
 
 
@@ -130,6 +139,59 @@ def _npz_arrays(path: Path, names: list[str], section: str) -> tuple[dict[str, s
         raise MdbuildError(f"{path.name} has arrays {sorted(keys)}; expected {names}", f"{section}.path",
                            "name the arrays after the model inputs (or inputs/x for a one-input model)")
     return arrays, "labels" if "labels" in keys else ("y" if "y" in keys else None)
+
+
+def _check_npz(path: Path, model: dict[str, Any], section: str) -> None:
+    """At plan time, from the arrays' headers (nothing is loaded): named after the inputs, numeric, as many
+    samples in each, of the declared sizes and a type the input can take; labels one per sample, and
+    present for evaluation."""
+    key = f"{section}.path"
+    arrays, labels = _npz_arrays(path, [i["name"] for i in model["inputs"]], section)
+    headers = _headers(path, section)
+    counts = {}
+    for spec_ in model["inputs"]:
+        shape, dtype = headers[arrays[spec_["name"]]]
+        declared, wanted = spec_["shape"][1:], np.dtype(spec_["dtype"])
+        where = f"{path.name}: input '{spec_['name']}'"
+        if dtype.kind not in "biufc":
+            raise MdbuildError(f"{where} holds {dtype} values", key, "save numeric arrays with numpy.savez (no Python objects)")
+        if len(shape) != len(declared) + 1 or any(size != dim for size, dim in zip(shape[1:], declared) if isinstance(dim, int)) \
+                or any(size > model["dims"][dim] for size, dim in zip(shape[1:], declared) if isinstance(dim, str)):
+            raise MdbuildError(f"{where} has samples of shape {list(shape[1:])}; the model takes {declared} (model.dims: "
+                               f"{model['dims']}; the first axis counts the samples)", key, "fix the data or model.inputs")
+        if wanted.kind in "iub" and dtype.kind in "fc":
+            raise MdbuildError(f"{where} holds {dtype} values; the input is {wanted}", key,
+                               f"save the data as {wanted} (token ids, indices and masks are integers)")
+        counts[spec_["name"]] = shape[0]
+    if len(set(counts.values())) > 1:
+        raise MdbuildError(f"{path.name}: the inputs hold different numbers of samples "
+                           f"({', '.join(f'{n} {c}' for n, c in counts.items())})", key, "give every input the same samples, in the same order")
+    if not next(iter(counts.values())):
+        raise MdbuildError(f"the {section} data set {path.name} is empty", key, "give it at least one sample")
+    if labels is not None and (len(headers[labels][0]) != 1 or headers[labels][0][0] != next(iter(counts.values()))):
+        raise MdbuildError(f"{path.name}: labels of shape {list(headers[labels][0])} for {next(iter(counts.values()))} samples",
+                           key, "give one label per sample, a 1-D array")
+    if section == "evaluation" and labels is None:
+        raise MdbuildError(f"{path.name} has no labels", key, "add an array named labels (or y): one class number per sample")
+
+
+def _headers(path: Path, section: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """{array name: (shape, dtype)} of an .npz's members (an .npy: under ""), read from their headers."""
+    if _numpy_kind(path, section) == "npy":
+        array = _open_npz(path, section)
+        return {"": (array.shape, array.dtype)}
+    found = {}
+    with _open_npz(path, section) as archive:
+        for name in archive.files:
+            with archive.zip.open(f"{name}.npy") as member:
+                version = np.lib.format.read_magic(member)
+                readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                if version in readers:
+                    shape, _, dtype = readers[version](member)
+                else:  # a newer header: from the array itself
+                    shape, dtype = archive[name].shape, archive[name].dtype
+            found[name] = (shape, dtype)
+    return found
 
 
 def _numpy_kind(path: Path, section: str) -> str:
@@ -209,7 +271,7 @@ def _array_or_list(value):
     return [np.asarray(item) for item in value] if isinstance(value, (list, tuple)) else np.asarray(value)
 
 
-def _check_shapes(model: dict[str, Any], samples: list[Sample], section: str) -> None:
+def _check_shapes(model: dict[str, Any], samples: list[Sample], key: str) -> None:
     """Every sample's fixed sizes as declared; a dynamic size (a sequence) anywhere from 1 to model.dims."""
     for spec_ in model["inputs"]:
         declared = spec_["shape"][1:]
@@ -219,11 +281,14 @@ def _check_shapes(model: dict[str, Any], samples: list[Sample], section: str) ->
             where = f"sample {number} of input '{spec_['name']}' has shape {list(array.shape)}"
             if array.ndim != len(declared) or any(size != dim for size, dim in zip(array.shape, declared)
                                                   if isinstance(dim, int)):
-                raise MdbuildError(f"{where}; the model takes {declared} (a sample has no batch dimension)", section,
+                raise MdbuildError(f"{where}; the model takes {declared} (a sample has no batch dimension)", key,
                                    "fix the data or its preprocessing")
             for size, dim in zip(array.shape, declared):
                 if isinstance(dim, str) and not 1 <= size <= model["dims"][dim]:
                     raise MdbuildError(f"{where}: its {dim} {size} is outside 1..model.dims.{dim}={model['dims'][dim]}, "
-                                       "the longest the model is built and verified for", section,
+                                       "the longest the model is built and verified for", key,
                                        f"shorten the samples, or raise model.dims.{dim}")
+            if dtype.kind in "iub" and array.dtype.kind in "fc":  # casting would truncate 0.7 to 0
+                raise MdbuildError(f"{where} holds {array.dtype} values; input '{spec_['name']}' is {dtype}", key,
+                                   f"save the data as {dtype} (token ids, indices and masks are integers)")
             sample[spec_["name"]] = array.astype(dtype, copy=False)

@@ -10,13 +10,24 @@ from typing import Any, Callable
 import numpy as np
 
 from builder import data, samples
-from builder.errors import MdbuildError
+from builder.errors import MdbuildError, first_line
 from builder.imports import resolve_callable
 from builder.inputs import batch_dim
 from builder.samples import Sample, collate
 
 EVALUATION_FILE = "evaluation.npz"
 _BATCH = 64
+
+
+def check_labels(row: np.ndarray, labels: np.ndarray, key: str) -> None:
+    """For top1: integer class numbers the output (one sample's `row`) has a score for (more class folders
+    than the model has classes, or float targets, would give a meaningless score)."""
+    classes = int(np.asarray(row).size)
+    if labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= classes:
+        shown = f"{labels.dtype} labels" if labels.dtype.kind not in "iu" else f"labels {labels.min()}..{labels.max()}"
+        raise MdbuildError(f"{shown} for an output of {classes} classes: top1 reads class numbers 0..{classes - 1}",
+                           key, "give integer class numbers (one image folder per class), or a metric "
+                           "of your own (evaluation.metric) for other targets")
 
 
 def top1(outputs: np.ndarray, labels: np.ndarray) -> float:
@@ -55,7 +66,17 @@ def run_batched(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], f
 def _score(metric: str, workdir: Path, rows: list[np.ndarray], labels: np.ndarray) -> float:
     """The metric over the rows, stacked into one array where they have one shape (else as a list)."""
     stacked = np.stack(rows) if len({row.shape for row in rows}) == 1 else rows
-    return float(metric_function(metric, workdir)(stacked, labels))
+    function = metric_function(metric, workdir)
+    try:
+        return float(function(stacked, labels))
+    except Exception as exc:  # the user's metric: named, with how it is called
+        raise MdbuildError(f"the metric {metric} raised {type(exc).__name__}: {first_line(exc)}", "evaluation.metric",
+                           f"it is called as fn(outputs {_shape(stacked)}, labels {_shape(labels)}) and returns a "
+                           "number") from exc
+
+
+def _shape(values) -> str:
+    return str(list(values.shape)) if isinstance(values, np.ndarray) else f"(a list of {len(values)} arrays)"
 
 
 def evaluate_source(ctx, out: Path, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> None:
@@ -69,6 +90,8 @@ def evaluate_source(ctx, out: Path, run: Callable[[dict[str, np.ndarray]], dict[
                            "give labels (npz 'labels'/'y', one image folder per class, or a factory returning (inputs, labels))")
     name = output_name(ctx.config)
     outputs = run_batched(run, found, ctx.config["model"]["inputs"], name, ctx.progress)
+    if evaluation["metric"] == "top1":
+        check_labels(outputs[0], labels, "evaluation.factory" if evaluation["source"] == "factory" else "evaluation.path")
     score = _score(evaluation["metric"], ctx.workdir, outputs, labels)
     samples.save(out / EVALUATION_FILE, found, labels=labels)
     (out / "evaluation.json").write_text(json.dumps(

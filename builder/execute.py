@@ -96,11 +96,12 @@ def _walk(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None) 
             with cache.lease(key, waiting) as held:
                 entry = _find(cache, console, key)
                 if entry is None:
-                    failed, by = held.previous.get("failed"), held.previous.get("failed_by")
-                    if waited and failed:  # the same key fails the same way: not again, one build after another
-                        held.note(failed=failed, failed_by=by)  # for the builds still waiting
-                        raise MdbuildError(f"the build this one waited for (pid {by}) failed at this step: {failed}",
-                                           node.id, "fix that failure, then build again")
+                    failure = {name: value for name, value in held.previous.items() if name.startswith("failed")}
+                    if waited and failure.get("failed"):  # the same key fails the same way: not again, in turn
+                        held.note(**failure)  # for the builds still waiting
+                        raise MdbuildError(f"{failure['failed']} (the failure of the build this one waited for, pid "
+                                           f"{failure.get('failed_by')}, at step {node.id}: not repeated)",
+                                           failure.get("failed_where"), failure.get("failed_fix"))
                     why = cache.discarded.get(key)
                     reason = f"its cache entry was damaged: {why}" if why else \
                         explain(cache.last_description(plan.slot(node)), description)
@@ -111,7 +112,9 @@ def _walk(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None) 
                     except DamagedEntry:  # an input's damage, not this step's failure: rebuilt on the restart
                         raise
                     except Exception as exc:
-                        held.note(failed=first_line(exc), failed_by=os.getpid())
+                        ours = isinstance(exc, MdbuildError)
+                        held.note(failed=first_line(exc.what if ours else exc), failed_where=exc.where if ours else node.id,
+                                  failed_fix=exc.fix if ours else None, failed_by=os.getpid())
                         raise
                     cache.remember(plan.slot(node), description)
                     cache.push(entry)

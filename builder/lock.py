@@ -45,6 +45,9 @@ def _read(path: Path, for_check: bool) -> tuple[dict[str, Any], str | None]:
         return {"schema": LOCK_SCHEMA, "targets": {}}, None
     except ValueError as exc:
         raise MdbuildError(f"lock file is not valid JSON ({exc})", str(path), "restore it from version control or delete it") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("targets", {}), dict):
+        raise MdbuildError("not a lock file mdbuild wrote (a JSON object with schema and targets)", str(path),
+                           "restore it from version control or delete it")
     schema = data.get("schema")
     if schema == LOCK_SCHEMA:
         return data, None

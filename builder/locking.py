@@ -69,9 +69,9 @@ _HEARTBEAT_S = 60.0
 @contextmanager
 def lease(path: Path, waiting: Callable[[str], None]) -> Iterator[Held]:
     """Holds the lease at `path`; while another process holds it, calls `waiting` with who that is (then
-    every minute) until it is released or its holder dies. A lease left without a failure noted is
-    removed (under the lock: a process that then locks the removed file sees so and locks the path anew);
-    one whose holder failed or died stays, for its record."""
+    every minute) until it is released or its holder dies. Its holder removes it on the way out, under
+    the lock: a process that then locks the removed file takes its record (a failure noted, which the
+    builds that waited honour) and locks the path anew. Only a killed holder's file stays."""
     said = [None]
 
     def wait() -> None:
@@ -80,6 +80,7 @@ def lease(path: Path, waiting: Callable[[str], None]) -> Iterator[Held]:
             said[0] = time.monotonic()
         time.sleep(0.1)
 
+    carried: dict = {}
     while True:
         fd, writable = _open(path)
         try:
@@ -91,14 +92,15 @@ def lease(path: Path, waiting: Callable[[str], None]) -> Iterator[Held]:
             raise
         if not writable or _is_at(fd, path):
             break
-        os.close(fd)  # removed by the holder before us: its entry is in the cache now
+        carried = _read(fd) or carried  # removed by its holder: its record (a failure) is for the builds that waited
+        os.close(fd)
     try:
-        held = Held(fd if writable else None, _read(fd))
+        held = Held(fd if writable else None, _read(fd) or carried)
         yield held
-        if writable and "failed" not in held.fields and _is_at(fd, path):
+    finally:
+        if writable and _is_at(fd, path):
             with suppress(OSError):  # already gone (a cleaned cache): nothing to remove
                 os.unlink(path)
-    finally:
         os.close(fd)
 
 

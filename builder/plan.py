@@ -145,7 +145,7 @@ def make_plan(spec: BuildSpec) -> Plan:
         host=backend.runtime_host, reports=(REPORT_FILE,), isolated="verify" in backend.isolated,
     ))
     labels = config["serving"]["labels"]
-    serving_files = {"labels": spec.existing_path(labels, "serving.labels")} if labels else {}
+    serving_files = {"labels": _labels_file(spec, labels)} if labels else {}
     package_reading = _reading(config, package.reads(config))
     steps.append(StepNode(
         id="package", run="builder.steps.package:run", version=2,
@@ -160,6 +160,19 @@ def make_plan(spec: BuildSpec) -> Plan:
         isolated="package" in backend.isolated,
     ))
     return Plan(spec, tuple(steps))
+
+
+def _labels_file(spec: BuildSpec, labels: str) -> Path:
+    """serving.labels: a text file of class names, one per line."""
+    path = spec.existing_path(labels, "serving.labels")
+    try:
+        names = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MdbuildError(f"cannot read {path} as text: {exc}", "serving.labels",
+                           "give a UTF-8 text file with one class name per line") from exc
+    if not names:
+        raise MdbuildError(f"{path} names no class", "serving.labels", "give one class name per line")
+    return path
 
 
 def _tolerance_levels(config: dict[str, Any], level: str, computes: tuple[str, ...]) -> list[str]:

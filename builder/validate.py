@@ -50,6 +50,13 @@ def validate(spec: BuildSpec) -> list[str]:
                                    "give whole numbers of at least 1, or names of model.dims")
     if not model["outputs"]:
         raise MdbuildError("the model has no outputs", "model.outputs", "name each output")
+    if len(set(model["outputs"])) != len(model["outputs"]):
+        raise MdbuildError(f"output names repeat: {model['outputs']}", "model.outputs", "give every output its own name")
+    for key, name in [*((f"model.inputs[{i}].name", n) for i, n in enumerate(names)),
+                      *(("model.outputs", n) for n in model["outputs"])]:
+        if not isinstance(name, str) or any(char in name for char in '"\\') or not name.isprintable():
+            raise MdbuildError(f"{name!r} cannot name a tensor in the artifact's configs (Triton's config.pbtxt)", key,
+                               "use letters, digits and _ . : / - in tensor names")
     _batch(model["inputs"])
     for index, spec_ in enumerate(model["inputs"]):
         _values(spec_, f"model.inputs[{index}]")

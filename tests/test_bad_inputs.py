@@ -68,6 +68,12 @@ BAD = [
     ("preprocess.mean=abc", "preprocess.mean: Invalid value assigned: str is not a ListConfig, list or tuple. "
      "(fix: give a list, e.g. [a, b])"),
     ("model.inputs.0.shape=abc", "model.inputs[0].shape: Invalid value assigned: str is not a ListConfig"),
+    ("model.kwargs=abc", "model.kwargs: Cannot assign str to Dict[str, Any] (fix: give a mapping, e.g. {name: value})"),
+    ("model.dims=[1]", "model.dims: Cannot merge DictConfig with ListConfig (fix: give a mapping"),
+    ("model.inputs=[{name:image}]", "model.inputs[0].shape: Missing mandatory value: shape (fix: set it"),
+    ("output.dir=null", "output.dir: field 'output.dir' is not Optional (fix: give a value"),
+    ("evaluation=abc", "evaluation: Invalid type assigned: str is not a subclass of EvaluationConfig"),
+    ("verify.seed=${nosuch}", "verify.seed: Interpolation key 'nosuch' not found (fix: "),
     # Not one of the choices
     ("mode=nosuch", "mode: 'nosuch' is not valid (fix: choose one of: build, plan, check)"),
     ("model.source=nosuch", "model.source: unknown source 'nosuch'"),
@@ -119,6 +125,8 @@ BAD = [
     ("model.inputs.0.name=''", "model.inputs[0].name: an input has no name"),
     ("model.inputs=[]", "model.inputs: the model has no inputs"),
     ("model.outputs=[]", "model.outputs: the model has no outputs (fix: name each output)"),
+    ("model.outputs=[logits,logits]", "model.outputs: output names repeat: ['logits', 'logits']"),
+    ("model.inputs.0.name='se\"q'", "model.inputs[0].name: 'se\"q' cannot name a tensor in the artifact's configs"),
     ("model.inputs.0.low=5 model.inputs.0.high=1", "model.inputs[0].high: the range [5, 1) is empty"),
     ("model.inputs=[{name:image,shape:[batch,3,16,16]},{name:extra,shape:[2,4]}]",
      "model.inputs: input 'image' starts with 'batch' and input 'extra' with 2: the first dimension of every input is the batch"),
@@ -141,6 +149,14 @@ BAD = [
     ("verify.source=npz verify.path=labels.txt", "verify.path: "),
     ("verify.source=npz verify.path=images", "verify.path: cannot read "),
     ("verify.source=npz verify.path=wrongkeys.npz", "verify.path: wrongkeys.npz has arrays ['foo']; expected ['image']"),
+    ("verify.source=npz verify.path=objects.npz", "verify.path: objects.npz: input 'image' holds object values"),
+    ("verify.source=npz verify.path=empty.npz", "verify.path: the verify data set empty.npz is empty"),
+    ("verify.source=npz verify.path=small.npz", "verify.path: small.npz: input 'image' has samples of shape [3, 8, 8]; the "
+     "model takes [3, 16, 16]"),
+    ("verify.source=npz verify.path=good.npz model.inputs.0.dtype=int64",
+     "verify.path: good.npz: input 'image' holds float32 values; the input is int64"),
+    ("+evaluation.source=npz +evaluation.path=fewlabels.npz", "evaluation.path: fewlabels.npz: labels of shape [3] for 4 samples"),
+    ("+evaluation.source=npz +evaluation.path=nolabels.npz", "evaluation.path: nolabels.npz has no labels"),
     (f"verify.source=npz verify.path=good.npz {_TWO_INPUTS.replace('extra', 'image2')}", "verify.path: good.npz has arrays"),
     ("verify.source=npz verify.path=one.npy model.inputs=[{name:a,shape:[batch,4]},{name:b,shape:[batch,4]}]",
      "verify.path: a .npy file holds one input, the model has several"),
@@ -169,8 +185,13 @@ BAD = [
     ("cache.dir=recipes/cnn.yaml/cache", "cache.dir: "),
     ("cache.dir=/proc/x", "cache.dir: cannot write in /proc/x"),
     ("serving.labels=nonexist.txt", "serving.labels: file not found: "),
+    ("serving.labels=images", "serving.labels: cannot read "),
+    ("serving.labels=one.npy", "serving.labels: cannot read "),
+    ("serving.labels=empty.txt", "serving.labels: "),
     # Recipes
     ("+recipe=nosuch", "recipe: no recipe named 'nosuch'"),
+    ("+recipe=", "recipe: no recipe named ''"),
+    ("+recipe=target_by_value", "target: Merge error: str is not a subclass of TargetConfig"),
     ("+recipe=a_list", "recipes/a_list.yaml: cannot parse recipe: a recipe is a mapping of config keys"),
     ("+recipe=unparsable", "recipes/unparsable.yaml: cannot parse recipe at line 4, column 1: expected ',' or ']', but got '<stream end>' "
      "(while parsing a flow sequence started at line 3, column 11) (fix: correct the YAML there)"),
@@ -192,13 +213,20 @@ _RECIPES = {
     "unparsable": "# @package _global_\nmodel:\n  source: [pytorch\n",
     "misspelt": "# @package _global_\nmodle:\n  source: pytorch\n",
     "bool_in_recipe": "# @package _global_\ncache:\n  enabled: 2\n",
+    "target_by_value": "# @package _global_\ntarget: onnxruntime_fp32\n",
 }
 
 
 def _files(root) -> None:
     """What the table's values point at: data files good and bad, an image folder, a module that does not
     parse, labels, a small ONNX model."""
-    np.savez(root / "good.npz", image=np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32))
+    images = np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32)
+    np.savez(root / "good.npz", image=images, labels=np.arange(4) % 5)
+    np.savez(root / "objects.npz", image=np.array([object()] * 4, dtype=object))
+    np.savez(root / "empty.npz", image=np.zeros((0, 3, 16, 16), np.float32))
+    np.savez(root / "small.npz", image=images[:, :, :8, :8])
+    np.savez(root / "fewlabels.npz", image=images, labels=np.arange(3))
+    np.savez(root / "nolabels.npz", image=images)
     np.savez(root / "wrongkeys.npz", foo=np.zeros((4, 3, 16, 16), np.float32))
     np.save(root / "one.npy", np.zeros((4, 4), np.float32))
     (root / "notnpz.npz").write_text("not a zip archive\n")
@@ -209,6 +237,7 @@ def _files(root) -> None:
     Image.new("RGB", (16, 16), (10, 20, 30)).save(root / "images" / "one.png")
     (root / "broken.py").write_text("def build(:\n    pass\n")
     (root / "labels.txt").write_text("\n".join(f"class{i}" for i in range(5)) + "\n")
+    (root / "empty.txt").write_text("\n")
     _onnx_cnn(root / "cnn.onnx")
     for name, text in _RECIPES.items():
         (root / "recipes" / f"{name}.yaml").write_text(text)

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -86,10 +87,22 @@ def test_a_lease_its_holder_removed_is_taken_anew_at_its_path(tmp_path):
         assert read_json(path)["pid"] == os.getpid()
     holder.join()
     assert waited and not path.exists()
-    with pytest.raises(ValueError), lease(path, waited.append) as failing:
-        failing.note(failed="ValueError: no weights")
+    # A holder that failed removes its file too; the process that waited on it gets its record.
+    failing = spawn.Process(target=_fail_briefly, args=(str(path), held := spawn.Event()))
+    failing.start()
+    assert held.wait(30)
+    with lease(path, waited.append) as mine:
+        assert mine.previous["failed"] == "ValueError: no weights"
+    failing.join()
+    assert not path.exists()
+
+
+def _fail_briefly(path: str, held) -> None:
+    with suppress(ValueError), lease(Path(path), lambda who: None) as mine:
+        mine.note(failed="ValueError: no weights")
+        held.set()
+        time.sleep(1)
         raise ValueError("no weights")
-    assert read_json(path)["failed"] == "ValueError: no weights"  # kept for the builds that wait on it
 
 
 def _env(workspace) -> dict:
@@ -193,9 +206,12 @@ def test_builds_waiting_for_a_step_that_fails_fail_with_it_instead_of_repeating_
     outputs = [build.communicate(timeout=300) for build in builds]
     assert [build.returncode for build in builds] == [1] * 3
     assert sum(out.count(" running ") for out, _ in outputs) == 1, outputs
-    assert sum("error: model.factory: the factory slow.failing raised ValueError: no weights here" in err
+    assert sum("error: model.factory: the factory slow.failing raised ValueError: no weights here (fix: " in err
                for _, err in outputs) == 1
-    assert sum("the build this one waited for (pid " in err and "failed at this step: " in err for _, err in outputs) == 2
+    repeated = "error: model.factory: the factory slow.failing raised ValueError: no weights here (the failure of the build " \
+               "this one waited for, pid "
+    assert sum(repeated in err and ", at step export: not repeated)" in err and err.count("(fix: ") == 1
+               for _, err in outputs) == 2, outputs
 
 
 @pytest.mark.torch

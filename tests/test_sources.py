@@ -59,6 +59,21 @@ def test_onnx_file_with_two_inputs_two_outputs_and_dynamic_batch(workspace, two_
     assert [samples[f"{case}/input/image"].shape for case in range(5)] == [(1, 3, 16, 16)] * 4 + [(3, 3, 16, 16)]
 
 
+def test_an_onnx_file_with_external_data_builds_an_artifact_that_holds_its_data(workspace, two_heads_onnx):
+    """ONNX Runtime saved its optimized graph with references to the input's data file, not in the artifact."""
+    import onnx
+
+    external = workspace.root / "ext" / "heads.onnx"
+    external.parent.mkdir()
+    onnx.save_model(onnx.load(str(two_heads_onnx)), str(external), save_as_external_data=True, location="heads.onnx.data",
+                    size_threshold=0)
+    workspace.recipe("heads", onnx_recipe(external))
+    artifact = workspace.run("+recipe=heads", *QUICK).artifact
+    model_dir = artifact / "model_repository" / "heads" / "1"
+    assert sorted(p.name for p in model_dir.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert read_json(artifact / "report.json")["passed"]
+
+
 def test_onnx_recipe_must_match_the_graph(workspace, two_heads_onnx):
     recipe = onnx_recipe(two_heads_onnx)
     recipe["model"]["outputs"] = ["score"]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import MdbuildError
+from builder.sources.onnx import has_external_data
 
 _OFFLINE = ("disabled", "basic", "extended")
 
@@ -36,6 +37,9 @@ def compile_model(onnx_path: Path, config: dict[str, Any], out: Path) -> dict[st
     )
     options.optimized_model_filepath = str(out / "model.onnx")
     options.log_severity_level = 3
+    if has_external_data(onnx_path):  # else ORT saves references to the input's data file, which is not in out/
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "model.onnx.data")
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     return {
         "model_file": "model.onnx",

@@ -31,7 +31,7 @@ def export(ctx, inputs: dict[str, Path], out: Path) -> None:
     if outputs != declared_outputs:
         raise MdbuildError(f"the recipe declares outputs {declared_outputs} but the model has {outputs}",
                            "model.outputs", f"set model.outputs to {outputs}")
-    if model.ByteSize() < 2**31 - 1 and not _has_external_data(path):
+    if model.ByteSize() < 2**31 - 1 and not has_external_data(path):
         shutil.copyfile(path, out / "model.onnx")
     else:
         onnx.save(model, str(out / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
@@ -63,7 +63,8 @@ def _check_types(model, config: dict, initializers: set[str]) -> None:
                                    f"(shape {shown})", f"model.inputs[{index}].shape", f"declare {size} there")
 
 
-def _has_external_data(path: Path) -> bool:
+def has_external_data(path: Path) -> bool:
+    """Whether the ONNX file keeps initializers in files of their own."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)

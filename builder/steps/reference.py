@@ -42,9 +42,9 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     for index, case in enumerate(built):
         ctx.progress(f"case {index + 1}/{len(built)}: {case['name']}")
         result = _outputs(model, case, ctx.config["model"]["inputs"])
-        if not set(names) <= set(result):
-            raise MdbuildError(f"the model returns {len(result)} outputs but the recipe names {len(names)}: {names}",
-                               "model.outputs", "list one name per model output")
+        if set(names) != set(result):  # an output left unnamed would be served under an exporter's made-up name
+            raise MdbuildError(f"the model returns {len(result)} outputs ({', '.join(result)}) but the recipe names "
+                               f"{len(names)}: {names}", "model.outputs", "list one name per model output, in order")
         for name in names:
             _check_finite(name, result[name], case["name"])
             payload[f"{index}/output/{name}"] = result[name]
