@@ -68,6 +68,8 @@ def _task(cfg) -> None:
     multirun = _is_multirun(hydra_cfg)
     recipe = hydra_cfg.runtime.choices.get("recipe").removesuffix(".yaml")  # Hydra finds recipe=NAME.yaml too
     run_dir, workdir = Path(hydra_cfg.runtime.output_dir).resolve(), Path(hydra_cfg.runtime.cwd).resolve()
+    if multirun:  # a launcher's worker (Ray) runs in a directory of its own: the job's results go to the sweep's
+        run_dir = workdir / str(hydra_cfg.sweep.dir) / str(hydra_cfg.sweep.subdir)
     spec = None
     try:
         from builder.build import run  # imports the plan and its steps (numpy): not for --help
