@@ -204,6 +204,20 @@ def _run_here(context: StepContext, inputs: dict[str, Path], work: Path, progres
         os.chdir(previous)
 
 
+def _start(child) -> None:
+    """Starts a spawned child from any process. In a launcher's worker (joblib's loky) the default start
+    method is one a fresh interpreter cannot set up, and the child is told it: spawn is told instead."""
+    method = multiprocessing.get_start_method(allow_none=True)
+    if method in (None, "spawn", "fork", "forkserver"):
+        child.start()
+        return
+    multiprocessing.set_start_method("spawn", force=True)
+    try:
+        child.start()
+    finally:
+        multiprocessing.set_start_method(method, force=True)
+
+
 def _run_isolated(context: StepContext, inputs: dict[str, Path], work: Path, progress: Callable[[str], None]) -> None:
     """Runs the step in a fresh interpreter: for steps that load TensorFlow (loaded before PyTorch's
     Triton or before MindSpore, it crashes the interpreter; measured: `import tensorflow, torchvision`
@@ -217,7 +231,7 @@ def _run_isolated(context: StepContext, inputs: dict[str, Path], work: Path, pro
     child = spawn.Process(target=_step_process, args=(context, inputs, work, sender), daemon=True)
     outcome = None
     try:
-        child.start()
+        _start(child)
         sender.close()
         while outcome is None:
             ready = wait([receiver, child.sentinel])

@@ -47,9 +47,19 @@ def read_results(sweep_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(path.read_text()) for path in paths]
 
 
+def recommend(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The artifact to ship: the fastest (p50) of the jobs that passed their gates; marked `recommended`."""
+    passed = [row for row in rows if row["passed"] and row.get("p50_ms") is not None]
+    chosen = min(passed, key=lambda row: row["p50_ms"], default=None)
+    for row in rows:
+        row["recommended"] = row is chosen
+    return chosen
+
+
 def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[Path]:
     if not rows:
         return []
+    recommend(rows)
     written = [sweep_dir / "summary.json", sweep_dir / "summary.md", sweep_dir / "summary.html", sweep_dir / "summary.svg"]
     written[0].write_text(json.dumps(rows, indent=2))
     written[1].write_text(_markdown(rows))
@@ -69,6 +79,15 @@ def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 def _metric(rows: list[dict[str, Any]]) -> str | None:
     return next((row["metric"] for row in rows if row.get("metric") and row.get("score") is not None), None)
+
+
+def _verdict(rows: list[dict[str, Any]]) -> str:
+    chosen = next((row for row in rows if row.get("recommended")), None)
+    passed = sum(1 for row in rows if row["passed"])
+    if chosen is None:
+        return f"Ship: none ({passed} of {len(rows)} jobs passed their gates, none with a measured latency)."
+    return (f"Ship: {chosen['target']} ({chosen['artifact']}): the fastest p50 ({chosen['p50_ms']:.4g} ms) of the "
+            f"{passed} of {len(rows)} jobs that passed their gates.")
 
 
 def _legend(rows: list[dict[str, Any]]) -> str:
@@ -107,6 +126,7 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     lines = [f"# Sweep summary: {rows[0]['recipe']}", "", _legend(rows), "",
              "| " + " | ".join(title for _, title in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(row, key).replace("|", "\\|") for key, _ in columns) + " |" for row in rows]
+    lines += ["", _verdict(rows)]
     failed = [row for row in rows if row["error"]]
     if failed:
         lines += ["", "Failed jobs:", ""] + [f"- {row['target']}: {row['error']}" for row in failed]
@@ -122,7 +142,7 @@ def _html(rows: list[dict[str, Any]]) -> str:
     title = f"Sweep summary: {html.escape(rows[0]['recipe'])}"
     return (f"<!doctype html><meta charset='utf-8'><title>{title}</title>"
             "<style>body{font-family:sans-serif}td,th{padding:2px 8px;border-bottom:1px solid #ccc;text-align:left}</style>"
-            f"<h1>{title}</h1><p>{html.escape(_legend(rows))}</p>{plot(rows)}"
+            f"<h1>{title}</h1><p><b>{html.escape(_verdict(rows))}</b></p><p>{html.escape(_legend(rows))}</p>{plot(rows)}"
             f"<table><tr>{head}</tr>{body}</table>\n")
 
 

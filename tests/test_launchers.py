@@ -16,7 +16,7 @@ import pytest
 from conftest import QUICK, cnn_recipe
 
 pytestmark = pytest.mark.torch
-SWEEP = ["-m", "+recipe=cnn", *QUICK, "hardware.intra_op_threads=1,2"]
+SWEEP = ["-m", "+recipe=cnn", *QUICK, "target=onnxruntime_fp32,openvino_fp32"]  # OpenVINO compiles in a spawned process
 
 
 def _summary(workspace) -> list[dict]:

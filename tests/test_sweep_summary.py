@@ -3,6 +3,7 @@ column agrees with the page's legend, failed jobs are shown with their error."""
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 
 from builder.sweep import write_summary
@@ -47,6 +48,9 @@ def test_without_labels_the_plot_shows_rel_l2_on_a_log_axis_and_cosines_keep_the
     assert "no accuracy column" in markdown and "min cosine (higher is closer)" in markdown
     assert "| 0.999986 |" in markdown and "| 3.00e-04 |" in markdown  # not "1" for every target
     assert "| FAILED |" in markdown and "- tensorrt_fp16: no GPU" in markdown
+    # The artifact to ship: the fastest of those that passed.
+    assert "Ship: openvino_int8 (a): the fastest p50 (0.8 ms) of the 3 of 4 jobs that passed their gates." in markdown
+    assert [row["recommended"] for row in json.loads((tmp_path / "summary.json").read_text())] == [False, False, True, False]
 
 
 def test_with_a_labelled_set_the_plot_and_the_accuracy_column_show_its_metric(tmp_path):
