@@ -10,7 +10,6 @@ import uuid
 from pathlib import Path
 
 from builder.cache import HOST, Cache, Entry, process_alive
-from builder.errors import MdbuildError
 from builder.hashing import sha256_file
 from builder.locking import exclusive
 from builder.spec import BuildSpec
@@ -21,20 +20,22 @@ def artifact_path(spec: BuildSpec, package_key: str) -> Path:
     return root / f"{spec.recipe}-{spec.target['name']}-{package_key[:12]}"
 
 
-def point_latest(spec: BuildSpec, destination: Path) -> Path:
+def point_latest(spec: BuildSpec, destination: Path) -> str | None:
     """`<recipe>-<target>-latest` beside the artifact: a relative symlink to the artifact this build made,
-    replaced in one rename (a reader sees the previous artifact or this one, never neither)."""
+    replaced in one rename (a reader sees the previous artifact or this one, never neither). Why it could
+    not be, or None: the artifact stands either way."""
     link = destination.parent / f"{spec.recipe}-{spec.target['name']}-latest"
+    if link.exists() and not link.is_symlink():
+        return f"{link} is not a link mdbuild made; left as it is"
     _remove_leftovers(link)
     staging = destination.parent / f"{_prefix(link)}{_OWNER}-{uuid.uuid4().hex[:8]}"
-    os.symlink(destination.name, staging)
     try:
+        os.symlink(destination.name, staging)
         os.replace(staging, link)
     except OSError as exc:
-        staging.unlink()
-        raise MdbuildError(f"cannot point {link} at the new artifact ({exc.strerror})", "output.dir",
-                           f"remove {link} (mdbuild keeps it as a link to the latest artifact)") from exc
-    return link
+        staging.unlink(missing_ok=True)
+        return f"cannot point {link} at the new artifact ({exc.strerror})"
+    return None
 
 
 def materialize(entry: Entry, destination: Path, cache: Cache) -> tuple[Path, str | None]:

@@ -87,7 +87,9 @@ def _run_mode(plan: Plan, cache: Cache, console: Console, run_dir: Path | None) 
         destination, replaced = materialize(results["package"].entry, artifact_path(spec, results["package"].key), cache)
     if replaced:
         console.line(f"warning: the artifact directory was damaged ({replaced}); replaced with the build's own copy")
-    point_latest(spec, destination)
+    unpointed = point_latest(spec, destination)
+    if unpointed:
+        console.line(f"warning: {unpointed}")
     report = _report_line(destination)
     if report:
         console.line(report)

@@ -42,10 +42,10 @@ class DamagedEntry(MdbuildError):
     """A cache entry whose content no longer matches its sha256 (found where content is checked): it has
     been discarded, and the build starts over to rebuild it."""
 
-    def __init__(self, step: str, key: str, problem: str):
-        super().__init__(f"the cache entry of step '{step}' ({key[:12]}) is damaged: {problem}", "cache.dir",
-                         "build again; if it recurs, check the disk under the cache")
-        self.step, self.key, self.problem = step, key, problem
+    def __init__(self, step: str, key: str, problem: str, remote: bool = False):
+        super().__init__(f"the cache entry of step '{step}' ({key[:12]}) is damaged: {problem}",
+                         "cache.remote" if remote else "cache.dir", "build again; if it recurs, check the disk under the cache")
+        self.step, self.key, self.problem, self.remote = step, key, problem, remote
 
 
 @dataclass(frozen=True)
@@ -75,13 +75,15 @@ class Cache:
         self.discarded: dict[str, str] = {}  # key: why its entry was discarded in this build
         self.remote = remote if enabled else None  # the shared tier (builder.remote)
         self.pushes = push
+        self.remote_only: set[str] = set()  # keys known by their remote manifest, downloaded when read
+        self.remote_damaged: set[str] = set()  # keys whose remote copy could not be downloaded intact
         if self.remote is not None:
             self.remote.warnings = self.warnings
 
     def remote_entry(self, key: str) -> Entry | None:
         """The remote tier's entry of `key`, known by its manifest alone: its files are downloaded when a step
         or the artifact reads them (check_content), so a rebuild fetches only what it uses."""
-        if self.remote is None or key in self.discarded:
+        if self.remote is None or key in self.remote_damaged:
             return None
         meta = self.remote.manifest(key)
         try:
@@ -89,7 +91,10 @@ class Cache:
         except (KeyError, TypeError, AttributeError):
             self.warnings.append(f"remote cache: the manifest of {key[:12]} is malformed; building it here")
             files = None
-        return Entry(key, self._entry_dir(key) / "out", files, tuple(meta.get("reports", ()))) if files else None
+        if not files:
+            return None
+        self.remote_only.add(key)
+        return Entry(key, self._entry_dir(key) / "out", files, tuple(meta.get("reports", ())))
 
     def fetch(self, key: str) -> Entry | None:
         """The remote tier's entry of `key`, downloaded, checked and committed here; None on a miss."""
@@ -111,7 +116,7 @@ class Cache:
         where that one was found damaged."""
         meta = self.peek(entry.key)
         if self.remote is not None and self.pushes and meta is not None:
-            self.remote.push(entry.key, entry.out, meta, replace=entry.key in self.discarded)
+            self.remote.push(entry.key, entry.out, meta, replace=entry.key in self.remote_damaged)
 
     # -- lookup ------------------------------------------------------------------------------
     def _entry_dir(self, key: str) -> Path:
@@ -150,13 +155,13 @@ class Cache:
         a mismatch discards it and raises DamagedEntry. For entries whose content is about to be used:
         the inputs of a step that runs, the files an artifact is copied from. A remote entry is
         downloaded first; one that cannot be, intact, is damaged too (the build then computes it here)."""
-        if self.remote is not None and not (entry.out.parent / "meta.json").is_file():
+        if self.remote is not None and entry.key in self.remote_only and not (entry.out.parent / "meta.json").is_file():
             fetched = self.fetch(entry.key)
-            if fetched is None or fetched.files != entry.files:
-                self.discarded[entry.key] = "its remote copy could not be downloaded intact"
+            if fetched is None or fetched.digest != entry.digest:
+                self.remote_damaged.add(entry.key)  # not taken from the remote again; the build's copy replaces it
                 if fetched is not None:
-                    self.discard(entry.key, self.discarded[entry.key])
-                raise DamagedEntry(step, entry.key, self.discarded[entry.key])
+                    self.discard(entry.key, "its remote copy changed while it was read")
+                raise DamagedEntry(step, entry.key, "its remote copy could not be downloaded intact", remote=True)
         for rel, sha in entry.files.items():
             try:
                 intact = sha256_file(entry.out / rel) == sha
@@ -175,7 +180,7 @@ class Cache:
             yield Unshared()
             return
         with lease(self.root / "leases" / key[:2] / key, waiting) as held:
-            if self.remote is None:
+            if self.remote is None or not self.pushes:  # a build that does not publish makes no one wait for it
                 yield held
                 return
             with self.remote.lease(key, waiting):
@@ -189,8 +194,9 @@ class Cache:
             return None
 
     def peek_digest(self, key: str) -> str | None:
-        """The output digest of an entry, unverified (plan mode must not re-hash every model)."""
-        meta = self.peek(key)
+        """The output digest of an entry, unverified (plan mode must not re-hash every model); here, else
+        in the remote tier."""
+        meta = self.peek(key) or (self.remote.manifest(key) if self.remote is not None else None)
         if meta is None:
             return None
         return output_digest({rel: info["sha256"] for rel, info in meta["files"].items()}, meta.get("reports", ()))

@@ -40,8 +40,8 @@ class Stored:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    cache = Cache(Path(args.dir) if args.dir else default_cache_dir(), remote=_remote(args))
-    return args.run(cache, args)
+    remote = _remote(args) if args.run in (_push, _pull) else None  # the others never reach it
+    return args.run(Cache(Path(args.dir) if args.dir else default_cache_dir(), remote=remote), args)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument("--include-locked", action="store_true", help="also entries the repository's lock files name")
     gc.add_argument("--locks", nargs="*", help="lock files (default: recipes/*.lock.json and *.lock.json here)")
     gc.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    gc.add_argument("--keep-recent", type=_duration, default=_GRACE_S, metavar="AGE",
+                    help="never remove entries used this recently: a running build may be reading them (default 10m)")
     gc.set_defaults(run=_gc)
     verify = commands.add_parser("verify", help="re-hash every entry; damaged ones are removed (exit 1)")
     verify.set_defaults(run=_verify)
@@ -85,13 +87,15 @@ def _remote(args) -> Remote | None:
     url = args.remote or os.environ.get("MDBUILD_CACHE_REMOTE")
     if not url:
         return None
+    import yaml
+
     options = {}
     for item in args.remote_option:
         name, sep, value = item.partition("=")
         if not sep:
             raise MdbuildError(f"'{item}' is not KEY=VALUE", "--remote-option", "e.g. --remote-option endpoint_url=http://host:9000")
-        options[name] = value
-    return Remote(url, options)
+        options[name] = yaml.safe_load(value)  # anon=false is False, as in cache.remote_options
+    return Remote(url, options, key="--remote")
 
 
 def _entries(cache: Cache) -> list[Stored]:
@@ -108,15 +112,22 @@ def _entries(cache: Cache) -> list[Stored]:
 
 
 def locked_keys(paths: list[str] | None) -> set[str]:
-    """The step keys the lock files name (every target's every step)."""
-    files = [Path(p) for p in paths] if paths is not None else [*Path("recipes").glob("*.lock.json"), *Path(".").glob("*.lock.json")]
+    """The step keys the lock files name (every target's every step): those given, else the repository's
+    here (recipes/*.lock.json, *.lock.json), where a file that is not an mdbuild lock is skipped."""
+    given = paths is not None
+    files = [Path(p) for p in paths] if given else [*Path("recipes").glob("*.lock.json"), *Path(".").glob("*.lock.json")]
     keys = set()
     for path in files:
         try:
             lock = json.loads(path.read_text())
             keys |= {step["key"] for target in lock["targets"].values() for step in target["steps"]}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise MdbuildError(f"cannot read the lock file {path} ({exc})", "--locks", "give lock files mdbuild wrote") from exc
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            if given:
+                raise MdbuildError(f"cannot read the lock file {path} ({exc})", "--locks", "give lock files mdbuild wrote") from exc
+            print(f"warning: {path} is not an mdbuild lock file; skipped", file=sys.stderr)
+    if not given and not files:
+        print("note: no lock files here (recipes/*.lock.json, *.lock.json): entries that lock files elsewhere name are "
+              "not protected; run in the repository, or give --locks", file=sys.stderr)
     return keys
 
 
@@ -147,25 +158,30 @@ def _gc(cache: Cache, args) -> int:
     locked = set() if args.include_locked else locked_keys(args.locks)
     entries = sorted(_entries(cache), key=lambda e: e.used)  # least recently used first
     now = time.time()
-    doomed = [e for e in entries if args.older_than is not None and now - e.used > args.older_than and e.key not in locked]
+    kept = locked | {e.key for e in entries if now - e.used < args.keep_recent}
+    doomed = [e for e in entries if args.older_than is not None and now - e.used > args.older_than and e.key not in kept]
     total = sum(e.size for e in entries) - sum(e.size for e in doomed)
     for entry in entries:
         if args.max_size is None or total <= args.max_size:
             break
-        if entry not in doomed and entry.key not in locked:
+        if entry not in doomed and entry.key not in kept:
             doomed.append(entry)
             total -= entry.size
     for entry in doomed:
         if not args.dry_run:
             _remove(cache, entry.path)
     verb = "would remove" if args.dry_run else "removed"
+    recent = sum(e.key in kept and e.key not in locked for e in entries)
     print(f"{verb} {len(doomed)} entries, {sum(e.size for e in doomed) / 1e6:.1f} MB; kept {len(entries) - len(doomed)} "
-          f"({total / 1e6:.1f} MB, {sum(e.key in locked for e in entries)} named by lock files)")
+          f"({total / 1e6:.1f} MB, {sum(e.key in locked for e in entries)} named by lock files, {recent} used in the "
+          f"last {_age(args.keep_recent).removesuffix(' ago')})")
     if not args.dry_run:
         cache.clean_stale_workdirs()
         print(f"removed {free_leases(cache.root / 'leases')} lease files no build holds")
     if args.max_size is not None and total > args.max_size:
-        print(f"note: still {total / 1e6:.1f} MB: the rest is named by lock files (--include-locked removes those too)")
+        print(f"note: still {total / 1e6:.1f} MB: the rest is named by lock files (--include-locked removes those too) "
+              f"or was used in the last {_age(args.keep_recent).removesuffix(' ago')} (a running build may be reading it; "
+              "--keep-recent)")
     return 0
 
 
@@ -187,11 +203,8 @@ def _verify(cache: Cache, args) -> int:
 
 def _push(cache: Cache, args) -> int:
     remote = _required(cache)
-    pushed = 0
-    for entry in _entries(cache):
-        if remote.manifest(entry.key) is None:
-            remote.push(entry.key, entry.path / "out", json.loads((entry.path / "meta.json").read_text()))
-            pushed += 1
+    pushed = sum(remote.push(entry.key, entry.path / "out", json.loads((entry.path / "meta.json").read_text()))
+                 for entry in _entries(cache))  # each file checked against its sha256 before it goes up
     return _report(remote, f"pushed {pushed} entries")
 
 
@@ -231,7 +244,9 @@ def _remove(cache: Cache, entry_dir: Path) -> None:
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_BYTES = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+# An entry used this recently may be an input of a build that is running: gc leaves it.
+_GRACE_S = 600
 
 
 def _duration(text: str) -> float:
@@ -242,10 +257,12 @@ def _duration(text: str) -> float:
 
 
 def _size(text: str) -> float:
-    found = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", text.strip().lower())
+    """50G, 50GB: 50e9 bytes; 50GiB: 50 * 2**30."""
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(?:([kmgt])(i?)b?|b?)", text.strip().lower())
     if not found:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a size: give a number and a unit, e.g. 50G or 500M")
-    return float(found.group(1)) * _BYTES[found.group(2)]
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size: give a number and a unit, e.g. 50G, 50GiB or 500M")
+    unit, binary = found.group(2) or "", found.group(3)
+    return float(found.group(1)) * (1024 if binary else 1000) ** _POWERS[unit]
 
 
 def _age(seconds: float) -> str:

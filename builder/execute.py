@@ -64,18 +64,22 @@ def execute(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None
     """Runs the plan. An input entry found damaged (its content no longer matches its sha256) is
     discarded and the walk starts over, which rebuilds it."""
     cache.clean_stale_workdirs()
+    local = 0
     try:
-        for attempt in range(_RESTARTS + 1):
+        while True:
             try:
                 return _walk(plan, cache, console, failure_dir)
             except DamagedEntry as damaged:
-                if attempt == _RESTARTS:
+                _warn(cache, console)  # what the download said first
+                # A remote copy that cannot be downloaded is a miss: its key is not taken from the remote again,
+                # so those restarts end. Local damage that recurs is the disk's.
+                local += not damaged.remote
+                if local > _RESTARTS:
                     raise MdbuildError(f"{damaged.what}, again after {_RESTARTS} rebuilds", "cache.dir",
                                        "check the disk under the cache, or point cache.dir elsewhere") from damaged
-                console.line(f"warning: {damaged.what}; discarded, starting over to rebuild it")
+                console.line(f"warning: {damaged.what}; starting over to build it here")
     finally:
         cache.digests.save()
-    raise AssertionError("unreachable")
 
 
 def _walk(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None) -> dict[str, StepResult]:
@@ -168,9 +172,12 @@ def _run_step(context: StepContext, cache: Cache, console: Console, label: str, 
         if kept:
             failure.what += f" (report kept in {kept})"
         raise
-    except BaseException:
+    except BaseException as exc:
         if work is not None:
             cache.abandon(work)
+        gone = [sid for sid in before if not (context.results[sid].entry.out.parent / "meta.json").is_file()]
+        if gone and isinstance(exc, Exception):  # removed under it (mdbuild cache gc): rebuilt, not this step's failure
+            raise DamagedEntry(gone[0], context.results[gone[0]].key, "it was removed while a step read it") from exc
         raise
     for step_id, files in before.items():  # a step writes its own output only (onnx2tf saved over its input)
         now = _stats(context.results[step_id].entry.out)

@@ -3,15 +3,17 @@ through fsspec, the way Bazel's remote cache shares actions between machines.
 
 Layout beside the local cache's: `<prefix>/entries/<k[:2]>/<key>/out/<files>` and, written last,
 `<prefix>/entries/<k[:2]>/<key>/meta.json`: an entry exists for readers only once its manifest does,
-so an upload cut short is never a hit. A local miss reads through: the manifest, then every file,
-each checked against its sha256 before the entry is committed to the local cache (a damaged or
-half-written remote entry is a miss, with a warning). A step that ran is pushed after it succeeded.
+so an upload cut short is never a hit. A local miss reads through: the manifest at once, the files when
+something reads them, each checked against its sha256 before the entry is committed to the local cache
+(a damaged, half-written or unreachable remote entry is a miss, with a warning). A step that ran is
+pushed after it succeeded.
 
 Across hosts a key is built once where the store can create an object only if it is absent (S3's
-If-None-Match, a local file system's O_EXCL): `<prefix>/leases/<key>` holds who builds it, renewed
-while the step runs; a lease not renewed for _EXPIRES_S is taken over (its holder died). Two builds
-that take over a dead lease at once may both build the key: the entries are identical by
-construction, and the first commit wins.
+If-None-Match, a local file system's O_EXCL): `<prefix>/leases/<k[:2]>/<key>` holds who builds it (and
+a token: only its holder renews or removes it), renewed while the step runs. A waiter that sees it
+unchanged for _EXPIRES_S by its own clock takes it over (its holder died). Two builds that take over a
+dead lease at once may both build the key: the entries are identical by construction, and the first
+commit wins.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import os
 import socket
 import threading
 import time
+import uuid
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
 
 from builder.errors import MdbuildError, first_line
@@ -34,16 +37,19 @@ _POLL_S = 1.0
 
 
 class Remote:
-    def __init__(self, url: str, options: dict[str, Any]):
+    def __init__(self, url: str, options: dict[str, Any], key: str = "cache.remote"):
+        """`key`: what names the remote in errors (cache.remote, or a command's --remote)."""
         try:
             import fsspec
 
+            if fsspec.utils.get_protocol(url) in ("file", "local"):
+                options = {"auto_mkdir": True, **options}  # leases and entries go in folders made as needed
             self.fs, self.root = fsspec.url_to_fs(url, **options)
         except (ImportError, ValueError, TypeError) as exc:
-            raise MdbuildError(f"cannot open {url}: {first_line(exc)}", "cache.remote",
+            raise MdbuildError(f"cannot open {url}: {first_line(exc)}", key,
                                "give s3://bucket/prefix, gs://bucket/prefix or file:///path (pip install s3fs or "
                                "gcsfs for the clouds); storage options go in cache.remote_options") from exc
-        self.url = url
+        self.url, self.key = url, key
         self.downloaded = self.uploaded = 0  # bytes, for the build's summary line
         self.warnings: list[str] = []
 
@@ -59,7 +65,7 @@ class Remote:
             if not self.fs.exists(bucket):
                 raise FileNotFoundError(f"no bucket '{bucket}'")
         except Exception as exc:  # noqa: BLE001 - every client error (auth, network, no bucket) ends here
-            raise MdbuildError(f"cannot reach {self.url}: {type(exc).__name__}: {first_line(exc)}", "cache.remote",
+            raise MdbuildError(f"cannot reach {self.url}: {type(exc).__name__}: {first_line(exc)}", self.key,
                                "check the URL, the credentials (AWS_* variables for S3) and "
                                "cache.remote_options (endpoint_url for an S3-compatible server); the bucket must exist") from exc
 
@@ -72,8 +78,9 @@ class Remote:
             return json.loads(self.fs.cat_file(f"{self._entry(key)}/meta.json"))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
-            self.warnings.append(f"remote cache: cannot read the manifest of {key[:12]} ({first_line(exc)})")
+        except Exception as exc:  # noqa: BLE001 - network, permission, a garbled manifest: a miss, said once
+            self.warnings.append(f"remote cache: cannot read the manifest of {key[:12]} ({type(exc).__name__}: "
+                                 f"{first_line(exc)}); building it here")
             return None
 
     def fetch(self, key: str, into: Path) -> dict[str, Any] | None:
@@ -84,6 +91,10 @@ class Remote:
             return None
         try:
             for rel, info in meta["files"].items():
+                if not _inside(rel):  # a manifest naming ../x or /x would write outside the entry
+                    self.warnings.append(f"remote cache: the manifest of {key[:12]} names {rel!r}, outside its entry; "
+                                         "building it here")
+                    return None
                 local = into / rel
                 local.parent.mkdir(parents=True, exist_ok=True)
                 self.fs.get_file(f"{self._entry(key)}/out/{rel}", str(local))
@@ -91,51 +102,63 @@ class Remote:
                     self.warnings.append(f"remote cache: {rel} of {key[:12]} does not match its sha256; building it here")
                     return None
                 self.downloaded += local.stat().st_size
-        except (OSError, KeyError, TypeError) as exc:
-            self.warnings.append(f"remote cache: cannot download {key[:12]} ({first_line(exc)}); building it here")
+        except Exception as exc:  # noqa: BLE001 - network, permission, a malformed manifest: a miss
+            self.warnings.append(f"remote cache: cannot download {key[:12]} ({type(exc).__name__}: {first_line(exc)}); "
+                                 "building it here")
             return None
         return meta
 
-    def push(self, key: str, out: Path, meta: dict[str, Any], replace: bool = False) -> None:
-        """Uploads an entry's files, then its manifest (the entry exists for readers from then on);
-        nothing when the remote has it already, unless `replace` (its copy there is damaged). A failed
-        upload is a warning: the build has its entry."""
+    def push(self, key: str, out: Path, meta: dict[str, Any], replace: bool = False) -> bool:
+        """Uploads an entry's files, each checked against its sha256 first, then its manifest (the entry
+        exists for readers from then on); nothing when the remote has it already, unless `replace` (its
+        copy there is damaged). Whether it uploaded; a failure is a warning: the build has its entry."""
         if replace:
             _remove(self.fs, f"{self._entry(key)}/meta.json")  # not a hit while its files are replaced
         elif self.manifest(key) is not None:
-            return
+            return False
         try:
-            for rel in meta["files"]:
+            for rel, info in meta["files"].items():
+                if sha256_file(out / rel) != info["sha256"]:
+                    self.warnings.append(f"remote cache: {rel} of {key[:12]} does not match its sha256 here; not uploaded")
+                    return False
                 self.fs.put_file(str(out / rel), f"{self._entry(key)}/out/{rel}")
                 self.uploaded += (out / rel).stat().st_size
             self.fs.pipe_file(f"{self._entry(key)}/meta.json", json.dumps(meta, sort_keys=True).encode())
+            return True
         except Exception as exc:  # noqa: BLE001 - network and permission errors alike
             self.warnings.append(f"remote cache: cannot upload {key[:12]} ({type(exc).__name__}: {first_line(exc)})")
+            return False
 
     @contextmanager
     def lease(self, key: str, waiting: Callable[[str], None]) -> Iterator[bool]:
-        """Holds the remote lease of `key` (yields True), or yields False once another host's entry of it
-        is complete (nothing to build) or where the store cannot create exclusively."""
+        """Holds the remote lease of `key` (yields True), or yields False: another host's entry of it is
+        complete (nothing to build), or the store cannot give a lease (no exclusive create, no write
+        permission, unreachable: the build goes on without, and may repeat another host's work)."""
         path = f"{self.root}/leases/{key[:2]}/{key}"
-        said = None
+        record = {"host": _HOST, "pid": os.getpid(), "token": uuid.uuid4().hex, "renewed": time.time()}
+        said, seen, since = None, None, time.monotonic()
         while True:
-            record = {"host": _HOST, "pid": os.getpid(), "renewed": time.time()}
             try:
                 self.fs.pipe_file(path, json.dumps(record).encode(), mode="create")
                 break
             except FileExistsError:
                 pass
-            except (NotImplementedError, TypeError, ValueError):  # no exclusive create: builds may repeat a key
+            except Exception as exc:  # noqa: BLE001 - no exclusive create, read-only credentials, network
+                self.warnings.append(f"remote cache: no lease on {key[:12]} ({type(exc).__name__}: {first_line(exc)}); "
+                                     "building without one")
                 yield False
                 return
             if self.manifest(key) is not None:
                 yield False
                 return
-            holder = _read(self.fs, path)
-            if holder is not None and time.time() - holder.get("renewed", 0) > _EXPIRES_S:
-                _remove(self.fs, path)  # its holder stopped renewing it: died
+            text = _cat(self.fs, path)
+            if text != seen:  # renewed (or another holder): its holder is alive; judged by this host's clock
+                seen, since = text, time.monotonic()
+            elif time.monotonic() - since > _EXPIRES_S:
+                _remove(self.fs, path)  # not renewed for _EXPIRES_S (an empty record too): its holder died
                 continue
             if said is None or time.monotonic() - said >= 60:
+                holder = _parse(text)
                 who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "another host"
                 waiting(f"{who}, through {self.url}")
                 said = time.monotonic()
@@ -148,7 +171,13 @@ class Remote:
         finally:
             stop.set()
             renewer.join()
-            _remove(self.fs, path)
+            if (_parse(_cat(self.fs, path)) or {}).get("token") == record["token"]:  # not a holder that took it over
+                _remove(self.fs, path)
+
+
+def _inside(rel: str) -> bool:
+    parts = PurePosixPath(rel).parts
+    return bool(parts) and not PurePosixPath(rel).is_absolute() and ".." not in parts and "\\" not in rel
 
 
 _HOST = socket.gethostname()
@@ -156,6 +185,8 @@ _HOST = socket.gethostname()
 
 def _renew(fs, path: str, record: dict[str, Any], stop: threading.Event) -> None:
     while not stop.wait(_RENEW_S):
+        if (_parse(_cat(fs, path)) or {}).get("token") != record["token"]:
+            return  # taken over (this host stalled past the expiry): the new holder's now
         record["renewed"] = time.time()
         try:
             fs.pipe_file(path, json.dumps(record).encode())
@@ -163,16 +194,23 @@ def _renew(fs, path: str, record: dict[str, Any], stop: threading.Event) -> None
             pass
 
 
-def _read(fs, path: str) -> dict[str, Any] | None:
+def _cat(fs, path: str) -> bytes | None:
     try:
-        record = json.loads(fs.cat_file(path))
+        return fs.cat_file(path)
+    except Exception:  # noqa: BLE001 - gone, or unreadable: the caller waits and looks again
+        return None
+
+
+def _parse(text: bytes | None) -> dict[str, Any] | None:
+    try:
+        record = json.loads(text) if text else None
         return record if isinstance(record, dict) else None
-    except (OSError, ValueError):
+    except ValueError:
         return None
 
 
 def _remove(fs, path: str) -> None:
     try:
         fs.rm_file(path)
-    except OSError:
+    except Exception:  # noqa: BLE001 - gone already, or not ours to remove
         pass

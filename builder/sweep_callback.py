@@ -10,10 +10,15 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from builder.sweep import read_results, write_summary
+from builder.sweep import RESULT_FILE, read_results, write_summary
 
 
 class SweepSummary(Callback):
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        """A sweep directory given again (hydra.sweep.dir) holds an earlier sweep's results: not this one's."""
+        for old in Path(config.hydra.sweep.dir).resolve().glob(f"*/{RESULT_FILE}"):
+            old.unlink(missing_ok=True)
+
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         rows = read_results(sweep_dir)

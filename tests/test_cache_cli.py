@@ -39,12 +39,18 @@ def test_ls_and_du_show_every_entry_its_step_and_whether_a_lock_names_it(two_bui
 
 
 def test_gc_removes_the_least_recently_used_but_never_what_a_lock_names(two_builds):
-    dry = two_builds.run("cache", "gc", "--max-size", "1", "--dry-run").stdout
+    dry = two_builds.run("cache", "gc", "--max-size", "1", "--keep-recent", "0s", "--dry-run").stdout
     assert "would remove 5 entries" in dry and len(two_builds.cache_entries()) == 10
-    done = two_builds.run("cache", "gc", "--max-size", "1").stdout
+    done = two_builds.run("cache", "gc", "--max-size", "1", "--keep-recent", "0s").stdout
     assert "removed 5 entries" in done and "5 named by lock files" in done
     assert two_builds.run("+recipe=cnn", *QUICK, "model.seed=2").ran() == []  # the locked build is intact
     assert "export" in two_builds.run("+recipe=cnn", *QUICK, "model.seed=1").ran()
+
+
+def test_gc_leaves_entries_used_in_the_last_minutes_by_default(two_builds):
+    """A running build may be reading them (a long build's early inputs are the least recently used)."""
+    done = two_builds.run("cache", "gc", "--max-size", "1").stdout
+    assert "removed 0 entries" in done and "5 used in the last 10m" in done and len(two_builds.cache_entries()) == 10
 
 
 def test_gc_older_than_goes_by_last_use(two_builds):

@@ -43,3 +43,12 @@ def test_a_failing_job_fails_the_sweep_after_the_others_ran_and_the_summary_is_w
     markdown = (sweep / "summary.md").read_text()
     assert "| FAILED |" in markdown and "Failed jobs:" in markdown and "1.5 is not a limit" in markdown
     assert "1.5 is not a limit" in (sweep / "summary.html").read_text()
+
+
+def test_a_sweep_directory_given_again_summarizes_this_sweep_only(workspace):
+    workspace.recipe("cnn", cnn_recipe())
+    failed = workspace.run("-m", "+recipe=cnn", *QUICK, "hydra.sweep.dir=sweep", "serving.top_k=2,-3", check=False)
+    assert failed.code == 1
+    again = workspace.run("-m", "+recipe=cnn", *QUICK, "hydra.sweep.dir=sweep", "serving.top_k=2")
+    assert [row["passed"] for row in read_json(workspace.root / "sweep" / "summary.json")] == [True]
+    assert "jobs failed" not in again.stderr

@@ -147,3 +147,49 @@ def test_cache_push_and_pull_move_the_entries_a_lock_names(s3, tmp_path):
     pulled = two.run("cache", *remote, "pull", "--locks", str(one.root / "recipes" / "cnn.lock.json"))
     assert "pulled 5 of 5 entries" in pulled.stdout
     assert two.run("+recipe=cnn", *QUICK).ran() == []
+
+
+def test_a_file_remote_shares_like_s3_and_damaged_entries_are_misses_not_failures(tmp_path):
+    """file:// (a shared file system): folders made as needed. With every remote entry's files gone (the
+    manifests left), the second machine warns and builds each step itself instead of failing."""
+    store = tmp_path / "store"
+    remote = [f"cache.remote=file://{store}"]
+    _machine(tmp_path, "one").run("+recipe=cnn", *QUICK, *remote)
+    assert _lines(_machine(tmp_path, "two").run("+recipe=cnn", *QUICK, *remote), "running") == []
+    for out in store.glob("entries/*/*/out"):
+        shutil.rmtree(out)
+    third = _machine(tmp_path, "three").run("+recipe=cnn", *QUICK, *remote)
+    assert "warning: remote cache: cannot download " in third.stdout
+    assert sorted(_lines(third, "running")) == sorted(["export", "reference", "compile", "verify", "package"])
+
+
+def test_a_manifest_cannot_write_outside_its_entry(tmp_path):
+    from builder.remote import Remote
+
+    store = tmp_path / "store"
+    key = "ab" + "0" * 62
+    escape = "../../../../../../../../../../" + str(tmp_path / "escaped.txt")
+    entry = store / "entries" / "ab" / key
+    (entry / "out").mkdir(parents=True)
+    (entry / "meta.json").write_text(json.dumps({"files": {escape: {"sha256": "0" * 64}}, "description": {}}))
+    remote = Remote(f"file://{store}", {})
+    assert remote.fetch(key, tmp_path / "into") is None
+    assert "outside its entry" in remote.warnings[0] and not (tmp_path / "escaped.txt").exists()
+
+
+def test_a_remote_lease_left_by_a_dead_host_is_taken_over_and_only_its_holder_removes_it(tmp_path, monkeypatch):
+    from builder import remote as remote_module
+
+    monkeypatch.setattr(remote_module, "_EXPIRES_S", 0.5)
+    monkeypatch.setattr(remote_module, "_POLL_S", 0.05)
+    store = tmp_path / "store"
+    key = "cd" + "1" * 62
+    lease = store / "leases" / "cd" / key
+    lease.parent.mkdir(parents=True)
+    lease.write_text("")  # a holder killed between creating its lease and writing it
+    remote = remote_module.Remote(f"file://{store}", {})
+    waited = []
+    with remote.lease(key, waited.append) as held:
+        assert held and waited and json.loads(lease.read_text())["pid"] == os.getpid()
+        lease.write_text(json.dumps({"token": "another holder's"}))  # this one stalled; another took it over
+    assert json.loads(lease.read_text())["token"] == "another holder's"  # left to its holder
