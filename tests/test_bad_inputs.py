@@ -176,6 +176,7 @@ BAD = [
     ("model.source=onnx model.factory=null", "model.path: model.source=onnx reads a model file and none is given"),
     ("model.source=torchscript model.factory=null", "model.path: model.source=torchscript reads a model file"),
     (f"{_ONNX.replace('cnn.onnx', 'nonexist.onnx')}", "model.path: file not found: "),
+    (f"{_ONNX} +model.weights=labels.txt", "model.weights: model.source=onnx reads its weights from model.path"),
     # Files and directories
     ("output.dir=''", "output.dir: the artifacts' directory is empty"),
     ("output.dir=/proc/forbidden", "output.dir: cannot write in /proc/forbidden"),

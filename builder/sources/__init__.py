@@ -95,4 +95,7 @@ def source_inputs(spec: BuildSpec) -> tuple[dict[str, Path], Code]:
     if not model.get("path"):
         raise MdbuildError(f"model.source={model['source']} reads a model file and none is given", "model.path",
                            "set model.path to the model file")
+    if model.get("weights"):  # the file holds its weights
+        raise MdbuildError(f"model.source={model['source']} reads its weights from model.path, not model.weights "
+                           f"({model['weights']})", "model.weights", "remove model.weights")
     return {"model": spec.existing_path(model["path"], "model.path")}, code
