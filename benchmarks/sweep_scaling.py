@@ -45,13 +45,15 @@ def main() -> None:
         baseline = None
         for mode in args.modes.split(","):
             env = {}
-            if mode == "ray":
-                env["RAY_ADDRESS"] = _start_ray()
+            if mode == "ray":  # a home of its own: Ray's token authentication reads ~/.ray/auth_token
+                (root / "home").mkdir(exist_ok=True)
+                env = {"HOME": str(root / "home"), "RAY_USAGE_STATS_ENABLED": "0"}
+                env["RAY_ADDRESS"] = _start_ray(env)
             try:
                 wall, output = _sweep(sweep + launchers[mode], root / mode, env)
             finally:
                 if mode == "ray":
-                    subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True)
+                    subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env={**os.environ, **env})
             steps = sum(float(seconds) for seconds in re.findall(r"\] \w+\s+done\s+([\d.]+)s", output))
             workers = 1 if mode == "sequential" else WORKERS
             baseline = baseline or wall
@@ -71,10 +73,11 @@ def _sweep(args: list[str], root: Path, env: dict, cache: Path | None = None) ->
     return time.perf_counter() - started, proc.stdout
 
 
-def _start_ray() -> str:
+def _start_ray(env: dict) -> str:
     port = _free_port()
     subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={port}", f"--num-cpus={WORKERS}",
-                    "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True)
+                    "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True,
+                   env={**os.environ, **env})
     return f"127.0.0.1:{port}"
 
 

@@ -43,18 +43,21 @@ def ray_cluster(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # A home of its own: Ray's token authentication reads ~/.ray/auth_token, which a machine may hold.
+    (tmp_path / "home").mkdir()
+    settings = {"RAY_USAGE_STATS_ENABLED": "0", "HOME": str(tmp_path / "home")}
+    env = {**os.environ, **settings}
     subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
                     "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=120)
     try:
-        yield f"127.0.0.1:{port}"
+        yield {"RAY_ADDRESS": f"127.0.0.1:{port}", **settings}
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
 def test_a_sweep_on_a_ray_cluster(workspace, ray_cluster):
     workspace.recipe("cnn", cnn_recipe())
-    result = workspace.run(*SWEEP, "hydra/launcher=ray_cluster", env={"RAY_ADDRESS": ray_cluster})
+    result = workspace.run(*SWEEP, "hydra/launcher=ray_cluster", env=ray_cluster)
     assert "(_run_job pid=" in result.stdout  # the jobs ran as Ray tasks, in Ray's worker processes
     rows = _summary(workspace)
     assert [row["passed"] for row in rows] == [True, True] and len({row["artifact"] for row in rows}) == 2
