@@ -106,7 +106,8 @@ class Cache:
             if meta is None:
                 self.abandon(work)
                 return None
-            return self.commit(key, work, meta.get("description", {}), meta.get("seconds", 0.0), tuple(meta.get("reports", ())))
+            return self.commit(key, work, meta.get("description", {}), meta.get("seconds", 0.0),
+                               tuple(meta.get("reports", ())))
         except BaseException:
             self.abandon(work)
             raise
