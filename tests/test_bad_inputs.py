@@ -201,6 +201,8 @@ BAD = [
 
 # Known only by reading the model (planning imports no model code): the first step fails, keeping nothing.
 AT_EXPORT = [
+    ("model.inputs.0.shape=[batch,2,16,16]", "model.inputs: the model rejects inputs of the declared shapes (image "
+     "[2, 2, 16, 16] float32): RuntimeError: "),
     ("model.factory=os.path", "model.factory: 'os.path' is not callable (fix: name a function or class)"),
     (f"{_ONNX.replace('cnn.onnx', 'labels.txt')}", "model.path: not a valid ONNX model: "),
     (f"{_ONNX} model.inputs.0.dtype=float16", "model.inputs[0].dtype: input 'image' is float32 in the model, not float16"),

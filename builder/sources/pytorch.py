@@ -79,6 +79,7 @@ def export(ctx, inputs: dict[str, Path], out: Path) -> None:
     args = example_inputs(ctx)
     names = [spec["name"] for spec in model_cfg["inputs"]]
     target = out / "model.onnx"
+    _check_forward(torch, module, args, model_cfg)
     try:
         _export(torch, module, args, names, model_cfg, model_cfg["exporter"], target, ctx.progress)
         used = None
@@ -135,6 +136,19 @@ def _quiet_fd(fd: int):
     finally:
         os.dup2(saved, fd)
         os.close(saved)
+
+
+def _check_forward(torch, module, args: tuple, model_cfg: dict[str, Any]) -> None:
+    """The model takes inputs of the declared shapes and types before an exporter tries: a mismatch is the
+    recipe's (model.inputs), not an operator the exporter cannot convert."""
+    try:
+        with torch.no_grad():
+            module(*args)
+    except Exception as exc:  # the user's model raised on the declared inputs
+        given = ", ".join(f"{spec['name']} {list(arg.shape)} {spec['dtype']}" for spec, arg in zip(model_cfg["inputs"], args))
+        raise MdbuildError(f"the model rejects inputs of the declared shapes ({given}): {type(exc).__name__}: "
+                           f"{first_line(exc)}", "model.inputs",
+                           "declare the shapes, dtypes and order of the model's forward arguments") from exc
 
 
 def _export_error(exc: Exception, model_cfg: dict[str, Any]) -> MdbuildError:
