@@ -77,7 +77,7 @@ def execute(plan: Plan, cache: Cache, console: Console, failure_dir: Path | None
                 if local > _RESTARTS:
                     raise MdbuildError(f"{damaged.what}, again after {_RESTARTS} rebuilds", "cache.dir",
                                        "check the disk under the cache, or point cache.dir elsewhere") from damaged
-                console.line(f"warning: {damaged.what}; starting over to build it here")
+                console.line(f"warning: {damaged.what}; discarded, starting over to rebuild it")
     finally:
         cache.digests.save()
 

@@ -62,3 +62,12 @@ def collate(samples: list[Sample], specs: list[dict[str, Any]]) -> dict[str, np.
             np.pad(a, [(0, int(m) - s) for s, m in zip(a.shape, largest)], constant_values=spec.get("pad", 0))
             if a.ndim else a for a in arrays])
     return batch
+
+
+def describe_feed(name: str, values) -> str:
+    """An input's shape, type and, for integers (token ids, indices), the values it holds: for errors."""
+    values = np.asarray(values)
+    described = f"{name} {list(values.shape)} {values.dtype}"
+    if values.dtype.kind in "iu" and values.size:
+        described += f" values {values.min()}..{values.max()}"
+    return described

@@ -62,8 +62,11 @@ def writable_directory(path: Path, key: str) -> None:
     made = []
     try:
         for directory in reversed(missing):
-            directory.mkdir()
-            made.append(directory)
+            try:
+                directory.mkdir()
+                made.append(directory)
+            except FileExistsError:
+                pass  # made meanwhile by a concurrent build
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as exc:
@@ -71,7 +74,10 @@ def writable_directory(path: Path, key: str) -> None:
                            "point it at a directory this user can create and write") from None
     finally:
         for directory in reversed(made):
-            directory.rmdir()
+            try:
+                directory.rmdir()
+            except OSError:  # a concurrent build is writing in it: it stays
+                break
 
 
 def package_path(reference: str, key: str) -> Path:

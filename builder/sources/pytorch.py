@@ -18,6 +18,7 @@ from builder.errors import MdbuildError, first_line
 from builder.imports import build_from_factory, import_sdk
 from builder.inputs import dynamic_axes, make_inputs
 from builder.optimize.summary import write_summary
+from builder.samples import describe_feed
 
 
 def load_module(ctx) -> Any:
@@ -145,10 +146,10 @@ def _check_forward(torch, module, args: tuple, model_cfg: dict[str, Any]) -> Non
         with torch.no_grad():
             module(*args)
     except Exception as exc:  # the user's model raised on the declared inputs
-        given = ", ".join(f"{spec['name']} {list(arg.shape)} {spec['dtype']}" for spec, arg in zip(model_cfg["inputs"], args))
-        raise MdbuildError(f"the model rejects inputs of the declared shapes ({given}): {type(exc).__name__}: "
-                           f"{first_line(exc)}", "model.inputs",
-                           "declare the shapes, dtypes and order of the model's forward arguments") from exc
+        given = ", ".join(describe_feed(spec["name"], arg.numpy()) for spec, arg in zip(model_cfg["inputs"], args))
+        raise MdbuildError(f"the model rejects inputs as declared ({given}): {type(exc).__name__}: {first_line(exc)}",
+                           "model.inputs", "declare the shapes, dtypes, order and low/high (token ids below the "
+                           "vocabulary size) of the model's forward arguments") from exc
 
 
 def _export_error(exc: Exception, model_cfg: dict[str, Any]) -> MdbuildError:

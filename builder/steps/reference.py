@@ -13,7 +13,7 @@ from builder import cases, data
 from builder.errors import MdbuildError, first_line
 from builder.evaluation import evaluate_source
 from builder.inputs import batch_dim, random_samples
-from builder.samples import Sample
+from builder.samples import Sample, describe_feed
 from builder.serving.accuracy import read_cases
 from builder.sources import get_source
 
@@ -67,19 +67,11 @@ def _outputs(model, case: dict[str, Any], specs: list[dict[str, Any]]) -> dict[s
     except MemoryError:
         raise
     except Exception as exc:  # the user's model raised: its message, and the inputs it was given
-        given = ", ".join(_described_feed(spec["name"], case["feeds"][spec["name"]]) for spec in specs)
+        given = ", ".join(describe_feed(spec["name"], case["feeds"][spec["name"]]) for spec in specs)
         raise MdbuildError(f"the source model failed on verification case '{case['name']}' ({given}): "
                            f"{type(exc).__name__}: {first_line(exc)}", "model.inputs",
                            "check each input's shape, dtype and low/high (token ids below the vocabulary size) "
                            "against what the model takes") from exc
-
-
-def _described_feed(name: str, values: np.ndarray) -> str:
-    """An input's shape, type and, for integers (token ids, indices), the values it holds."""
-    described = f"{name} {list(values.shape)} {values.dtype}"
-    if values.dtype.kind in "iu" and values.size:
-        described += f" values {values.min()}..{values.max()}"
-    return described
 
 
 def verification_samples(ctx) -> list[Sample]:
