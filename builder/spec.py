@@ -49,35 +49,23 @@ PACKAGE_SCHEME = "pkg://"
 
 def writable_directory(path: Path, key: str) -> None:
     """A directory the build can create (if missing) and write in; else one line naming the key. Checked
-    before any step runs and left as found: what it creates to try is removed."""
+    before any step runs, creating nothing: a temporary file in the directory, or in the nearest one above
+    it that exists (where the build would create the rest), so that concurrent builds cannot trip on each
+    other's probes."""
     import tempfile
 
-    missing, probe = [], path
+    probe = path
     while not probe.exists() and probe != probe.parent:
-        missing.append(probe)
         probe = probe.parent
     if not probe.is_dir():
         raise MdbuildError(f"{probe} is a file, not a directory, so {path} cannot be made", key,
                            "point it at a directory")
-    made = []
     try:
-        for directory in reversed(missing):
-            try:
-                directory.mkdir()
-                made.append(directory)
-            except FileExistsError:
-                pass  # made meanwhile by a concurrent build
-        with tempfile.TemporaryFile(dir=path):
+        with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as exc:
         raise MdbuildError(f"cannot write in {path} ({exc.strerror or exc})", key,
                            "point it at a directory this user can create and write") from None
-    finally:
-        for directory in reversed(made):
-            try:
-                directory.rmdir()
-            except OSError:  # a concurrent build is writing in it: it stays
-                break
 
 
 def package_path(reference: str, key: str) -> Path:

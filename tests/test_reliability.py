@@ -44,6 +44,32 @@ def test_concurrent_lock_updates_lose_no_entry(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["r.lock.json"]  # nothing left beside it
 
 
+def _check_writable(path: str, start, failures) -> None:
+    from builder.errors import MdbuildError
+    from builder.spec import writable_directory
+
+    start.wait()
+    for _ in range(20):
+        try:
+            writable_directory(Path(path), "output.dir")
+        except MdbuildError as exc:
+            failures.put(str(exc))
+
+
+def test_concurrent_builds_checking_one_missing_output_directory_do_not_fail_each_other(tmp_path):
+    """Each build makes the directory to try it and removes it again; another build making it meanwhile is
+    not an error (one of four identical builds failed 'cannot write in .../artifacts (File exists)')."""
+    spawn = multiprocessing.get_context("spawn")
+    start, failures = spawn.Event(), spawn.Queue()
+    checkers = [spawn.Process(target=_check_writable, args=(str(tmp_path / "a" / "b"), start, failures)) for _ in range(6)]
+    for checker in checkers:
+        checker.start()
+    start.set()
+    for checker in checkers:
+        checker.join(60)
+    assert failures.empty() and all(checker.exitcode == 0 for checker in checkers)
+
+
 def _hold(path: str, held) -> None:
     with lease(Path(path), lambda who: None):
         held.set()
