@@ -220,7 +220,7 @@ def _open_npz(path: Path, section: str):
 
 def _from_npz(path: Path, names: list[str], section: str):
     arrays, labels = _npz_arrays(path, names, section)
-    if _numpy_kind(path, section) == "npy":
+    if arrays == {names[0]: ""}:  # an .npy: its one array is the input
         return {names[0]: np.asarray(_open_npz(path, section))}, None
     with _open_npz(path, section) as archive:
         try:

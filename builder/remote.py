@@ -69,6 +69,11 @@ class Remote:
                                "check the URL, the credentials (AWS_* variables for S3) and "
                                "cache.remote_options (endpoint_url for an S3-compatible server); the bucket must exist") from exc
 
+    def _warn(self, text: str) -> None:
+        """Once per build line: a waiter polling an unreachable store would say the same every second."""
+        if text not in self.warnings:
+            self.warnings.append(text)
+
     def _entry(self, key: str) -> str:
         return f"{self.root}/entries/{key[:2]}/{key}"
 
@@ -79,7 +84,7 @@ class Remote:
         except FileNotFoundError:
             return None
         except Exception as exc:  # noqa: BLE001 - network, permission, a garbled manifest: a miss, said once
-            self.warnings.append(f"remote cache: cannot read the manifest of {key[:12]} ({type(exc).__name__}: "
+            self._warn(f"remote cache: cannot read the manifest of {key[:12]} ({type(exc).__name__}: "
                                  f"{first_line(exc)}); building it here")
             return None
 
@@ -92,18 +97,18 @@ class Remote:
         try:
             for rel, info in meta["files"].items():
                 if not _inside(rel):  # a manifest naming ../x or /x would write outside the entry
-                    self.warnings.append(f"remote cache: the manifest of {key[:12]} names {rel!r}, outside its entry; "
+                    self._warn(f"remote cache: the manifest of {key[:12]} names {rel!r}, outside its entry; "
                                          "building it here")
                     return None
                 local = into / rel
                 local.parent.mkdir(parents=True, exist_ok=True)
                 self.fs.get_file(f"{self._entry(key)}/out/{rel}", str(local))
                 if sha256_file(local) != info["sha256"]:
-                    self.warnings.append(f"remote cache: {rel} of {key[:12]} does not match its sha256; building it here")
+                    self._warn(f"remote cache: {rel} of {key[:12]} does not match its sha256; building it here")
                     return None
                 self.downloaded += local.stat().st_size
         except Exception as exc:  # noqa: BLE001 - network, permission, a malformed manifest: a miss
-            self.warnings.append(f"remote cache: cannot download {key[:12]} ({type(exc).__name__}: {first_line(exc)}); "
+            self._warn(f"remote cache: cannot download {key[:12]} ({type(exc).__name__}: {first_line(exc)}); "
                                  "building it here")
             return None
         return meta
@@ -119,14 +124,14 @@ class Remote:
         try:
             for rel, info in meta["files"].items():
                 if sha256_file(out / rel) != info["sha256"]:
-                    self.warnings.append(f"remote cache: {rel} of {key[:12]} does not match its sha256 here; not uploaded")
+                    self._warn(f"remote cache: {rel} of {key[:12]} does not match its sha256 here; not uploaded")
                     return False
                 self.fs.put_file(str(out / rel), f"{self._entry(key)}/out/{rel}")
                 self.uploaded += (out / rel).stat().st_size
             self.fs.pipe_file(f"{self._entry(key)}/meta.json", json.dumps(meta, sort_keys=True).encode())
             return True
         except Exception as exc:  # noqa: BLE001 - network and permission errors alike
-            self.warnings.append(f"remote cache: cannot upload {key[:12]} ({type(exc).__name__}: {first_line(exc)})")
+            self._warn(f"remote cache: cannot upload {key[:12]} ({type(exc).__name__}: {first_line(exc)})")
             return False
 
     @contextmanager
@@ -144,7 +149,7 @@ class Remote:
             except FileExistsError:
                 pass
             except Exception as exc:  # noqa: BLE001 - no exclusive create, read-only credentials, network
-                self.warnings.append(f"remote cache: no lease on {key[:12]} ({type(exc).__name__}: {first_line(exc)}); "
+                self._warn(f"remote cache: no lease on {key[:12]} ({type(exc).__name__}: {first_line(exc)}); "
                                      "building without one")
                 yield False
                 return
