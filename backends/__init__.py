@@ -81,6 +81,9 @@ class Backend:
     # "module:function" -> the host facts of where its runtime runs, which verify's outcome depends on
     # (a GPU, or the proxy on this CPU); None: the CPU's.
     runtime_host: str | None = None
+    # "module:function" -> None when its compiled models run on this host, else why not (found without
+    # importing an SDK); None: they run wherever the SDK is installed. target=auto builds only these.
+    runs_here: str | None = None
 
     @property
     def runtime_module(self) -> str:
@@ -102,6 +105,17 @@ class Backend:
         for package, distribution in ((self.package, self.distribution), (self.converter, self.converter)):
             if package and (not importable(package) or library_version(distribution) is None):
                 raise missing_extra(distribution, self.extra, where)
+
+    def unusable_here(self) -> str | None:
+        """Why a model compiled for this backend cannot be built and run on this host, or None."""
+        try:
+            self.require("target.backend")
+        except MdbuildError as missing:
+            return f"not installed ({missing.fix})"
+        if self.runs_here is None:
+            return None
+        module, function = self.runs_here.split(":")
+        return getattr(importlib.import_module(module), function)()
 
     def compile(self, onnx_path, config: dict[str, Any], out) -> dict[str, Any]:
         return self._compile_module().compile_model(onnx_path, config, out)
@@ -146,7 +160,7 @@ class Unavailable:
 
 
 @functools.lru_cache(maxsize=None)
-def _discovered() -> dict[str, Backend | Unavailable]:
+def discovered() -> dict[str, Backend | Unavailable]:
     found = {}
     for module in pkgutil.iter_modules(__path__):
         if module.ispkg:
@@ -155,11 +169,11 @@ def _discovered() -> dict[str, Backend | Unavailable]:
 
 
 def all_backends() -> list[Backend]:
-    return [backend for backend in _discovered().values() if isinstance(backend, Backend)]
+    return [backend for backend in discovered().values() if isinstance(backend, Backend)]
 
 
 def get_backend(name: str) -> Backend:
-    backend = _discovered().get(name)
+    backend = discovered().get(name)
     if isinstance(backend, Unavailable):
         raise MdbuildError(backend.why, "target.backend", backend.fix)
     if backend is None:

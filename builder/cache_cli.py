@@ -120,7 +120,7 @@ def locked_keys(paths: list[str] | None) -> set[str]:
     for path in files:
         try:
             lock = json.loads(path.read_text())
-            keys |= {step["key"] for target in lock["targets"].values() for step in target["steps"]}
+            keys |= {step["key"] for target in lock["targets"].values() for step in target.get("steps", ())}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             if given:
                 raise MdbuildError(f"cannot read the lock file {path} ({exc})", "--locks", "give lock files mdbuild wrote") from exc

@@ -20,7 +20,7 @@ from builder.optimize import LOSS_ORDER
 from builder.progress import Console
 from builder.recipes import DEFAULT_RECIPE, recipe_files
 from builder.resources import resource_dir
-from builder.schema import BuildConfig, Tolerance, declared_keys, section_schema
+from builder.schema import BuildConfig, Tolerance, backend_options, declared_keys, section_schema
 from builder.spec import BuildSpec
 from builder.sweep import job_result, write_result
 
@@ -72,10 +72,14 @@ def _task(cfg) -> None:
         run_dir = workdir / str(hydra_cfg.sweep.dir) / str(hydra_cfg.sweep.subdir)
     spec = None
     try:
-        from builder.build import run  # imports the plan and its steps (numpy): not for --help
+        from builder.auto import AUTO, run_auto  # import the plan and its steps (numpy): not for --help
+        from builder.build import run
 
         spec = _spec(cfg, hydra_cfg, recipe, workdir)
-        artifact = run(spec, Console(), run_dir)
+        if spec.target["backend"] == AUTO:
+            artifact = run_auto(spec, _raw_overrides(hydra_cfg), _raw_overrides(hydra_cfg, "hydra"), run_dir, Console())
+        else:
+            artifact = run(spec, Console(), run_dir)
     except BaseException as exc:
         if not multirun or not isinstance(exc, Exception) or _wants_traceback():
             if not multirun:
@@ -98,18 +102,19 @@ def _spec(cfg, hydra_cfg, recipe: str, workdir: Path) -> BuildSpec:
     _strict_bools(_raw_overrides(hydra_cfg))
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     _reject_unknown_keys(config)
-    _backend_options(config["target"])
+    backend_options(config["target"])
     if recipe not in _RECIPES:  # a launcher's worker process (joblib, Ray): main() did not run there
         _RECIPES.update(recipe_files(workdir))
     path, packaged = _RECIPES[recipe]
     return BuildSpec(recipe=recipe, recipe_path=path, packaged_recipe=packaged, config=config, workdir=workdir)
 
 
-def _raw_overrides(hydra_cfg) -> list[str]:
-    """The job's override strings as written (iterating Hydra's ListConfig would resolve `${...}` in them)."""
+def _raw_overrides(hydra_cfg, kind: str = "task") -> list[str]:
+    """The job's override strings as written (iterating Hydra's ListConfig would resolve `${...}` in them):
+    the task's, or Hydra's own (hydra/launcher=..., hydra.sweep.dir=...)."""
     from omegaconf import OmegaConf
 
-    return list(OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False))
+    return list(OmegaConf.to_container(hydra_cfg.overrides[kind], resolve=False))
 
 
 def _discard_run_dir(run_dir: Path, workdir: Path) -> None:
@@ -187,31 +192,6 @@ def _reject_unknown_keys(config: dict[str, Any], prefix: str = "") -> None:
             raise MdbuildError("no such key", f"{prefix}{key}", f"valid keys{section}: {', '.join(declared)}")
         if isinstance(value, dict) and section_schema(f"{prefix}{key}") is not None:
             _reject_unknown_keys(value, f"{prefix}{key}.")
-
-
-def _backend_options(target: dict[str, Any]) -> None:
-    """target.options against its backend's schema: defaults for what a target file leaves out (one
-    without `- options: <backend>` in its defaults), one line for a key the backend does not have."""
-    backend = next((b for b in all_backends() if b.name == target["backend"]), None)
-    if backend is None:
-        return  # not a backend that builds: planning says why
-    schema = {f.name: f for f in dataclasses.fields(backend.options)}
-    given = target["options"] or {}
-    if not isinstance(given, dict):
-        raise MdbuildError(f"{given!r} is not a section of options", "target.options",
-                           f"give key: value pairs of the {backend.name} options, or `- options: {backend.name}` "
-                           "in the target's defaults")
-    for key in given:
-        if key not in schema:
-            valid = ", ".join(schema) or "none"
-            raise MdbuildError("no such key", f"target.options.{key}",
-                               f"valid keys of target.options for {backend.name}: {valid}")
-    defaults = {name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-                for name, f in schema.items()}
-    for name, value in {**defaults, **given}.items():
-        if value is dataclasses.MISSING:
-            raise MdbuildError("required and not set", f"target.options.{name}", f"set target.options.{name}")
-    target["options"] = {**defaults, **given}
 
 
 class _Terminated(KeyboardInterrupt):

@@ -63,6 +63,11 @@ def _read(path: Path, for_check: bool) -> tuple[dict[str, Any], str | None]:
                                                      f"entries dropped (targets: {dropped}); build those once to add them")
 
 
+def locked_entry(path: Path, target: str, for_check: bool) -> dict[str, Any] | None:
+    """The lock's entry for one target, or None where the lock or the entry is missing."""
+    return _read(path, for_check)[0]["targets"].get(target) if path.is_file() else None
+
+
 def check_writable(spec: BuildSpec) -> None:
     """Before a build: a lock it could not update (invalid JSON, a newer schema) fails it at once."""
     _read(lock_path(spec), for_check=False)

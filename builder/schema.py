@@ -6,12 +6,13 @@ fails composition with the key's full name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
+from dataclasses import MISSING as MISSING_FIELD, dataclass, field, fields, is_dataclass, make_dataclass
 from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
 from backends import all_backends
+from builder.errors import MdbuildError
 from builder.optimize import GENERIC
 
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
@@ -196,6 +197,17 @@ class LockConfig:
 
 
 @dataclass
+class SelectConfig:
+    """target=auto (README, "Picking the winner")."""
+
+    # The candidate targets; empty: every target usable on this host. Those not usable here are skipped.
+    targets: List[str] = field(default_factory=list)
+    # The lock's earlier choice stays while it passes and its p50 is within this fraction of the fastest's
+    # (latency is noisy: a rebuild should not flip between two targets that run alike).
+    margin: float = 0.05
+
+
+@dataclass
 class _BuildConfig:
     mode: str = "build"
     traceback: bool = False
@@ -215,6 +227,7 @@ class _BuildConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     lock: LockConfig = field(default_factory=LockConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
 
 
 def _step_sections() -> list[tuple[str, type, Any]]:
@@ -245,3 +258,28 @@ def section_schema(path: str) -> type | None:
 def declared_keys(path: str) -> list[str]:
     schema = section_schema(path)
     return [f.name for f in fields(schema)] if schema is not None else []
+
+
+def backend_options(target: dict[str, Any]) -> None:
+    """target.options against its backend's schema: defaults for what a target file leaves out (one
+    without `- options: <backend>` in its defaults), one line for a key the backend does not have."""
+    backend = next((b for b in all_backends() if b.name == target["backend"]), None)
+    if backend is None:
+        return  # not a backend that builds: planning says why
+    schema = {f.name: f for f in fields(backend.options)}
+    given = target["options"] or {}
+    if not isinstance(given, dict):
+        raise MdbuildError(f"{given!r} is not a section of options", "target.options",
+                           f"give key: value pairs of the {backend.name} options, or `- options: {backend.name}` "
+                           "in the target's defaults")
+    for key in given:
+        if key not in schema:
+            valid = ", ".join(schema) or "none"
+            raise MdbuildError("no such key", f"target.options.{key}",
+                               f"valid keys of target.options for {backend.name}: {valid}")
+    defaults = {name: f.default_factory() if f.default_factory is not MISSING_FIELD else f.default
+                for name, f in schema.items()}
+    for name, value in {**defaults, **given}.items():
+        if value is MISSING_FIELD:
+            raise MdbuildError("required and not set", f"target.options.{name}", f"set target.options.{name}")
+    target["options"] = {**defaults, **given}

@@ -16,6 +16,11 @@ _EVALUATION = "+evaluation.source=npz +evaluation.path=good.npz"
 _TRT = "target=tensorrt_fp16"
 
 BAD = [
+    ("target=auto select.targets=[nope]", "select.targets: no target named 'nope' (fix: choose from: mindspore, "),
+    ("target=auto select.targets=[auto]", "select.targets: no target named 'auto'"),
+    ("target=auto select.margin=-1", "select.margin: -1.0 is not a fraction >= 0"),
+    ("target=auto select.targets=[mindspore]", "select.targets: no candidate target is usable on this host (mindspore: "),
+    ("target=auto verify.source=nope", "verify.source: 'nope' is not valid"),
     # Numbers out of range
     ("serving.max_body_bytes=-1", "serving.max_body_bytes: -1 is not valid: bytes of a request body, at least 1"),
     ("serving.max_batch_size=-1", "serving.max_batch_size: -1 is not valid: rows per batch (1: no batching), at least 1"),

@@ -45,7 +45,7 @@ def test_typo_in_a_recipe_file(workspace):
 def test_unknown_group_option(workspace):
     workspace.recipe("cnn", cnn_recipe())
     line = _one_error_line(workspace.run("+recipe=cnn", "target=onnxruntime_fp3", check=False))
-    assert "target: no option 'onnxruntime_fp3' (fix: choose one of: mindspore, onnxruntime_fp32, onnxruntime_int8, openvino_bf16, openvino_fp16" in line
+    assert "target: no option 'onnxruntime_fp3' (fix: choose one of: auto, mindspore, onnxruntime_fp32, onnxruntime_int8, openvino_bf16, openvino_fp16" in line
 
 
 def test_wrong_value_type_names_the_key(workspace):

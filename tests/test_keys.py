@@ -16,6 +16,7 @@ from builder.errors import MdbuildError
 from builder.plan import make_plan
 from builder.recipes import recipe_files
 from builder.resources import resource_dir
+from builder.schema import backend_options
 from builder.spec import BuildSpec
 
 RUN_ONLY = ("mode", "traceback", "cache", "output", "lock")
@@ -45,7 +46,7 @@ def _compose(recipe: str, target: str) -> BuildSpec:
     with initialize_config_dir(version_base="1.3", config_dir=str(resource_dir("conf"))):
         config = OmegaConf.to_container(compose("config", overrides=[f"+recipe={recipe}", f"target={target}"]),
                                         resolve=True)
-    cli._backend_options(config["target"])
+    backend_options(config["target"])
     path, packaged = recipe_files(workdir)[recipe]
     return BuildSpec(recipe=recipe, recipe_path=path, packaged_recipe=packaged, config=config, workdir=workdir)
 

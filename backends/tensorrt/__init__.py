@@ -83,6 +83,7 @@ BACKEND = Backend(
     host="backends.tensorrt.host:facts",
     proxy="backends.onnxruntime.runtime",
     runtime_host="backends.tensorrt.host:runtime_facts",
+    runs_here="backends.tensorrt.host:runs_here",
     advice={"fp16": "keep more operations in fp32, or build tensorrt_fp32",
             "int8": "try trt_quantize.calibration_method=entropy or percentile, or build tensorrt_fp16"},
 )

@@ -45,6 +45,23 @@ def sdk(flavor: str) -> tuple[str, str] | None:
     return None
 
 
+def runs_here() -> str | None:
+    """None when an engine built here also runs here (a GPU the installed SDK builds for), else why not."""
+    from backends.tensorrt import RTX_COMPUTE_CAPABILITIES
+
+    found = gpus()
+    if not found:
+        return "no NVIDIA GPU here (nvidia-smi finds none): its engines cannot run, nor their latency be measured"
+    if library_version("cuda-bindings") is None:
+        return "cuda-python (cuda-bindings) is not installed: its engines cannot run here"
+    if sdk("tensorrt") is not None:
+        return None
+    if sdk("rtx") is not None and any(gpu["compute_capability"] in RTX_COMPUTE_CAPABILITIES for gpu in found):
+        return None
+    names = ", ".join(f"{gpu['name']} ({gpu['compute_capability']})" for gpu in found)
+    return f"no TensorRT SDK here builds for {names}: install full TensorRT (tensorrt-cu12)"
+
+
 def facts() -> dict:
     """The host facts in the compile key: with full TensorRT installed, compile builds for the local
     GPUs, so they and the SDK are part of what it builds; without it the engines do not depend on

@@ -1,0 +1,87 @@
+"""target=auto: the usable candidates are built as a sweep, the fastest that passed its gate is shipped, and
+the choice with its table is in the lock, the chosen artifact's report and <recipe>-auto-latest."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from backends.tensorrt.host import gpus
+from builder.auto import choose
+from conftest import QUICK, cnn_recipe, read_json
+
+pytestmark = pytest.mark.torch
+
+# The int8 gate is set out of reach: a candidate that fails is shown, never chosen.
+CANDIDATES = ["select.targets=[onnxruntime_fp32,openvino_fp32,onnxruntime_int8,mindspore,tensorrt_fp32]",
+              "calibration.source=random", "calibration.samples=8", "verify.tolerances.int8.min_cosine=0.9999999"]
+
+
+def test_auto_ships_the_fastest_candidate_that_passed_and_records_the_choice(workspace):
+    workspace.recipe("cnn", cnn_recipe())
+    built = workspace.run("+recipe=cnn", *QUICK, "target=auto", *CANDIDATES)
+    lock_path = workspace.root / "recipes" / "cnn.lock.json"
+    record = read_json(lock_path)["targets"]["auto"]
+    table = {row["target"]: row for row in record["table"]}
+    assert sorted(table) == ["onnxruntime_fp32", "onnxruntime_int8", "openvino_fp32"]
+    assert not table["onnxruntime_int8"]["passed"] and "min_cosine" in table["onnxruntime_int8"]["error"]
+    fastest = min((row for row in table.values() if row["passed"]), key=lambda row: row["p50_ms"])
+    assert record["chosen"] == fastest["target"] and "the fastest p50" in record["why"]
+    assert "mindspore" in record["skipped"]
+    assert ("tensorrt_fp32" in record["skipped"]) == (not gpus())
+    assert f"target=auto: chose {fastest['target']}" in built.stdout
+    assert built.artifact.name == record["artifact"] and built.artifact.name.startswith(f"cnn-{fastest['target']}-")
+    latest = workspace.root / "artifacts" / "cnn-auto-latest"
+    assert latest.resolve() == built.artifact.resolve()
+    report = read_json(built.artifact / "report.json")
+    assert report["selection"]["chosen"] == fastest["target"] and len(report["selection"]["table"]) == 3
+    assert "## Chosen by target=auto" in (built.artifact / "report.md").read_text()
+
+    checked = workspace.run("+recipe=cnn", *QUICK, "target=auto", *CANDIDATES, "mode=check")
+    assert f"the lock chose {fastest['target']}" in checked.stdout and "lock check passed" in checked.stdout
+
+    # The lock's earlier choice is kept while it passes within select.margin of the fastest.
+    other = next(name for name, row in table.items() if row["passed"] and name != fastest["target"])
+    lock = read_json(lock_path)
+    lock["targets"]["auto"]["chosen"] = other
+    lock_path.write_text(json.dumps(lock))
+    kept = workspace.run("+recipe=cnn", *QUICK, "target=auto", *CANDIDATES, "select.margin=1000")
+    assert f"target=auto: chose {other}: the lock's choice, kept" in kept.stdout
+    assert set(kept.ran()) == {"verify"}  # only the failed int8 verification runs again: a failure is not cached
+    assert read_json(lock_path)["targets"]["auto"]["chosen"] == other
+    again = workspace.run("+recipe=cnn", *QUICK, "target=auto", *CANDIDATES, "select.margin=0")
+    assert read_json(lock_path)["targets"]["auto"]["chosen"] == fastest["target"]
+    assert latest.resolve() == again.artifact.resolve()
+
+
+def test_auto_fails_when_no_candidate_passes(workspace):
+    workspace.recipe("cnn", cnn_recipe())
+    result = workspace.run("+recipe=cnn", *QUICK, "target=auto", "select.targets=[onnxruntime_fp32]",
+                           "verify.tolerances.fp32.min_cosine=1.0", "verify.tolerances.fp32.max_rel_l2=0", check=False)
+    assert result.code == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: target: no candidate passed its gate with a measured latency (onnxruntime_fp32: ")
+    assert not (workspace.root / "recipes" / "cnn.lock.json").exists()  # the failed candidate wrote no entry either
+    assert not (workspace.root / "artifacts" / "cnn-auto-latest").exists()
+
+
+def test_a_candidate_the_recipe_cannot_build_is_skipped_before_the_sweep(workspace):
+    """onnxruntime_int8 needs calibration data this recipe does not declare: skipped at plan time, with why."""
+    workspace.recipe("cnn", cnn_recipe())
+    result = workspace.run("+recipe=cnn", *QUICK, "target=auto", "select.targets=[onnxruntime_fp32,onnxruntime_int8]",
+                           "mode=plan")
+    assert "target=auto: skipping onnxruntime_int8: calibration.source: ort_quantize needs calibration data" in result.stdout
+    assert result.stdout.count("plan · recipe cnn · target ") == 1 and "target onnxruntime_fp32" in result.stdout
+
+
+def _row(target, p50, passed=True):
+    return {"target": target, "passed": passed, "p50_ms": p50}
+
+
+def test_choose_keeps_the_locked_choice_only_within_the_margin_and_while_it_passes():
+    rows = [_row("a", 1.0), _row("b", 1.04), _row("c", 0.5, passed=False)]
+    assert choose(rows, "b", 0.05)[0]["target"] == "b"
+    assert choose(rows, "b", 0.03)[0]["target"] == "a"
+    assert choose([_row("a", 1.0), _row("b", 1.01, passed=False)], "b", 0.05)[0]["target"] == "a"
+    assert choose([_row("a", None)], None, 0.05)[0] is None
