@@ -84,6 +84,8 @@ class Backend:
     # "module:function" -> None when its compiled models run on this host, else why not (found without
     # importing an SDK); None: they run wherever the SDK is installed. target=auto builds only these.
     runs_here: str | None = None
+    # target config -> the Ray resources a sweep job of it asks for (hydra/launcher=ray_cluster).
+    resources: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     @property
     def runtime_module(self) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import html
 import json
 import math
+import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +34,15 @@ def job_result(recipe: str, target: dict[str, Any], artifact: Path | None, run_d
         "p50_ms": latency.get("p50_ms"), "p99_ms": latency.get("p99_ms"),
         "throughput_per_s": latency.get("throughput_per_s"), "latency_note": latency.get("why"),
         "model_bytes": report.get("size", {}).get("model_bytes"),
-        "artifact": str(artifact) if artifact else None, "error": error,
+        "artifact": str(artifact) if artifact else None, "error": error, "worker": _worker(),
     }
+
+
+def _worker() -> dict[str, Any]:
+    """Where the job ran: the host, and in a Ray task the resources Ray gave it (a GPU, CPUs)."""
+    ray = sys.modules.get("ray")  # imported by a Ray worker; never imported here
+    assigned = ray.get_runtime_context().get_assigned_resources() if ray is not None and ray.is_initialized() else {}
+    return {"host": socket.gethostname(), "resources": assigned}
 
 
 def write_result(run_dir: Path, result: dict[str, Any]) -> None:

@@ -47,6 +47,7 @@ def test_wheel_install_builds_the_default_recipe_from_anywhere(tmp_path):
                           text=True, timeout=600)
     assert plan.returncode == 0 and "export" in plan.stdout, plan.stdout + plan.stderr
     assert (site / "builder" / "examples" / "digits_cnn.pt").is_file()
+    assert (site / "hydra_plugins" / "mdbuild_launchers" / "ray_cluster.py").is_file()  # hydra/launcher=ray_cluster
 
 
 @pytest.mark.torch

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,7 +40,9 @@ def test_a_sweep_on_joblib_processes(workspace):
 
 @pytest.fixture
 def ray_cluster(tmp_path):
-    """A Ray head node on this machine (Ray replaces 127.0.0.1 with the host's address itself), stopped after."""
+    """A Ray head node on this machine, declaring one GPU (Ray schedules by what a node declares), stopped
+    after: `ray start --block` in a session of its own, whose processes alone are ended (`ray stop` would
+    end every Ray on the machine). Ray replaces 127.0.0.1 with the host's address itself."""
     ray = str(Path(sys.executable).with_name("ray"))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -47,12 +51,23 @@ def ray_cluster(tmp_path):
     (tmp_path / "home").mkdir()
     settings = {"RAY_USAGE_STATS_ENABLED": "0", "HOME": str(tmp_path / "home")}
     env = {**os.environ, **settings}
-    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                    "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=120)
+    head = subprocess.Popen([ray, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--num-gpus=1",
+                             "--include-dashboard=false", "--disable-usage-stats"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        deadline = time.monotonic() + 120
+        while subprocess.run([ray, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True).returncode:
+            assert head.poll() is None and time.monotonic() < deadline, "the Ray head node did not start"
+            time.sleep(1)
         yield {"RAY_ADDRESS": f"127.0.0.1:{port}", **settings}
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for ending in (signal.SIGTERM, signal.SIGKILL):  # SIGKILL: whatever did not end on SIGTERM
+            try:
+                os.killpg(head.pid, ending)
+            except ProcessLookupError:
+                break
+            time.sleep(3)
+        head.wait(timeout=30)
 
 
 def test_a_sweep_on_a_ray_cluster(workspace, ray_cluster):
@@ -64,3 +79,32 @@ def test_a_sweep_on_a_ray_cluster(workspace, ray_cluster):
     assert _ran(result.stdout, "export") == 1
     assert all(Path(row["artifact"]).parent == workspace.root / "artifacts" for row in rows)
     assert len(workspace.cache_entries()) == 8  # export and reference shared; compile, verify, package each
+
+
+def test_a_job_asks_the_cluster_for_what_its_target_needs(workspace, ray_cluster):
+    """A full-TensorRT job asks Ray for a GPU and gets the cluster's one (without the SDK here it defers the
+    engine build); a job asking for more than the cluster has fails the sweep before any job starts."""
+    workspace.recipe("cnn", cnn_recipe())
+    sweep = ["-m", "+recipe=cnn", *QUICK, "hydra/launcher=ray_cluster"]
+    workspace.run(*sweep, "target=tensorrt_fp32", "target.options.flavor=tensorrt,auto", env=ray_cluster)
+    full, auto = _summary(workspace)
+    assert full["worker"]["resources"].get("GPU") == 1 and full["passed"]
+    assert "GPU" not in auto["worker"]["resources"] and auto["passed"]  # an RTX engine or a deferred build: no GPU
+
+    refused = workspace.run(*sweep, "target=onnxruntime_fp32", "+hydra.launcher.resources.onnxruntime_fp32.num_gpus=2",
+                            env=ray_cluster, check=False)
+    assert refused.code == 1 and refused.stderr.strip().splitlines()[-1] == (
+        "error: hydra.launcher.resources: job 0 (target onnxruntime_fp32) asks Ray for 2 GPU; the cluster has 1 GPU "
+        "(fix: add a node that has them, or build that target elsewhere (a full-TensorRT build needs a GPU; "
+        "target.options.flavor=auto builds an RTX engine and a deferred build without one))")
+    assert "running" not in refused.stdout
+
+
+def test_runtime_env_variables_left_empty_are_not_sent():
+    """An unset MDBUILD_CACHE_DIR on the driver must not override a node's own setting with ''."""
+    from hydra_plugins.mdbuild_launchers.ray_cluster import asked, without_empty_env
+
+    init = {"address": "auto", "runtime_env": {"env_vars": {"MDBUILD_CACHE_DIR": "", "MDBUILD_CACHE_REMOTE": "s3://b/p"}}}
+    assert without_empty_env(init)["runtime_env"]["env_vars"] == {"MDBUILD_CACHE_REMOTE": "s3://b/p"}
+    assert asked({"num_gpus": 1, "num_cpus": 2, "max_retries": 3, "resources": {"fast_disk": 1}}) == \
+        {"GPU": 1.0, "CPU": 2.0, "fast_disk": 1.0}

@@ -58,6 +58,11 @@ def triton(runtime: dict) -> Triton:
     return Triton("onnxruntime", kind="KIND_GPU", model_file=runtime["model_file"], accelerator=("tensorrt", parameters))
 
 
+def resources(target: dict) -> dict:
+    """A full-TensorRT build compiles on the GPU its engine runs on: its sweep job asks Ray for one."""
+    return {"num_gpus": 1} if (target.get("options") or {}).get("flavor") == "tensorrt" else {}
+
+
 BACKEND = Backend(
     name="tensorrt",
     # The build host needs ONNX Runtime (it verifies the prepared graph); the engine SDKs are checked
@@ -84,6 +89,7 @@ BACKEND = Backend(
     proxy="backends.onnxruntime.runtime",
     runtime_host="backends.tensorrt.host:runtime_facts",
     runs_here="backends.tensorrt.host:runs_here",
+    resources=resources,
     advice={"fp16": "keep more operations in fp32, or build tensorrt_fp32",
             "int8": "try trt_quantize.calibration_method=entropy or percentile, or build tensorrt_fp16"},
 )
