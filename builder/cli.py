@@ -87,12 +87,12 @@ def _task(cfg) -> None:
             raise  # main prints it as one line
         # A sweep's job: reported and recorded here; the sweep goes on, and fails at its end (SweepSummary).
         target = spec.target if spec else {"name": hydra_cfg.runtime.choices.get("target")}
-        write_result(run_dir, job_result(recipe, target, None, run_dir, _message(exc)))
-        overrides = " ".join(_raw_overrides(hydra_cfg))
-        print(f"error: job {hydra_cfg.job.num} ({overrides}): {_message(exc)}", file=sys.stderr, flush=True)
+        overrides = _raw_overrides(hydra_cfg)
+        write_result(run_dir, job_result(recipe, target, None, run_dir, _message(exc), overrides))
+        print(f"error: job {hydra_cfg.job.num} ({' '.join(overrides)}): {_message(exc)}", file=sys.stderr, flush=True)
         return
     if multirun and artifact is not None:
-        write_result(run_dir, job_result(recipe, spec.target, artifact, run_dir, None))
+        write_result(run_dir, job_result(recipe, spec.target, artifact, run_dir, None, _raw_overrides(hydra_cfg)))
 
 
 def _spec(cfg, hydra_cfg, recipe: str, workdir: Path) -> BuildSpec:

@@ -16,7 +16,8 @@ from typing import Any
 RESULT_FILE = "result.json"
 
 
-def job_result(recipe: str, target: dict[str, Any], artifact: Path | None, run_dir: Path, error: str | None) -> dict[str, Any]:
+def job_result(recipe: str, target: dict[str, Any], artifact: Path | None, run_dir: Path, error: str | None,
+               overrides: list[str] = ()) -> dict[str, Any]:
     """What one job of a sweep produced, from its report (or the failed report it kept)."""
     report_path = artifact / "report.json" if artifact else run_dir / "failed-verification" / "report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
@@ -35,6 +36,7 @@ def job_result(recipe: str, target: dict[str, Any], artifact: Path | None, run_d
         "throughput_per_s": latency.get("throughput_per_s"), "latency_note": latency.get("why"),
         "model_bytes": report.get("size", {}).get("model_bytes"),
         "artifact": str(artifact) if artifact else None, "error": error, "worker": _worker(),
+        "overrides": list(overrides),
     }
 
 
@@ -65,9 +67,21 @@ def recommend(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return chosen
 
 
+def label(rows: list[dict[str, Any]]) -> None:
+    """Each row's `job`: its target, and the overrides that tell it apart from the sweep's other jobs of that
+    target (a sweep of one target's options: `openvino_int8 (nncf_quantize.preset=mixed)`)."""
+    settings = [dict(item.split("=", 1) for item in row.get("overrides") or () if "=" in item) for row in rows]
+    for row, own in zip(rows, settings):
+        peers = [other for r, other in zip(rows, settings) if r["target"] == row["target"]]
+        differing = [f"{key.lstrip('+~')}={value}" for key, value in own.items()
+                     if key.lstrip("+~") != "target" and any(other.get(key) != value for other in peers)]
+        row["job"] = f"{row['target']} ({', '.join(differing)})" if differing else str(row["target"])
+
+
 def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[Path]:
     if not rows:
         return []
+    label(rows)
     recommend(rows)
     written = [sweep_dir / "summary.json", sweep_dir / "summary.md", sweep_dir / "summary.html", sweep_dir / "summary.svg"]
     written[0].write_text(json.dumps(rows, indent=2))
@@ -80,7 +94,7 @@ def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[Path]:
 def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """The table's columns; the accuracy column only where a labelled set scored the jobs."""
     metric = _metric(rows)
-    return [("target", "target"), ("precision", "precision"), ("computed", "computed in"),
+    return [("job", "target"), ("precision", "precision"), ("computed", "computed in"),
             *([("score", f"accuracy ({metric})")] if metric else []),
             ("rel_l2", "rel L2"), ("min_cosine", "min cosine"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
             ("throughput_per_s", "items/s"), ("model_bytes", "size MB"), ("passed", "result")]
@@ -95,7 +109,7 @@ def _verdict(rows: list[dict[str, Any]]) -> str:
     passed = sum(1 for row in rows if row["passed"])
     if chosen is None:
         return f"Ship: none ({passed} of {len(rows)} jobs passed their gates, none with a measured latency)."
-    return (f"Ship: {chosen['target']} ({chosen['artifact']}): the fastest p50 ({chosen['p50_ms']:.4g} ms) of the "
+    return (f"Ship: {chosen['job']} ({chosen['artifact']}): the fastest p50 ({chosen['p50_ms']:.4g} ms) of the "
             f"{passed} of {len(rows)} jobs that passed their gates.")
 
 
@@ -138,7 +152,7 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     lines += ["", _verdict(rows)]
     failed = [row for row in rows if row["error"]]
     if failed:
-        lines += ["", "Failed jobs:", ""] + [f"- {row['target']}: {row['error']}" for row in failed]
+        lines += ["", "Failed jobs:", ""] + [f"- {row['job']}: {row['error']}" for row in failed]
     lines += ["", "![accuracy versus p50 latency](summary.svg)"]
     return "\n".join(lines) + "\n"
 
@@ -199,8 +213,8 @@ def plot(rows: list[dict[str, Any]]) -> str:
                      f"source {source:g}</text>")
     for (x, _, row), y in zip(points, ys):
         colour = "#1a7f37" if row["passed"] else "#cf222e"
-        parts.append(f"<circle cx='{sx(x):.1f}' cy='{sy(y):.1f}' r='5' fill='{colour}'><title>{html.escape(row['target'])}"
-                     f"</title></circle><text x='{sx(x) + 8:.1f}' y='{sy(y) - 6:.1f}'>{html.escape(row['target'])}</text>")
+        parts.append(f"<circle cx='{sx(x):.1f}' cy='{sy(y):.1f}' r='5' fill='{colour}'><title>{html.escape(row['job'])}"
+                     f"</title></circle><text x='{sx(x) + 8:.1f}' y='{sy(y) - 6:.1f}'>{html.escape(row['job'])}</text>")
     return "".join(parts) + "</svg>"
 
 

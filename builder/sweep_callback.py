@@ -27,7 +27,7 @@ class SweepSummary(Callback):
             print(f"sweep summary: {written[1]} ({written[2].name}, {written[0].name})", flush=True)
         failed = [row for row in rows if row["error"]]
         if failed:
-            names = ", ".join(str(row["target"]) for row in failed)
+            names = ", ".join(row["job"] for row in failed)
             print(f"error: sweep: {len(failed)} of {len(rows)} jobs failed ({names}); each job's error is above and in "
                   f"{written[1]}", file=sys.stderr, flush=True)
             sys.exit(1)

@@ -27,6 +27,10 @@ def test_sweep_runs_every_job_and_shares_the_export(workspace):
     assert steps(result, "compile") == ["running", "running"]
     sweeps = list((workspace.root / "mdbuild-outputs" / "sweeps").glob("*/*/multirun.yaml"))
     assert len(sweeps) == 1
+    rows = read_json(sweeps[0].parent / "summary.json")  # rows of one target are told apart by what varied
+    assert [row["job"] for row in rows] == ["onnxruntime_fp32 (hardware.intra_op_threads=1)",
+                                            "onnxruntime_fp32 (hardware.intra_op_threads=2)"]
+    assert "| onnxruntime_fp32 (hardware.intra_op_threads=2) |" in (sweeps[0].parent / "summary.md").read_text()
 
 
 def test_a_failing_job_fails_the_sweep_after_the_others_ran_and_the_summary_is_written(workspace):
@@ -36,7 +40,8 @@ def test_a_failing_job_fails_the_sweep_after_the_others_ran_and_the_summary_is_w
     assert result.stdout.count("artifact: ") == 1  # the job after the failed one ran
     assert "error: job 0 (+recipe=cnn verify=quick verify.tolerances.fp32.min_cosine=1.5): " \
            "verify.tolerances.fp32.min_cosine: 1.5 is not a limit" in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: sweep: 1 of 2 jobs failed (onnxruntime_fp32)")
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: sweep: 1 of 2 jobs failed (onnxruntime_fp32 (verify.tolerances.fp32.min_cosine=1.5))")
     sweep = next((workspace.root / "mdbuild-outputs" / "sweeps").glob("*/*"))
     rows = read_json(sweep / "summary.json")
     assert [row["passed"] for row in rows] == [False, True] and "1.5 is not a limit" in rows[0]["error"]

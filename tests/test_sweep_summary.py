@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 
-from builder.sweep import write_summary
+from builder.sweep import label, write_summary
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -65,3 +65,12 @@ def test_with_a_labelled_set_the_plot_and_the_accuracy_column_show_its_metric(tm
     markdown = (tmp_path / "summary.md").read_text()
     assert "| accuracy (top1) |" in markdown and "| 96.40 (source 97.00) |" in markdown
     assert "Accuracy: top1 on the labelled set" in markdown
+
+
+def test_rows_of_one_target_are_labelled_by_the_overrides_that_differ():
+    rows = [{**_row("openvino_int8", "int8", 1e-2, 0.99, 3.0), "overrides": ["+recipe=r", "target=openvino_int8", f"nncf_quantize.preset={p}"]}
+            for p in ("mixed", "performance")]
+    rows.append({**_row("onnxruntime_fp32", "fp32", 1e-7, 1.0, 5.0), "overrides": ["+recipe=r", "target=onnxruntime_fp32"]})
+    label(rows)
+    assert [row["job"] for row in rows] == ["openvino_int8 (nncf_quantize.preset=mixed)",
+                                            "openvino_int8 (nncf_quantize.preset=performance)", "onnxruntime_fp32"]
