@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ from builder.schema import backend_options
 from builder.signature import with_signature
 from builder.spec import BuildSpec
 from builder.steps import REPORT_FILE, REPORT_PAGE
-from builder.sweep import read_results, recommend
+from builder.sweep import cell, read_results, recommend, write_summary
 from builder.validate import validate
 
 AUTO = "auto"
@@ -90,7 +91,9 @@ def planned(spec: BuildSpec, usable: list[str]) -> dict[str, str]:
             except MdbuildError as refused:
                 failures[name] = refused
     if failures and len(failures) == len(usable):
-        raise failures[usable[0]]
+        first = failures[usable[0]]
+        raise MdbuildError(f"{first.what} (target=auto: the recipe cannot be built for any candidate usable here: "
+                           f"{', '.join(usable)})", first.where, first.fix)
     return {name: refused.one_line() for name, refused in failures.items()}
 
 
@@ -98,20 +101,20 @@ def run_auto(spec: BuildSpec, task_overrides: list[str], hydra_overrides: list[s
              console: Console) -> Path | None:
     select, mode = spec.config["select"], spec.config["mode"]
     if mode == "check":
-        chosen = _locked(spec, required=True)["chosen"]
-        console.line(f"target=auto: the lock chose {chosen}; checking it")
-        _child(_with_target(task_overrides, chosen), hydra_overrides, console)
+        _check(spec, task_overrides, hydra_overrides, console)
         return None
     usable, skipped = candidates(select)
-    refused = planned(spec, usable)
-    skipped.update(refused)
-    usable = [name for name in usable if name not in refused]
-    console.line(f"target=auto: {len(usable)} candidates: {', '.join(usable)}")
     for name, why in skipped.items():
         console.line(f"target=auto: skipping {name}: {why}")
+    refused = planned(spec, usable)
+    for name, why in refused.items():
+        console.line(f"target=auto: skipping {name}: {why}")
+    skipped.update(refused)
+    usable = [name for name in usable if name not in refused]
+    console.line(f"target=auto: {_count(len(usable), 'candidate')}: {', '.join(usable)}")
     sweep_dir = run_dir / "candidates"
-    code = _child(["--multirun", *_with_target(task_overrides, ",".join(usable)), f"hydra.sweep.dir={sweep_dir}"],
-                  hydra_overrides, console, check=False)
+    code = _child(["--multirun", *_with_target(task_overrides, ",".join(usable)), f"hydra.sweep.dir={sweep_dir}",
+                   "hydra.callbacks.sweep_summary.candidates=true"], hydra_overrides, console)
     if mode == "plan":
         if code:
             raise MdbuildError(f"planning the candidates failed (exit {code}); the error is above", "target")
@@ -120,28 +123,49 @@ def run_auto(spec: BuildSpec, task_overrides: list[str], hydra_overrides: list[s
     if not rows:
         raise MdbuildError(f"the candidates' sweep ended (exit {code}) before any job ran; its error is above", "target",
                            "build one candidate alone (target=NAME) to see it")
+    path = lock_path(spec)
     locked = _locked(spec, required=False)
     chosen, why = choose(rows, locked.get("chosen"), select["margin"])
     if chosen is None:
-        raise MdbuildError(f"no candidate passed its gate with a measured latency ({_outcomes(rows)})", "target",
-                           f"see {sweep_dir / 'summary.md'}; loosen verify.tolerances or choose candidates in select.targets")
+        raise MdbuildError(f"no candidate passed its gate with a measured latency ({_outcomes(rows)}; each job's error "
+                           f"is above)", "target", f"see {sweep_dir / 'summary.md'}")
+    write_summary(sweep_dir, rows, (chosen, why))  # its Ship line: this choice, also where the lock's was kept
     artifact = Path(chosen["artifact"])
-    record = {"chosen": chosen["target"], "why": why, "artifact": artifact.name, "margin": select["margin"],
-              "skipped": skipped, "table": [{key: row.get(key) for key in _TABLE} for row in rows]}
+    record = {"chosen": chosen["target"], "why": why, "artifact": artifact.name, "candidates": usable,
+              "margin": select["margin"], "skipped": skipped, "table": [{key: row.get(key) for key in _TABLE} for row in rows]}
+    if locked.get("artifact") not in (None, artifact.name):
+        _drop_from_report(artifact.parent / locked["artifact"])  # the previous choice is no longer one
     _add_to_report(artifact, record)
     (sweep_dir / "selection.json").write_text(json.dumps(record, indent=2) + "\n")
     console.line(f"target=auto: chose {chosen['target']}: {why}")
-    failed = [row["target"] for row in rows if not row["passed"]]
-    if failed:
-        console.line(f"target=auto: not chosen, failed: {', '.join(failed)} (errors in {sweep_dir / 'summary.md'})")
     unpointed = point_latest(spec, artifact)
     if unpointed:
         console.line(f"warning: {unpointed}")
     if spec.config["lock"]["update"]:
-        update(lock_path(spec), spec.recipe, AUTO, record)
-        console.line(f"lock: {lock_path(spec)} ({AUTO}: {chosen['target']})")
+        # The chosen build's steps (its job wrote them under its target): check and gc keep to them.
+        own = locked_entry(path, chosen["target"], for_check=False) or {}
+        update(path, spec.recipe, AUTO, {**record, "steps": own.get("steps", [])})
+        console.line(f"lock: {path} ({AUTO}: {chosen['target']})")
     console.line(f"artifact: {artifact}")
     return artifact
+
+
+def _check(spec: BuildSpec, task_overrides: list[str], hydra_overrides: list[str], console: Console) -> None:
+    """mode=check: the locked choice is still a candidate and still the build its target's entry names; then
+    that target's check."""
+    record, path = _locked(spec, required=True), lock_path(spec)
+    chosen, wanted = record["chosen"], spec.config["select"]["targets"]
+    if wanted and chosen not in wanted:
+        raise MdbuildError(f"the lock's choice, {chosen}, is not among select.targets ({', '.join(wanted)})", "select.targets",
+                           "build target=auto again to choose among them, or add it")
+    own = locked_entry(path, chosen, for_check=True) or {}
+    if [step["key"] for step in own.get("steps", [])] != [step["key"] for step in record.get("steps", [])]:
+        raise MdbuildError(f"the lock's entry for {chosen} is not the build target=auto chose (a later build of {chosen} "
+                           "with other settings replaced it)", str(path),
+                           f"build target=auto again, or build {chosen} as it was chosen")
+    console.line(f"target=auto: the lock chose {chosen}; checking it")
+    if _child([*_with_target(task_overrides, chosen)], hydra_overrides, console):
+        raise MdbuildError(f"the check of the locked choice, {chosen}, failed; its error is above", "target")
 
 
 def choose(rows: list[dict[str, Any]], locked: str | None, margin: float) -> tuple[dict[str, Any] | None, str]:
@@ -154,15 +178,22 @@ def choose(rows: list[dict[str, Any]], locked: str | None, margin: float) -> tup
     if kept is not None and kept is not fastest and kept["p50_ms"] <= fastest["p50_ms"] * (1 + margin):
         return kept, (f"the lock's choice, kept: its p50 ({kept['p50_ms']:.4g} ms) is within select.margin ({margin:.0%}) "
                       f"of the fastest, {fastest['target']} ({fastest['p50_ms']:.4g} ms)")
-    return fastest, f"the fastest p50 ({fastest['p50_ms']:.4g} ms) of the {len(passed)} of {len(rows)} candidates that passed their gates"
+    return fastest, (f"the fastest p50 ({fastest['p50_ms']:.4g} ms) of the {len(passed)} of "
+                     f"{_count(len(rows), 'candidate')} that passed their gates")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _outcomes(rows: list[dict[str, Any]]) -> str:
-    return "; ".join(f"{row['target']}: {row['error'] or row.get('latency_note') or 'passed'}" for row in rows)
+    return "; ".join(f"{row['target']}: {'failed' if row['error'] else row.get('latency_note') or 'passed'}" for row in rows)
 
 
 def _locked(spec: BuildSpec, required: bool) -> dict[str, Any]:
     path = lock_path(spec)
+    if required and not path.is_file():
+        raise MdbuildError(f"no lock file at {path}", "lock.path", "build target=auto once to write it, or point lock.path at it")
     entry = locked_entry(path, AUTO, for_check=required)
     if entry is None and required:
         raise MdbuildError(f"{path} has no entry for target '{AUTO}'", "target", "build target=auto once to add it to the lock")
@@ -175,37 +206,45 @@ def _with_target(overrides: list[str], target: str) -> list[str]:
     return [*kept, f"target={target}"]
 
 
-def _child(args: list[str], hydra_overrides: list[str], console: Console, check: bool = True) -> int:
+def _child(args: list[str], hydra_overrides: list[str], console: Console) -> int:
     """`mdbuild ARGS` in a child process with this run's launcher and Hydra settings; its output is ours."""
     passed_on = [item for item in hydra_overrides if not item.startswith(("hydra.mode=", "hydra.run.dir="))]
-    command = [sys.executable, "-m", "builder", *args, *passed_on]
-    console.line(f"target=auto: mdbuild {' '.join(args + passed_on)}")
-    code = subprocess.run(command, env=os.environ.copy()).returncode
-    if code and check:
-        raise MdbuildError(f"the check of the locked choice failed (exit {code}); its error is above", "target")
-    return code
+    console.line(f"target=auto: mdbuild {shlex.join(args + passed_on)}")
+    return subprocess.run([sys.executable, "-m", "builder", *args, *passed_on], env=os.environ.copy()).returncode
+
+
+_SECTION = "\n## Chosen by target=auto\n"
 
 
 def _add_to_report(artifact: Path, record: dict[str, Any]) -> None:
     """The choice and the table in the chosen artifact's reports (measurements, outside its identity)."""
-    report_path = artifact / REPORT_FILE
-    report = json.loads(report_path.read_text())
-    report["selection"] = record
-    _replace(report_path, json.dumps(report, indent=2) + "\n")
+    _edit_report(artifact, record, "\n\n" + _SECTION.lstrip("\n") + "\n" + _table(record) + "\n")
+
+
+def _drop_from_report(artifact: Path) -> None:
+    if (artifact / REPORT_FILE).is_file():
+        _edit_report(artifact, None, "\n")
+
+
+def _edit_report(artifact: Path, record: dict[str, Any] | None, section: str) -> None:
+    report = json.loads((artifact / REPORT_FILE).read_text())
+    report.pop("selection", None)
+    _replace(artifact / REPORT_FILE, json.dumps({**report, **({"selection": record} if record else {})}, indent=2) + "\n")
     page = artifact / REPORT_PAGE
     if page.is_file():
-        text = page.read_text().split("\n## Chosen by target=auto\n")[0]
-        _replace(page, text.rstrip("\n") + "\n\n## Chosen by target=auto\n\n" + _table(record) + "\n")
+        _replace(page, page.read_text().split(_SECTION)[0].rstrip("\n") + section)
+
+
+_COLUMNS = (("target", "target"), ("passed", "result"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("rel_l2", "rel L2"),
+            ("min_cosine", "min cosine"), ("score", "score"), ("model_bytes", "size MB"))
 
 
 def _table(record: dict[str, Any]) -> str:
     lines = [f"{record['why'][0].upper()}{record['why'][1:]}.", "",
-             "| target | result | p50 ms | p99 ms | rel L2 | min cosine |", "|---|---|---|---|---|---|"]
+             "| " + " | ".join(title for _, title in _COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
     for row in record["table"]:
-        cells = [row["target"], "passed" if row["passed"] else f"FAILED: {row['error']}",
-                 *(f"{row[key]:.4g}" if isinstance(row[key], float) else "-" for key in ("p50_ms", "p99_ms", "rel_l2")),
-                 f"{row['min_cosine']:.6f}" if isinstance(row["min_cosine"], float) else "-"]
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+        cells = [cell(row, key) + (f": {row['error']}" if key == "passed" and row["error"] else "") for key, _ in _COLUMNS]
+        lines.append("| " + " | ".join(text.replace("|", "\\|") for text in cells) + " |")
     if record["skipped"]:
         lines += ["", "Skipped:", ""] + [f"- {name}: {why}" for name, why in record["skipped"].items()]
     return "\n".join(lines)

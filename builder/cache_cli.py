@@ -41,7 +41,11 @@ class Stored:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     remote = _remote(args) if args.run in (_push, _pull) else None  # the others never reach it
-    return args.run(Cache(Path(args.dir) if args.dir else default_cache_dir(), remote=remote), args)
+    try:
+        return args.run(Cache(Path(args.dir) if args.dir else default_cache_dir(), remote=remote), args)
+    except BrokenPipeError:  # `mdbuild cache ls | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -174,13 +178,13 @@ def _gc(cache: Cache, args) -> int:
     recent = sum(e.key in kept and e.key not in locked for e in entries)
     print(f"{verb} {len(doomed)} entries, {sum(e.size for e in doomed) / 1e6:.1f} MB; kept {len(entries) - len(doomed)} "
           f"({total / 1e6:.1f} MB, {sum(e.key in locked for e in entries)} named by lock files, {recent} used in the "
-          f"last {_age(args.keep_recent).removesuffix(' ago')})")
+          f"last {_span(args.keep_recent)})")
     if not args.dry_run:
         cache.clean_stale_workdirs()
         print(f"removed {free_leases(cache.root / 'leases')} lease files no build holds")
     if args.max_size is not None and total > args.max_size:
         print(f"note: still {total / 1e6:.1f} MB: the rest is named by lock files (--include-locked removes those too) "
-              f"or was used in the last {_age(args.keep_recent).removesuffix(' ago')} (a running build may be reading it; "
+              f"or was used in the last {_span(args.keep_recent)} (a running build may be reading it; "
               "--keep-recent)")
     return 0
 
@@ -263,6 +267,14 @@ def _size(text: str) -> float:
         raise argparse.ArgumentTypeError(f"'{text}' is not a size: give a number and a unit, e.g. 50G, 50GiB or 500M")
     unit, binary = found.group(2) or "", found.group(3)
     return float(found.group(1)) * (1024 if binary else 1000) ** _POWERS[unit]
+
+
+def _span(seconds: float) -> str:
+    """10m, 1h, 30s: a duration as given."""
+    for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= span:
+            return f"{seconds / span:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def _age(seconds: float) -> str:

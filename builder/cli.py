@@ -89,7 +89,10 @@ def _task(cfg) -> None:
         target = spec.target if spec else {"name": hydra_cfg.runtime.choices.get("target")}
         overrides = _raw_overrides(hydra_cfg)
         write_result(run_dir, job_result(recipe, target, None, run_dir, _message(exc), overrides))
-        print(f"error: job {hydra_cfg.job.num} ({' '.join(overrides)}): {_message(exc)}", file=sys.stderr, flush=True)
+        if (hydra_cfg.callbacks.get("sweep_summary") or {}).get("candidates"):  # target=auto's sweep: a candidate not chosen
+            print(f"note: candidate {target.get('name')} failed: {_message(exc)}", file=sys.stderr, flush=True)
+        else:
+            print(f"error: job {hydra_cfg.job.num} ({' '.join(overrides)}): {_message(exc)}", file=sys.stderr, flush=True)
         return
     if multirun and artifact is not None:
         write_result(run_dir, job_result(recipe, spec.target, artifact, run_dir, None, _raw_overrides(hydra_cfg)))
@@ -180,7 +183,8 @@ def _wants_traceback() -> bool:
 
 def _message(exc: BaseException) -> str:
     message = describe_error(exc)
-    return message if _is_user_error(exc) else message + " [traceback=true shows the full trace]"
+    trace = "MDBUILD_TRACEBACK=1" if sys.argv[1:2] == ["cache"] else "traceback=true"  # cache commands are not Hydra's
+    return message if _is_user_error(exc) else message + f" [{trace} shows the full trace]"
 
 
 def _reject_unknown_keys(config: dict[str, Any], prefix: str = "") -> None:

@@ -21,11 +21,14 @@ def job_result(recipe: str, target: dict[str, Any], artifact: Path | None, run_d
     """What one job of a sweep produced, from its report (or the failed report it kept)."""
     report_path = artifact / "report.json" if artifact else run_dir / "failed-verification" / "report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    name = target.get("name")
+    if report.get("selection") and name == "auto":  # a sweep's job of target=auto: what it chose
+        name = f"auto: {report['selection']['chosen']}"
     outputs = report.get("outputs", {})
     evaluation = report.get("evaluation") or {}
     latency = report.get("latency", {})
     return {
-        "recipe": recipe, "target": target.get("name"), "backend": target.get("backend"),
+        "recipe": recipe, "target": name, "backend": target.get("backend"),
         "precision": target.get("precision"), "computed": (report.get("compute") or {}).get("precision"),
         "passed": error is None,
         "score": evaluation.get("artifact_score"), "source_score": evaluation.get("source_score"),
@@ -59,12 +62,9 @@ def read_results(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def recommend(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The artifact to ship: the fastest (p50) of the jobs that passed their gates; marked `recommended`."""
+    """The artifact to ship: the fastest (p50) of the jobs that passed their gates."""
     passed = [row for row in rows if row["passed"] and row.get("p50_ms") is not None]
-    chosen = min(passed, key=lambda row: row["p50_ms"], default=None)
-    for row in rows:
-        row["recommended"] = row is chosen
-    return chosen
+    return min(passed, key=lambda row: row["p50_ms"], default=None)
 
 
 def label(rows: list[dict[str, Any]]) -> None:
@@ -78,11 +78,15 @@ def label(rows: list[dict[str, Any]]) -> None:
         row["job"] = f"{row['target']} ({', '.join(differing)})" if differing else str(row["target"])
 
 
-def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[Path]:
+def write_summary(sweep_dir: Path, rows: list[dict[str, Any]], choice: tuple[dict[str, Any], str] | None = None) -> list[Path]:
+    """The summary files; `choice`: the row to ship and why, where not the fastest (target=auto's kept choice)."""
     if not rows:
         return []
     label(rows)
-    recommend(rows)
+    chosen, why = choice or (recommend(rows), None)
+    for row in rows:
+        row["recommended"] = row is chosen
+        row["why"] = why if row is chosen else None
     written = [sweep_dir / "summary.json", sweep_dir / "summary.md", sweep_dir / "summary.html", sweep_dir / "summary.svg"]
     written[0].write_text(json.dumps(rows, indent=2))
     written[1].write_text(_markdown(rows))
@@ -109,6 +113,8 @@ def _verdict(rows: list[dict[str, Any]]) -> str:
     passed = sum(1 for row in rows if row["passed"])
     if chosen is None:
         return f"Ship: none ({passed} of {len(rows)} jobs passed their gates, none with a measured latency)."
+    if chosen.get("why"):
+        return f"Ship: {chosen['job']} ({chosen['artifact']}): {chosen['why']}."
     return (f"Ship: {chosen['job']} ({chosen['artifact']}): the fastest p50 ({chosen['p50_ms']:.4g} ms) of the "
             f"{passed} of {len(rows)} jobs that passed their gates.")
 
@@ -122,7 +128,7 @@ def _legend(rows: list[dict[str, Any]]) -> str:
     return f"No labelled set, so no accuracy column: {compared}; the plot shows rel L2."
 
 
-def _cell(row: dict[str, Any], key: str) -> str:
+def cell(row: dict[str, Any], key: str) -> str:
     value = row.get(key)
     if value is None and key in ("p50_ms", "p99_ms", "throughput_per_s") and row.get("latency_note"):
         return row["latency_note"]
@@ -148,7 +154,7 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     columns = _columns(rows)
     lines = [f"# Sweep summary: {rows[0]['recipe']}", "", _legend(rows), "",
              "| " + " | ".join(title for _, title in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row, key).replace("|", "\\|") for key, _ in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(row, key).replace("|", "\\|") for key, _ in columns) + " |" for row in rows]
     lines += ["", _verdict(rows)]
     failed = [row for row in rows if row["error"]]
     if failed:
@@ -160,7 +166,7 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
 def _html(rows: list[dict[str, Any]]) -> str:
     columns = _columns(rows)
     head = "".join(f"<th>{html.escape(title)}</th>" for _, title in columns) + "<th>error</th>"
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(row, key))}</td>" for key, _ in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(row, key))}</td>" for key, _ in columns)
                    + f"<td>{html.escape(row['error'] or '')}</td></tr>" for row in rows)
     title = f"Sweep summary: {html.escape(rows[0]['recipe'])}"
     return (f"<!doctype html><meta charset='utf-8'><title>{title}</title>"

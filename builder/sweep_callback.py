@@ -14,6 +14,9 @@ from builder.sweep import RESULT_FILE, read_results, write_summary
 
 
 class SweepSummary(Callback):
+    def __init__(self, candidates: bool = False) -> None:
+        self.candidates = candidates  # target=auto's sweep: its failures are candidates not chosen
+
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         """A sweep directory given again (hydra.sweep.dir) holds an earlier sweep's results: not this one's."""
         for old in Path(config.hydra.sweep.dir).resolve().glob(f"*/{RESULT_FILE}"):
@@ -26,7 +29,10 @@ class SweepSummary(Callback):
         if written:
             print(f"sweep summary: {written[1]} ({written[2].name}, {written[0].name})", flush=True)
         failed = [row for row in rows if row["error"]]
-        if failed:
+        if failed and self.candidates:
+            print(f"note: {len(failed)} of {len(rows)} candidates failed ({', '.join(row['job'] for row in failed)}): "
+                  "not chosen", flush=True)
+        elif failed:
             names = ", ".join(row["job"] for row in failed)
             print(f"error: sweep: {len(failed)} of {len(rows)} jobs failed ({names}); each job's error is above and in "
                   f"{written[1]}", file=sys.stderr, flush=True)

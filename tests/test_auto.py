@@ -4,6 +4,7 @@ the choice with its table is in the lock, the chosen artifact's report and <reci
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -49,10 +50,33 @@ def test_auto_ships_the_fastest_candidate_that_passed_and_records_the_choice(wor
     kept = workspace.run("+recipe=cnn", *QUICK, "target=auto", *CANDIDATES, "select.margin=1000")
     assert f"target=auto: chose {other}: the lock's choice, kept" in kept.stdout
     assert set(kept.ran()) == {"verify"}  # only the failed int8 verification runs again: a failure is not cached
+    assert "error" not in kept.stderr and "note: candidate onnxruntime_int8 failed: " in kept.stderr
     assert read_json(lock_path)["targets"]["auto"]["chosen"] == other
+    summary_md = next(line for line in kept.stdout.splitlines() if line.startswith("sweep summary: ")).split()[2]
+    summary = read_json(Path(summary_md).with_name("summary.json"))
+    assert [row["target"] for row in summary if row["recommended"]] == [other]  # the summary ships what auto chose
+    assert "## Chosen by target=auto" not in (built.artifact / "report.md").read_text()  # no longer the choice
+    assert "selection" not in read_json(built.artifact / "report.json")
     again = workspace.run("+recipe=cnn", *QUICK, "target=auto", *CANDIDATES, "select.margin=0")
     assert read_json(lock_path)["targets"]["auto"]["chosen"] == fastest["target"]
     assert latest.resolve() == again.artifact.resolve()
+
+    # The check refuses a choice that is no longer a candidate, or whose target's entry another build replaced.
+    refused = workspace.run("+recipe=cnn", *QUICK, "target=auto", "select.targets=[openvino_fp32,onnxruntime_int8]"
+                            if fastest["target"] != "openvino_fp32" else "select.targets=[onnxruntime_fp32]", "mode=check",
+                            check=False)
+    assert refused.code == 1 and f"error: select.targets: the lock's choice, {fastest['target']}, is not among" in refused.stderr
+    workspace.run("+recipe=cnn", *QUICK, f"target={fastest['target']}", "hardware.intra_op_threads=1")
+    replaced = workspace.run("+recipe=cnn", *QUICK, "target=auto", *CANDIDATES, "mode=check", check=False)
+    assert replaced.code == 1 and f"the lock's entry for {fastest['target']} is not the build target=auto chose" in replaced.stderr
+
+
+def test_auto_check_without_a_lock_says_so(workspace):
+    workspace.recipe("cnn", cnn_recipe())
+    result = workspace.run("+recipe=cnn", *QUICK, "target=auto", "mode=check", check=False)
+    assert result.code == 1 and result.stderr.strip() == (
+        f"error: lock.path: no lock file at {workspace.root / 'recipes' / 'cnn.lock.json'} "
+        "(fix: build target=auto once to write it, or point lock.path at it)")
 
 
 def test_auto_fails_when_no_candidate_passes(workspace):
