@@ -1,7 +1,7 @@
 """target=auto: the targets usable on this host are built as a sweep through the configured launcher
-(a child `mdbuild -m target=a,b,...` with the same overrides), and the fastest that passed its gate is
-the result: the choice and the measured table go to the lock (entry `auto`), to the chosen artifact's
-report, and <recipe>-auto-latest points at it."""
+(a child `mdbuild -m target=a,b,...` with the same overrides), those that passed their gates are raced
+(builder.race), and the fastest is the result: the choice and the measured table go to the lock (entry
+`auto`), to the chosen artifact's report, and <recipe>-auto-latest points at it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,50 +20,65 @@ import yaml
 
 from backends import Unavailable, discovered
 from builder.artifact import point_latest
-from builder.build import open_cache
-from builder.errors import MdbuildError
+from builder.build import check_outputs, open_cache
+from builder.errors import MdbuildError, Terminated
 from builder.lock import lock_path, locked_entry, update
-from builder.progress import Console
 from builder.plan import make_plan
-from builder.resources import resource_dir
+from builder.progress import Console
+from builder.race import race
 from builder.schema import backend_options
 from builder.signature import with_signature
 from builder.spec import BuildSpec
 from builder.steps import REPORT_FILE, REPORT_PAGE
-from builder.sweep import cell, read_results, recommend, write_summary
+from builder.sweep import RESULT_FILE, cell, read_results, recommend, speed, write_summary
 from builder.validate import validate
 
 AUTO = "auto"
 # What the lock and the report keep of each candidate's row (not the paths of this machine's run).
-_TABLE = ("target", "passed", "p50_ms", "p99_ms", "throughput_per_s", "rel_l2", "min_cosine", "metric", "score",
-          "source_score", "model_bytes", "latency_note", "error")
+_RECORDED = ("target", "passed", "p50_ms", "p99_ms", "race_p50_ms", "race_p99_ms", "race_error", "throughput_per_s",
+             "rel_l2", "min_cosine", "metric", "score", "source_score", "model_bytes", "latency_note", "error")
 
 
-def target_backends() -> dict[str, str]:
-    """Every target of the `target` group but auto, with its backend."""
-    found = {}
-    for path in sorted((resource_dir("conf") / "target").glob("*.yaml")):
-        if path.stem != AUTO:
-            found[path.stem] = (yaml.safe_load(path.read_text()) or {}).get("backend")
-    return found
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """How this run was started, for the child that builds the candidates: Hydra's own overrides
+    (hydra/launcher=...), the task's, the command-line flags naming config directories, and the
+    directories the `target` group is read from, in Hydra's search order."""
+
+    task: list[str]
+    hydra: list[str]
+    flags: list[str]
+    config_dirs: list[Path]
 
 
-def candidates(select: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
-    """(the targets to build, {target: why it is not usable here}); refuses a select.targets value
-    that names no target, and a margin that is not a fraction >= 0."""
-    backends, known = discovered(), target_backends()
+def targets(config_dirs: list[Path]) -> dict[str, str]:
+    """Every target of the `target` group but auto, with its backend (the first config directory with a file
+    of that name wins, as in Hydra's search path)."""
+    files: dict[str, Path] = {}
+    for directory in config_dirs:
+        for path in sorted((directory / "target").glob("*.yaml")):
+            files.setdefault(path.stem, path)
+    return {name: (yaml.safe_load(path.read_text()) or {}).get("backend") for name, path in sorted(files.items())
+            if name != AUTO}
+
+
+def check_select(select: dict[str, Any], known: dict[str, str]) -> None:
     margin = select["margin"]
     if not isinstance(margin, (int, float)) or math.isnan(margin) or math.isinf(margin) or margin < 0:
         raise MdbuildError(f"{margin!r} is not a fraction >= 0", "select.margin", "give e.g. 0.05 (5%), or 0 to always take the fastest")
     for name in select["targets"]:
         if name not in known:
             raise MdbuildError(f"no target named '{name}'", "select.targets", f"choose from: {', '.join(known)}")
-    wanted = list(dict.fromkeys(select["targets"])) or list(known)
+
+
+def candidates(select: dict[str, Any], known: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """(the targets to build, {target: why it is not usable here})."""
+    backends = discovered()
     usable, skipped = [], {}
-    for name in wanted:
+    for name in list(dict.fromkeys(select["targets"])) or list(known):
         backend = backends.get(known[name])
         why = backend.why if isinstance(backend, Unavailable) else backend.unusable_here() if backend else \
-            f"unknown backend '{known[name]}'"
+            f"no backend named '{known[name]}'"
         if why:
             skipped[name] = why
         else:
@@ -74,14 +90,17 @@ def candidates(select: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
     return usable, skipped
 
 
-def planned(spec: BuildSpec, usable: list[str]) -> dict[str, str]:
+def planned(spec: BuildSpec, usable: list[str], config_dirs: list[Path]) -> dict[str, str]:
     """{candidate: why the recipe cannot be built for it}, from each candidate's plan-time checks (those of
-    a build of it alone). When every candidate fails, the first one's error: the recipe's to fix."""
+    a build of it alone), and where the build writes checked once. When every candidate fails, the first
+    one's error: the recipe's to fix."""
     failures: dict[str, MdbuildError] = {}
     with open_cache(spec) as cache:
+        if spec.config["mode"] == "build":
+            check_outputs(spec, cache)
         for name in usable:
-            target = yaml.safe_load((resource_dir("conf") / "target" / f"{name}.yaml").read_text())
-            target = {"precision": "fp32", "optimize": [], **target, "options": None}
+            path = next(d / "target" / f"{name}.yaml" for d in config_dirs if (d / "target" / f"{name}.yaml").is_file())
+            target = {"precision": "fp32", "optimize": [], **yaml.safe_load(path.read_text()), "options": None}
             target.pop("defaults", None)
             try:
                 backend_options(target)
@@ -97,47 +116,72 @@ def planned(spec: BuildSpec, usable: list[str]) -> dict[str, str]:
     return {name: refused.one_line() for name, refused in failures.items()}
 
 
-def run_auto(spec: BuildSpec, task_overrides: list[str], hydra_overrides: list[str], run_dir: Path,
-             console: Console) -> Path | None:
+def run_auto(spec: BuildSpec, launch: Launch, run_dir: Path, console: Console) -> Path | None:
     select, mode = spec.config["select"], spec.config["mode"]
+    known = targets(launch.config_dirs)
+    check_select(select, known)
     if mode == "check":
-        _check(spec, task_overrides, hydra_overrides, console)
+        _check(spec, launch, console)
         return None
-    usable, skipped = candidates(select)
+    usable, skipped = candidates(select, known)
     for name, why in skipped.items():
         console.line(f"target=auto: skipping {name}: {why}")
-    refused = planned(spec, usable)
+    refused = planned(spec, usable, launch.config_dirs)
     for name, why in refused.items():
         console.line(f"target=auto: skipping {name}: {why}")
     skipped.update(refused)
     usable = [name for name in usable if name not in refused]
     console.line(f"target=auto: {_count(len(usable), 'candidate')}: {', '.join(usable)}")
     sweep_dir = run_dir / "candidates"
-    code = _child(["--multirun", *_with_target(task_overrides, ",".join(usable)), f"hydra.sweep.dir={sweep_dir}",
-                   "hydra.callbacks.sweep_summary.candidates=true"], hydra_overrides, console)
+    for stale in sweep_dir.glob(f"*/{RESULT_FILE}"):  # a run directory given again (hydra.run.dir)
+        stale.unlink()
+    code = _child(["--multirun", *_with_target(launch.task, ",".join(usable)), f"hydra.sweep.dir={sweep_dir}",
+                   "hydra.callbacks.sweep_summary.candidates=true"], launch, spec.workdir, console)
     if mode == "plan":
         if code:
             raise MdbuildError(f"planning the candidates failed (exit {code}); the error is above", "target")
         return None
-    rows = read_results(sweep_dir)
-    if not rows:
-        raise MdbuildError(f"the candidates' sweep ended (exit {code}) before any job ran; its error is above", "target",
-                           "build one candidate alone (target=NAME) to see it")
-    path = lock_path(spec)
+    rows = [row for row in read_results(sweep_dir) if row["target"] in usable]
+    missing = [name for name in usable if name not in {row["target"] for row in rows}]
+    if missing:
+        raise MdbuildError(f"the candidates' sweep ended (exit {code}) before {', '.join(missing)} reported; "
+                           "its error is above", "target", "build that candidate alone (target=NAME) to see it")
+    _race(rows, console)
+    return _choose(spec, rows, usable, skipped, sweep_dir, console)
+
+
+def _race(rows: list[dict[str, Any]], console: Console) -> None:
+    """The candidates that passed, measured again side by side (where there are two to compare)."""
+    contestants = {row["target"]: Path(row["artifact"]) for row in rows if row["passed"] and row.get("p50_ms") is not None}
+    if len(contestants) < 2:
+        return
+    console.line(f"target=auto: racing {', '.join(contestants)} (each in its own process, in turns)")
+    measured = race(contestants)
+    for row in rows:
+        result = measured.get(row["target"], {})
+        row.update({"race_p50_ms": result.get("p50_ms"), "race_p99_ms": result.get("p99_ms")} if result else {})
+        if result.get("error"):
+            row["race_error"] = result["error"]
+
+
+def _choose(spec: BuildSpec, rows: list[dict[str, Any]], usable: list[str], skipped: dict[str, str], sweep_dir: Path,
+            console: Console) -> Path:
+    select, path = spec.config["select"], lock_path(spec)
     locked = _locked(spec, required=False)
     chosen, why = choose(rows, locked.get("chosen"), select["margin"])
     if chosen is None:
         raise MdbuildError(f"no candidate passed its gate with a measured latency ({_outcomes(rows)}; each job's error "
-                           f"is above)", "target", f"see {sweep_dir / 'summary.md'}")
+                           "is above)", "target", f"see {sweep_dir / 'summary.md'}")
     write_summary(sweep_dir, rows, (chosen, why))  # its Ship line: this choice, also where the lock's was kept
     artifact = Path(chosen["artifact"])
     record = {"chosen": chosen["target"], "why": why, "artifact": artifact.name, "candidates": usable,
-              "margin": select["margin"], "skipped": skipped, "table": [{key: row.get(key) for key in _TABLE} for row in rows]}
+              "margin": select["margin"], "skipped": skipped, "table": [{key: row.get(key) for key in _RECORDED} for row in rows]}
     if locked.get("artifact") not in (None, artifact.name):
         _drop_from_report(artifact.parent / locked["artifact"])  # the previous choice is no longer one
     _add_to_report(artifact, record)
     (sweep_dir / "selection.json").write_text(json.dumps(record, indent=2) + "\n")
-    console.line(f"target=auto: chose {chosen['target']}: {why}")
+    was = f" (was {locked['chosen']})" if locked.get("chosen") not in (None, chosen["target"]) else ""
+    console.line(f"target=auto: chose {chosen['target']}{was}: {why}")
     unpointed = point_latest(spec, artifact)
     if unpointed:
         console.line(f"warning: {unpointed}")
@@ -150,7 +194,7 @@ def run_auto(spec: BuildSpec, task_overrides: list[str], hydra_overrides: list[s
     return artifact
 
 
-def _check(spec: BuildSpec, task_overrides: list[str], hydra_overrides: list[str], console: Console) -> None:
+def _check(spec: BuildSpec, launch: Launch, console: Console) -> None:
     """mode=check: the locked choice is still a candidate and still the build its target's entry names; then
     that target's check."""
     record, path = _locked(spec, required=True), lock_path(spec)
@@ -164,7 +208,7 @@ def _check(spec: BuildSpec, task_overrides: list[str], hydra_overrides: list[str
                            "with other settings replaced it)", str(path),
                            f"build target=auto again, or build {chosen} as it was chosen")
     console.line(f"target=auto: the lock chose {chosen}; checking it")
-    if _child([*_with_target(task_overrides, chosen)], hydra_overrides, console):
+    if _child(_with_target(launch.task, chosen), launch, spec.workdir, console):
         raise MdbuildError(f"the check of the locked choice, {chosen}, failed; its error is above", "target")
 
 
@@ -173,12 +217,12 @@ def choose(rows: list[dict[str, Any]], locked: str | None, margin: float) -> tup
     fastest = recommend(rows)
     if fastest is None:
         return None, ""
-    passed = [row for row in rows if row["passed"] and row.get("p50_ms") is not None]
+    passed = [row for row in rows if row["passed"] and speed(row) is not None]
     kept = next((row for row in passed if row["target"] == locked), None)
-    if kept is not None and kept is not fastest and kept["p50_ms"] <= fastest["p50_ms"] * (1 + margin):
-        return kept, (f"the lock's choice, kept: its p50 ({kept['p50_ms']:.4g} ms) is within select.margin ({margin:.0%}) "
-                      f"of the fastest, {fastest['target']} ({fastest['p50_ms']:.4g} ms)")
-    return fastest, (f"the fastest p50 ({fastest['p50_ms']:.4g} ms) of the {len(passed)} of "
+    if kept is not None and kept is not fastest and speed(kept) <= speed(fastest) * (1 + margin):
+        return kept, (f"the lock's choice, kept: its p50 ({speed(kept):.4g} ms) is within select.margin "
+                      f"({margin * 100:g}%) of the fastest, {fastest['target']} ({speed(fastest):.4g} ms)")
+    return fastest, (f"the fastest p50 ({speed(fastest):.4g} ms) of the {len(passed)} of "
                      f"{_count(len(rows), 'candidate')} that passed their gates")
 
 
@@ -187,10 +231,12 @@ def _count(number: int, noun: str) -> str:
 
 
 def _outcomes(rows: list[dict[str, Any]]) -> str:
-    return "; ".join(f"{row['target']}: {'failed' if row['error'] else row.get('latency_note') or 'passed'}" for row in rows)
+    return "; ".join(f"{row['target']}: {'failed' if row['error'] else row.get('race_error') or row.get('latency_note') or 'passed'}"
+                     for row in rows)
 
 
 def _locked(spec: BuildSpec, required: bool) -> dict[str, Any]:
+    """The lock's auto entry ({} where there is none); `required` (mode=check): one line when it is missing."""
     path = lock_path(spec)
     if required and not path.is_file():
         raise MdbuildError(f"no lock file at {path}", "lock.path", "build target=auto once to write it, or point lock.path at it")
@@ -206,11 +252,31 @@ def _with_target(overrides: list[str], target: str) -> list[str]:
     return [*kept, f"target={target}"]
 
 
-def _child(args: list[str], hydra_overrides: list[str], console: Console) -> int:
-    """`mdbuild ARGS` in a child process with this run's launcher and Hydra settings; its output is ours."""
-    passed_on = [item for item in hydra_overrides if not item.startswith(("hydra.mode=", "hydra.run.dir="))]
-    console.line(f"target=auto: mdbuild {shlex.join(args + passed_on)}")
-    return subprocess.run([sys.executable, "-m", "builder", *args, *passed_on], env=os.environ.copy()).returncode
+# Hydra settings of this run that are not the candidates': where it runs and where an outer sweep writes.
+_OWN = ("hydra.mode=", "hydra.run.dir=", "hydra.sweep.dir=", "hydra.sweep.subdir=", "hydra.job.chdir=")
+
+
+def _child(args: list[str], launch: Launch, workdir: Path, console: Console) -> int:
+    """`mdbuild ARGS` in a child process with this run's launcher and Hydra settings, in the working directory;
+    its output is ours. A signal that reached this process alone (SIGTERM to it) is passed on, and the child's
+    own cleanup awaited."""
+    passed_on = [item for item in launch.hydra if not item.startswith(_OWN)]
+    command = [*launch.flags, *args, *passed_on]
+    console.line(f"target=auto: mdbuild {shlex.join(command)}")
+    child = subprocess.Popen([sys.executable, "-m", "builder", *command], cwd=workdir)
+    try:
+        return child.wait()
+    except KeyboardInterrupt as stop:
+        try:
+            return child.wait(timeout=2)  # Ctrl-C reached the whole process group: the child stops by itself
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+        try:
+            child.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        raise
 
 
 _SECTION = "\n## Chosen by target=auto\n"
@@ -235,8 +301,8 @@ def _edit_report(artifact: Path, record: dict[str, Any] | None, section: str) ->
         _replace(page, page.read_text().split(_SECTION)[0].rstrip("\n") + section)
 
 
-_COLUMNS = (("target", "target"), ("passed", "result"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("rel_l2", "rel L2"),
-            ("min_cosine", "min cosine"), ("score", "score"), ("model_bytes", "size MB"))
+_COLUMNS = (("target", "target"), ("passed", "result"), ("race_p50_ms", "p50 ms, raced"), ("p50_ms", "p50 ms at verify"),
+            ("rel_l2", "rel L2"), ("min_cosine", "min cosine"), ("score", "score"), ("model_bytes", "size MB"))
 
 
 def _table(record: dict[str, Any]) -> str:
@@ -252,5 +318,8 @@ def _table(record: dict[str, Any]) -> str:
 
 def _replace(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

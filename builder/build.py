@@ -68,15 +68,7 @@ def _run_mode(plan: Plan, cache: Cache, console: Console, run_dir: Path | None) 
         return None
     get_source(spec.model).require()
     get_backend(spec.target["backend"]).require("target.backend")
-    if spec.config["lock"]["update"]:
-        if lock_path(spec).is_dir():
-            raise MdbuildError(f"{lock_path(spec)} is a directory", "lock.path", "give the lock file's path, e.g. recipes/NAME.lock.json")
-        writable_directory(lock_path(spec).parent, "lock.path")
-        check_writable(spec)
-    writable_directory(spec.resolve_path(spec.config["output"]["dir"]), "output.dir")
-    writable_directory(cache.root, "cache.dir")
-    if cache.remote is not None:
-        cache.remote.check()
+    check_outputs(spec, cache)
     console.line(f"mdbuild {__version__} · recipe {spec.recipe} · target {spec.target['name']} · cache {cache.root}")
     results = execute(plan, cache, console, failure_dir=run_dir)
     try:
@@ -103,6 +95,19 @@ def _run_mode(plan: Plan, cache: Cache, console: Console, run_dir: Path | None) 
                      f"{cache.remote.uploaded / 1e6:.1f} MB uploaded")
     console.line(f"artifact: {destination}")
     return destination
+
+
+def check_outputs(spec: BuildSpec, cache: Cache) -> None:
+    """Where a build writes (lock, artifacts, cache, remote tier) can be written, before any step runs."""
+    if spec.config["lock"]["update"]:
+        if lock_path(spec).is_dir():
+            raise MdbuildError(f"{lock_path(spec)} is a directory", "lock.path", "give the lock file's path, e.g. recipes/NAME.lock.json")
+        writable_directory(lock_path(spec).parent, "lock.path")
+        check_writable(spec)
+    writable_directory(spec.resolve_path(spec.config["output"]["dir"]), "output.dir")
+    writable_directory(cache.root, "cache.dir")
+    if cache.remote is not None:
+        cache.remote.check()
 
 
 def print_plan(plan: Plan, cache: Cache, console: Console) -> None:

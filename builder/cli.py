@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from backends import all_backends
-from builder.errors import MdbuildError, first_line
+from builder.errors import MdbuildError, Terminated, first_line
 from builder.optimize import LOSS_ORDER
 from builder.progress import Console
 from builder.recipes import DEFAULT_RECIPE, recipe_files
@@ -72,12 +72,15 @@ def _task(cfg) -> None:
         run_dir = workdir / str(hydra_cfg.sweep.dir) / str(hydra_cfg.sweep.subdir)
     spec = None
     try:
-        from builder.auto import AUTO, run_auto  # import the plan and its steps (numpy): not for --help
+        from builder.auto import AUTO, Launch, run_auto  # import the plan and its steps (numpy): not for --help
         from builder.build import run
 
         spec = _spec(cfg, hydra_cfg, recipe, workdir)
         if spec.target["backend"] == AUTO:
-            artifact = run_auto(spec, _raw_overrides(hydra_cfg), _raw_overrides(hydra_cfg, "hydra"), run_dir, Console())
+            directories = [Path(source.path) for source in hydra_cfg.runtime.config_sources if source.schema == "file"]
+            launch = Launch(_raw_overrides(hydra_cfg), _raw_overrides(hydra_cfg, "hydra"), _config_dir_flags(sys.argv[1:]),
+                            [path if path.is_absolute() else workdir / path for path in directories])
+            artifact = run_auto(spec, launch, run_dir, Console())
         else:
             artifact = run(spec, Console(), run_dir)
     except BaseException as exc:
@@ -96,6 +99,17 @@ def _task(cfg) -> None:
         return
     if multirun and artifact is not None:
         write_result(run_dir, job_result(recipe, spec.target, artifact, run_dir, None, _raw_overrides(hydra_cfg)))
+
+
+def _config_dir_flags(argv: list[str]) -> list[str]:
+    """The command line's --config-dir/-cd flags (config groups of the user's own, e.g. targets)."""
+    flags = []
+    for index, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and index + 1 < len(argv):
+            flags += [arg, argv[index + 1]]
+        elif arg.startswith("--config-dir="):
+            flags.append(arg)
+    return flags
 
 
 def _spec(cfg, hydra_cfg, recipe: str, workdir: Path) -> BuildSpec:
@@ -198,13 +212,9 @@ def _reject_unknown_keys(config: dict[str, Any], prefix: str = "") -> None:
             _reject_unknown_keys(value, f"{prefix}{key}.")
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM unwinds the build as Ctrl-C does: work directories are removed on the way out."""
-
-
 def _terminate(_signum, _frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the build at once (inside native code too)
-    raise _Terminated()
+    raise Terminated()
 
 
 def main() -> None:
@@ -224,7 +234,7 @@ def main() -> None:
         with _without_hydra_job_banner():
             hydra.main(version_base="1.3", config_path=str(resource_dir("conf")), config_name="config")(_task)()
     except KeyboardInterrupt as stop:
-        terminated = isinstance(stop, _Terminated)
+        terminated = isinstance(stop, Terminated)
         print(f"error: {'terminated' if terminated else 'interrupted'}; nothing half-written was kept", file=sys.stderr)
         sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
     except SystemExit:

@@ -22,6 +22,10 @@ class MdbuildError(Exception):
         return text
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM unwinds the build as Ctrl-C does: work directories are removed on the way out."""
+
+
 class GateFailed(MdbuildError):
     """Verification found the artifact outside its tolerances; the report is kept for inspection."""
 

@@ -61,10 +61,17 @@ def read_results(sweep_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(path.read_text()) for path in paths]
 
 
+def speed(row: dict[str, Any]) -> float | None:
+    """The p50 a choice compares: target=auto's race where it ran (None for a contestant that failed it)."""
+    if row.get("race_error"):
+        return None
+    return row.get("race_p50_ms") if row.get("race_p50_ms") is not None else row.get("p50_ms")
+
+
 def recommend(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The artifact to ship: the fastest (p50) of the jobs that passed their gates."""
-    passed = [row for row in rows if row["passed"] and row.get("p50_ms") is not None]
-    return min(passed, key=lambda row: row["p50_ms"], default=None)
+    passed = [row for row in rows if row["passed"] and speed(row) is not None]
+    return min(passed, key=speed, default=None)
 
 
 def label(rows: list[dict[str, Any]]) -> None:
@@ -101,6 +108,7 @@ def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [("job", "target"), ("precision", "precision"), ("computed", "computed in"),
             *([("score", f"accuracy ({metric})")] if metric else []),
             ("rel_l2", "rel L2"), ("min_cosine", "min cosine"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
+            *([("race_p50_ms", "p50 ms, raced")] if any("race_p50_ms" in row for row in rows) else []),
             ("throughput_per_s", "items/s"), ("model_bytes", "size MB"), ("passed", "result")]
 
 
@@ -115,7 +123,7 @@ def _verdict(rows: list[dict[str, Any]]) -> str:
         return f"Ship: none ({passed} of {len(rows)} jobs passed their gates, none with a measured latency)."
     if chosen.get("why"):
         return f"Ship: {chosen['job']} ({chosen['artifact']}): {chosen['why']}."
-    return (f"Ship: {chosen['job']} ({chosen['artifact']}): the fastest p50 ({chosen['p50_ms']:.4g} ms) of the "
+    return (f"Ship: {chosen['job']} ({chosen['artifact']}): the fastest p50 ({speed(chosen):.4g} ms) of the "
             f"{passed} of {len(rows)} jobs that passed their gates.")
 
 
@@ -123,15 +131,19 @@ def _legend(rows: list[dict[str, Any]]) -> str:
     metric = _metric(rows)
     compared = ("rel L2 (lower is closer) and min cosine (higher is closer) compare each artifact's outputs with "
                 "the source model's on the verification inputs")
+    raced = (" p50 ms, raced: target=auto measured the candidates that passed again, in turns and in one sitting; "
+             "its choice and the plot compare these.") if any("race_p50_ms" in row for row in rows) else ""
     if metric:
-        return f"Accuracy: {metric} on the labelled set, the source model's in brackets; {compared}."
-    return f"No labelled set, so no accuracy column: {compared}; the plot shows rel L2."
+        return f"Accuracy: {metric} on the labelled set, the source model's in brackets; {compared}.{raced}"
+    return f"No labelled set, so no accuracy column: {compared}; the plot shows rel L2.{raced}"
 
 
 def cell(row: dict[str, Any], key: str) -> str:
     value = row.get(key)
     if value is None and key in ("p50_ms", "p99_ms", "throughput_per_s") and row.get("latency_note"):
         return row["latency_note"]
+    if key == "race_p50_ms" and row.get("race_error"):
+        return row["race_error"]
     if key == "passed":
         return "passed" if value else "FAILED"
     if value is None:
@@ -183,7 +195,7 @@ def plot(rows: list[dict[str, Any]]) -> str:
     apart), against p50 latency; one dot per job, red where it failed."""
     metric = _metric(rows)
     key = "score" if metric else "rel_l2"
-    points = [(row["p50_ms"], row[key], row) for row in rows if row.get("p50_ms") is not None and row.get(key) is not None]
+    points = [(speed(row), row[key], row) for row in rows if speed(row) is not None and row.get(key) is not None]
     if not points:
         return ("<svg xmlns='http://www.w3.org/2000/svg' width='420' height='40'><text x='10' y='25'>"
                 "No job produced latency and accuracy figures to plot.</text></svg>")

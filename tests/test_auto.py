@@ -4,12 +4,17 @@ the choice with its table is in the lock, the chosen artifact's report and <reci
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from backends.tensorrt.host import gpus
 from builder.auto import choose
+from builder.race import race
 from conftest import QUICK, cnn_recipe, read_json
 
 pytestmark = pytest.mark.torch
@@ -27,8 +32,9 @@ def test_auto_ships_the_fastest_candidate_that_passed_and_records_the_choice(wor
     table = {row["target"]: row for row in record["table"]}
     assert sorted(table) == ["onnxruntime_fp32", "onnxruntime_int8", "openvino_fp32"]
     assert not table["onnxruntime_int8"]["passed"] and "min_cosine" in table["onnxruntime_int8"]["error"]
-    fastest = min((row for row in table.values() if row["passed"]), key=lambda row: row["p50_ms"])
+    fastest = min((row for row in table.values() if row["passed"]), key=lambda row: row["race_p50_ms"])
     assert record["chosen"] == fastest["target"] and "the fastest p50" in record["why"]
+    assert all(row["race_p50_ms"] > 0 for row in table.values() if row["passed"])  # raced side by side
     assert "mindspore" in record["skipped"]
     assert ("tensorrt_fp32" in record["skipped"]) == (not gpus())
     assert f"target=auto: chose {fastest['target']}" in built.stdout
@@ -69,6 +75,38 @@ def test_auto_ships_the_fastest_candidate_that_passed_and_records_the_choice(wor
     workspace.run("+recipe=cnn", *QUICK, f"target={fastest['target']}", "hardware.intra_op_threads=1")
     replaced = workspace.run("+recipe=cnn", *QUICK, "target=auto", *CANDIDATES, "mode=check", check=False)
     assert replaced.code == 1 and f"the lock's entry for {fastest['target']} is not the build target=auto chose" in replaced.stderr
+
+
+def test_a_contestant_that_does_not_run_is_out_of_the_race(workspace, tmp_path):
+    workspace.recipe("cnn", cnn_recipe())
+    built = workspace.run("+recipe=cnn", *QUICK, "target=onnxruntime_fp32")
+    measured = race({"good": built.artifact, "gone": tmp_path / "nothing"})
+    assert measured["good"]["p50_ms"] > 0 and measured["good"]["runs"] >= 15
+    assert measured["gone"]["error"].startswith("its model did not run here (FileNotFoundError: ")
+
+
+def test_auto_sweeps_into_its_own_directory_from_the_working_directory(workspace):
+    """A user's hydra.sweep.dir and hydra.job.chdir are this run's, not the candidates' sweep's."""
+    workspace.recipe("cnn", cnn_recipe())
+    result = workspace.run("+recipe=cnn", *QUICK, "target=auto", "select.targets=[onnxruntime_fp32]",
+                           "hydra.sweep.dir=mysweep", "hydra.job.chdir=true")
+    assert "target=auto: chose onnxruntime_fp32" in result.stdout and not (workspace.root / "mysweep").exists()
+
+
+def test_sigterm_to_target_auto_alone_ends_its_candidates_cleanly(workspace):
+    workspace.recipe("cnn", cnn_recipe())
+    env = {**os.environ, "MDBUILD_CACHE_DIR": str(workspace.cache), "PYTHONPATH": str(Path(__file__).parents[1])}
+    parent = subprocess.Popen([sys.executable, "-m", "builder", "+recipe=cnn", *QUICK, "target=auto",
+                               "select.targets=[onnxruntime_fp32,openvino_fp32]"], cwd=workspace.root, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in parent.stdout:
+        if " running " in line:  # a step of a candidate runs in the child
+            break
+    parent.send_signal(signal.SIGTERM)
+    out, err = parent.communicate(timeout=120)
+    assert parent.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and "terminated; nothing half-written was kept" in err
+    assert not list((workspace.cache / "tmp").glob("*"))  # the child's work directories went with it
 
 
 def test_auto_check_without_a_lock_says_so(workspace):

@@ -16,6 +16,8 @@ _EVALUATION = "+evaluation.source=npz +evaluation.path=good.npz"
 _TRT = "target=tensorrt_fp16"
 
 BAD = [
+    ("target=pytorch model.inputs=[{name:image,shape:[batch,3,side,16]}] +model.dims.side=16",
+     "model.inputs[0].shape: input 'image' has a dynamic dimension besides the batch (side) (fix: target=pytorch keeps"),
     ("target=auto select.targets=[nope]", "select.targets: no target named 'nope' (fix: choose from: mindspore, "),
     ("target=auto select.targets=[auto]", "select.targets: no target named 'auto'"),
     ("target=auto select.margin=-1", "select.margin: -1.0 is not a fraction >= 0"),
@@ -91,7 +93,7 @@ BAD = [
     ("verify.source=bogus", "verify.source: 'bogus' is not valid (fix: choose one of: auto, npz, images, factory, random)"),
     ("+calibration.source=bogus", "calibration.source: 'bogus' is not valid (fix: choose one of: npz, images, factory, random)"),
     ("+evaluation.source=random", "evaluation.source: 'random' is not valid (fix: choose one of: npz, images, factory)"),
-    ("target=nosuch", "target: no option 'nosuch' (fix: choose one of: mindspore, onnxruntime_fp32"),
+    ("target=nosuch", "target: no option 'nosuch' (fix: choose one of: auto, mindspore, onnxruntime_fp32"),
     ("verify=nosuch", "verify: no option 'nosuch' (fix: choose one of: default, quick)"),
     ("hardware=nosuch", "hardware: no option 'nosuch' (fix: choose one of: default)"),
     ("target.precision=fp8", "target.precision: onnxruntime does not build precision 'fp8' (fix: choose one of: fp32, int8)"),

@@ -9,6 +9,6 @@ BACKEND = Backend(
     precisions=GRAPH_TYPES,
     compile_version=1,
     libraries=("torch", "onnx2torch", "onnx"),
-    reads=("hardware.intra_op_threads",),
+    reads=("hardware.intra_op_threads", "model.inputs"),
     converter="onnx2torch",
 )

@@ -15,6 +15,16 @@ from builder.errors import MdbuildError, first_line
 _FALLBACK_OPSET = 17  # the newest opset whose operators onnx2torch 1.5 implements
 
 
+def check(config: dict[str, Any]) -> None:
+    """Plan time: an ExportedProgram here keeps only the batch dimension dynamic."""
+    for index, spec in enumerate(config["model"]["inputs"]):
+        named = [dim for dim in spec["shape"][1:] if isinstance(dim, str)]
+        if named:
+            raise MdbuildError(f"input '{spec['name']}' has a dynamic dimension besides the batch ({named[0]})",
+                               f"model.inputs[{index}].shape", "target=pytorch keeps only the first dimension dynamic: "
+                               "give the others fixed sizes, or build an ONNX Runtime or OpenVINO target")
+
+
 def compile_model(onnx_path: Path, config: dict[str, Any], out: Path) -> dict[str, Any]:
     import onnx
 
@@ -69,7 +79,7 @@ def _convert(model) -> tuple:
 
 def _unconvertible(exc: BaseException) -> MdbuildError:
     return MdbuildError(f"onnx2torch cannot convert this model: {first_line(exc)}", "target.backend",
-                        "build an ONNX Runtime or OpenVINO target, or change the model.opset")
+                        "build an ONNX Runtime or OpenVINO target (onnx2torch implements a subset of ONNX's operators)")
 
 
 def _batched(tensors: dict[str, list]) -> bool:

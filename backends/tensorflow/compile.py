@@ -40,7 +40,7 @@ def compile_model(onnx_path: Path, config: dict[str, Any], out: Path) -> dict[st
         loaded = tf.saved_model.load(str(converted))
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - onnx2tf exits on unsupported graphs
         raise MdbuildError(f"onnx2tf cannot convert this model: {first_line(exc)}", "target.backend",
-                           "build an ONNX Runtime or OpenVINO target, or change the model.opset") from exc
+                           "build an ONNX Runtime or OpenVINO target (onnx2tf converts a subset of ONNX's graphs)") from exc
     function = loaded.signatures[SIGNATURE]
     produced = sorted(function.structured_outputs, key=_output_index)
     if len(produced) != len(tensors["outputs"]):
