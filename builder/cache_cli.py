@@ -28,10 +28,11 @@ from builder.remote import Remote
 @dataclass(frozen=True)
 class Stored:
     key: str
-    path: Path  # entries/<k[:2]>/<key>
+    path: Path | None  # entries/<k[:2]>/<key>; None in the remote tier
     step: str
     size: int
-    used: float  # meta.json's mtime: last hit or commit
+    used: float  # meta.json's mtime: last hit or commit (remote: upload or last download)
+    complete: bool = True  # False: a remote entry without its manifest (an upload cut short, or under way)
 
     @property
     def files(self) -> dict[str, dict]:
@@ -40,7 +41,7 @@ class Stored:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    remote = _remote(args) if args.run in (_push, _pull) else None  # the others never reach it
+    remote = _remote(args) if args.run in (_push, _pull) or getattr(args, "on_remote", False) else None
     try:
         return args.run(Cache(Path(args.dir) if args.dir else default_cache_dir(), remote=remote), args)
     except BrokenPipeError:  # `mdbuild cache ls | head`: the reader has what it wanted
@@ -62,12 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--remote-option", action="append", default=[], metavar="KEY=VALUE",
                         help="an fsspec storage option, e.g. endpoint_url=http://127.0.0.1:9000")
     commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=_Parser)
-    ls = commands.add_parser("ls", help="every entry: key, step, size, last use, whether a lock names it")
+    on_remote = argparse.ArgumentParser(add_help=False)
+    on_remote.add_argument("--on-remote", action="store_true",
+                           help="the remote tier's entries (--remote / $MDBUILD_CACHE_REMOTE), not the local cache's")
+    ls = commands.add_parser("ls", parents=[on_remote], help="every entry: key, step, size, last use, whether a lock names it")
     ls.add_argument("--locks", nargs="*", help="lock files (default: recipes/*.lock.json and *.lock.json here)")
     ls.set_defaults(run=_ls)
-    du = commands.add_parser("du", help="entries and bytes, by step")
+    du = commands.add_parser("du", parents=[on_remote], help="entries and bytes, by step")
     du.set_defaults(run=_du)
-    gc = commands.add_parser("gc", help="remove entries unused for a while, or the least recently used past a size")
+    gc = commands.add_parser("gc", parents=[on_remote],
+                             help="remove entries unused for a while, or the least recently used past a size")
     gc.add_argument("--older-than", type=_duration, metavar="AGE", help="e.g. 30d, 12h, 90m")
     gc.add_argument("--max-size", type=_size, metavar="SIZE", help="e.g. 50G, 500M")
     gc.add_argument("--include-locked", action="store_true", help="also entries the repository's lock files name")
@@ -115,6 +120,26 @@ def _entries(cache: Cache) -> list[Stored]:
     return found
 
 
+def _stored(cache: Cache, args) -> list[Stored]:
+    """The local cache's entries, or with --on-remote the remote tier's (one listing; ls and du also read
+    each manifest for its step)."""
+    if not args.on_remote:
+        return _entries(cache)
+    remote = _required(cache)
+    listed = remote.stored()
+    steps: dict[str, str] = {}
+    if args.run in (_ls, _du):
+        manifests = remote.fs.cat([f"{remote.root}/entries/{e['key'][:2]}/{e['key']}/meta.json" for e in listed if e["complete"]],
+                                  on_error="omit")
+        for path, text in manifests.items():
+            try:
+                steps[path.rsplit("/", 2)[-2]] = json.loads(text)["description"].get("step", "?")
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+    return [Stored(e["key"], None, steps.get(e["key"], "?") if e["complete"] else "(no manifest)", e["size"], e["used"],
+                   e["complete"]) for e in listed]
+
+
 def locked_keys(paths: list[str] | None) -> set[str]:
     """The step keys the lock files name (every target's every step): those given, else the repository's
     here (recipes/*.lock.json, *.lock.json), where a file that is not an mdbuild lock is skipped."""
@@ -138,21 +163,22 @@ def locked_keys(paths: list[str] | None) -> set[str]:
 def _ls(cache: Cache, args) -> int:
     locked = locked_keys(args.locks)
     now = time.time()
-    print(f"{'key':<14}{'step':<12}{'MB':>9}  {'last used':>10}  locked")
-    for entry in sorted(_entries(cache), key=lambda e: e.used, reverse=True):
-        print(f"{entry.key[:12]:<14}{entry.step:<12}{entry.size / 1e6:>9.1f}  {_age(now - entry.used):>10}  "
+    print(f"{'key':<14}{'step':<14}{'MB':>9}  {'last used':>10}  locked")
+    for entry in sorted(_stored(cache, args), key=lambda e: e.used, reverse=True):
+        print(f"{entry.key[:12]:<14}{entry.step:<14}{entry.size / 1e6:>9.1f}  {_age(now - entry.used):>10}  "
               f"{'yes' if entry.key in locked else ''}")
     return 0
 
 
 def _du(cache: Cache, args) -> int:
-    entries = _entries(cache)
+    entries = _stored(cache, args)
     by_step: dict[str, list[Stored]] = {}
     for entry in entries:
         by_step.setdefault(entry.step, []).append(entry)
     for step, group in sorted(by_step.items(), key=lambda item: -sum(e.size for e in item[1])):
-        print(f"{step:<12}{len(group):>6} entries  {sum(e.size for e in group) / 1e6:>10.1f} MB")
-    print(f"{'total':<12}{len(entries):>6} entries  {sum(e.size for e in entries) / 1e6:>10.1f} MB  ({cache.root})")
+        print(f"{step:<16}{len(group):>6} entries  {sum(e.size for e in group) / 1e6:>10.1f} MB")
+    where = cache.remote.url if args.on_remote else cache.root
+    print(f"{'total':<16}{len(entries):>6} entries  {sum(e.size for e in entries) / 1e6:>10.1f} MB  ({where})")
     return 0
 
 
@@ -160,10 +186,12 @@ def _gc(cache: Cache, args) -> int:
     if args.older_than is None and args.max_size is None:
         raise MdbuildError("nothing to collect by", "gc", "give --older-than AGE, --max-size SIZE, or both")
     locked = set() if args.include_locked else locked_keys(args.locks)
-    entries = sorted(_entries(cache), key=lambda e: e.used)  # least recently used first
+    entries = sorted(_stored(cache, args), key=lambda e: e.used)  # least recently used first
     now = time.time()
     kept = locked | {e.key for e in entries if now - e.used < args.keep_recent}
-    doomed = [e for e in entries if args.older_than is not None and now - e.used > args.older_than and e.key not in kept]
+    # An entry without its manifest is no one's hit: an upload cut short, once past the recent ones.
+    doomed = [e for e in entries if e.key not in kept and (not e.complete or args.older_than is not None
+                                                            and now - e.used > args.older_than)]
     total = sum(e.size for e in entries) - sum(e.size for e in doomed)
     for entry in entries:
         if args.max_size is None or total <= args.max_size:
@@ -172,20 +200,26 @@ def _gc(cache: Cache, args) -> int:
             doomed.append(entry)
             total -= entry.size
     for entry in doomed:
-        if not args.dry_run:
+        if args.dry_run:
+            continue
+        if args.on_remote:
+            cache.remote.remove(entry.key)
+        else:
             _remove(cache, entry.path)
     verb = "would remove" if args.dry_run else "removed"
     recent = sum(e.key in kept and e.key not in locked for e in entries)
-    print(f"{verb} {len(doomed)} entries, {sum(e.size for e in doomed) / 1e6:.1f} MB; kept {len(entries) - len(doomed)} "
+    where = f" from {cache.remote.url}" if args.on_remote else ""
+    print(f"{verb} {len(doomed)} entries{where}, {sum(e.size for e in doomed) / 1e6:.1f} MB; kept {len(entries) - len(doomed)} "
           f"({total / 1e6:.1f} MB, {sum(e.key in locked for e in entries)} named by lock files, {recent} used in the "
           f"last {_span(args.keep_recent)})")
-    if not args.dry_run:
+    if not args.dry_run and args.on_remote:
+        print(f"removed {cache.remote.free_leases()} remote lease files no build renews")
+    elif not args.dry_run:
         cache.clean_stale_workdirs()
         print(f"removed {free_leases(cache.root / 'leases')} lease files no build holds")
     if args.max_size is not None and total > args.max_size:
         print(f"note: still {total / 1e6:.1f} MB: the rest is named by lock files (--include-locked removes those too) "
-              f"or was used in the last {_span(args.keep_recent)} (a running build may be reading it; "
-              "--keep-recent)")
+              f"or was used in the last {_span(args.keep_recent)} (a running build may be reading it; --keep-recent)")
     return 0
 
 

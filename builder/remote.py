@@ -18,6 +18,7 @@ commit wins.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import socket
@@ -31,6 +32,7 @@ from typing import Any, Callable, Iterator
 from builder.errors import MdbuildError, first_line
 from builder.hashing import sha256_file
 
+USED = "used"  # beside an entry's out/ and meta.json: written on each download
 _RENEW_S = 30.0
 _EXPIRES_S = 120.0
 _POLL_S = 1.0
@@ -111,6 +113,10 @@ class Remote:
             self._warn(f"remote cache: cannot download {key[:12]} ({type(exc).__name__}: {first_line(exc)}); "
                                  "building it here")
             return None
+        try:  # its last use, for `mdbuild cache gc --on-remote` (a store's objects keep only when they were written)
+            self.fs.pipe_file(f"{self._entry(key)}/{USED}", json.dumps({"host": _HOST, "time": time.time()}).encode())
+        except Exception:  # noqa: BLE001 - read-only credentials: the entry is still used, only not marked
+            pass
         return meta
 
     def push(self, key: str, out: Path, meta: dict[str, Any], replace: bool = False) -> bool:
@@ -133,6 +139,43 @@ class Remote:
         except Exception as exc:  # noqa: BLE001 - network and permission errors alike
             self._warn(f"remote cache: cannot upload {key[:12]} ({type(exc).__name__}: {first_line(exc)})")
             return False
+
+    def stored(self) -> list[dict[str, Any]]:
+        """Every entry of the remote tier from one listing: key, bytes, last use (the manifest's upload or the
+        last download, whichever is later; for an entry without a manifest, its newest file), complete."""
+        found: dict[str, dict[str, Any]] = {}
+        prefix = f"{self.root}/entries/"
+        for path, info in self.fs.find(prefix, detail=True).items():
+            parts = path[path.index(prefix) + len(prefix):].split("/") if prefix in path else []
+            if len(parts) < 3:
+                continue
+            entry = found.setdefault(parts[1], {"key": parts[1], "size": 0, "used": 0.0, "complete": False})
+            name, when = "/".join(parts[2:]), modified(info)
+            entry["complete"] |= name == "meta.json"
+            entry["size"] += (info.get("size") or 0) if name.startswith("out/") else 0
+            entry["used"] = max(entry["used"], when)
+        return sorted(found.values(), key=lambda entry: entry["key"])
+
+    def remove(self, key: str) -> None:
+        """The manifest first (from then on the entry is a miss: a build reading it meanwhile builds it), then the rest."""
+        _remove(self.fs, f"{self._entry(key)}/meta.json")
+        try:
+            self.fs.rm(self._entry(key), recursive=True)
+        except FileNotFoundError:
+            pass
+
+    def free_leases(self) -> int:
+        """Removes leases not renewed for 10 times their expiry (their holders are long gone); how many."""
+        removed = 0
+        try:
+            leases = self.fs.find(f"{self.root}/leases/", detail=True)
+        except FileNotFoundError:
+            return 0
+        for path, info in leases.items():
+            if time.time() - modified(info) > 10 * _EXPIRES_S:
+                _remove(self.fs, path)
+                removed += 1
+        return removed
 
     @contextmanager
     def lease(self, key: str, waiting: Callable[[str], None]) -> Iterator[bool]:
@@ -197,6 +240,23 @@ def _renew(fs, path: str, record: dict[str, Any], stop: threading.Event) -> None
             fs.pipe_file(path, json.dumps(record).encode())
         except Exception:  # noqa: BLE001 - a missed renewal only lets another host take the key over
             pass
+
+
+def modified(info: dict[str, Any]) -> float:
+    """When an object was last written, from a listing's details (S3: LastModified, a local file system:
+    mtime, GCS: updated); 0 when the store does not say."""
+    for name in ("LastModified", "mtime", "updated", "last_modified"):
+        value = info.get(name)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, datetime.datetime):
+            return value.timestamp()
+        if isinstance(value, str):
+            try:
+                return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return 0.0
 
 
 def _cat(fs, path: str) -> bytes | None:

@@ -193,3 +193,30 @@ def test_a_remote_lease_left_by_a_dead_host_is_taken_over_and_only_its_holder_re
         assert held and waited and json.loads(lease.read_text())["pid"] == os.getpid()
         lease.write_text(json.dumps({"token": "another holder's"}))  # this one stalled; another took it over
     assert json.loads(lease.read_text())["token"] == "another holder's"  # left to its holder
+
+
+def test_cache_gc_on_the_remote_tier_keeps_what_lock_files_name(s3, tmp_path):
+    """ls/du/gc --on-remote act on the shared tier: a download marks an entry used; an upload cut short (no
+    manifest) is collected; entries the lock names stay unless --include-locked; what gc removed is a miss."""
+    endpoint, fs = s3
+    remote = ["--remote", f"s3://{BUCKET}/gc", "--remote-option", f"endpoint_url={endpoint}"]
+    one = _machine(tmp_path, "one")
+    one.run("+recipe=cnn", *QUICK, *_remote(s3, "gc"))
+    fs.pipe(f"{BUCKET}/gc/entries/ab/ab{'0' * 62}/out/model.onnx", b"half an upload")
+    listed = one.run("cache", *remote, "ls", "--on-remote").stdout.splitlines()[1:]
+    assert len(listed) == 6 and sum(line.split()[1] == "(no" for line in listed) == 1
+    assert sorted(line.split()[1] for line in listed if "yes" in line) == ["compile", "export", "package", "reference", "verify"]
+    assert "6 entries" in one.run("cache", *remote, "du", "--on-remote").stdout
+
+    two = _machine(tmp_path, "two")
+    assert two.run("+recipe=cnn", *QUICK, *_remote(s3, "gc")).ran() == []
+    package = read_json(one.root / "recipes" / "cnn.lock.json")["targets"]["onnxruntime_fp32"]["steps"][-1]["key"]
+    assert fs.exists(f"{BUCKET}/gc/entries/{package[:2]}/{package}/used")  # its download marked it used
+
+    gc = ["cache", *remote, "gc", "--on-remote", "--older-than", "0s", "--keep-recent", "0s"]
+    assert "would remove 1 entries" in one.run(*gc, "--dry-run").stdout
+    assert "removed 1 entries from s3://" in one.run(*gc).stdout  # the half upload; the lock names the rest
+    assert "removed 5 entries from s3://" in one.run(*gc, "--include-locked").stdout
+    assert not fs.find(f"{BUCKET}/gc/entries")
+    three = _machine(tmp_path, "three")
+    assert three.run("+recipe=cnn", *QUICK, *_remote(s3, "gc")).ran() == ["export", "reference", "compile", "verify", "package"]
