@@ -147,7 +147,7 @@ def _report_line(artifact: Path) -> str | None:
         parts.insert(0, f"on {report['proxy']['model_file']} with ONNX Runtime CPU ({report['proxy']['why']})")
     latency = report["latency"]
     speed = latency["why"] if latency.get("measured") is False else \
-        f"p50 {latency['p50_ms']:.2f} ms, p99 {latency['p99_ms']:.2f} ms"
+        f"p50 {latency['p50_ms']:.3g} ms, p99 {latency['p99_ms']:.3g} ms"
     lines = [f"verify: {'passed' if report['passed'] else 'FAILED'} · " + " · ".join(parts) + f" · {speed}"]
     lines += [f"engine: {engine['file']} ({engine['sdk']}) runs on {engine['runs_on']}" for engine in report.get("engines") or []]
     if report.get("deferred"):

@@ -31,6 +31,7 @@ def test_sweep_runs_every_job_and_shares_the_export(workspace):
     assert [row["job"] for row in rows] == ["onnxruntime_fp32 (hardware.intra_op_threads=1)",
                                             "onnxruntime_fp32 (hardware.intra_op_threads=2)"]
     assert "| onnxruntime_fp32 (hardware.intra_op_threads=2) |" in (sweeps[0].parent / "summary.md").read_text()
+    assert "note: the lock keeps one entry per target: onnxruntime_fp32's is its job that finished last" in result.stdout
 
 
 def test_a_failing_job_fails_the_sweep_after_the_others_ran_and_the_summary_is_written(workspace):
