@@ -4,15 +4,48 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+
+@contextmanager
+def ray_head(env: dict, cpus: int, gpus: int = 0) -> Iterator[str]:
+    """A Ray head node on this machine (its address), declaring `gpus` GPUs (Ray schedules by what a node
+    declares), ended after: `ray start --block` in a session of its own, whose processes alone are ended
+    (`ray stop` would end every Ray on the machine). Ray replaces 127.0.0.1 with the host's address."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {**os.environ, **env}
+    head = subprocess.Popen([ray, "start", "--head", "--block", f"--port={port}", f"--num-cpus={cpus}", f"--num-gpus={gpus}",
+                             "--include-dashboard=false", "--disable-usage-stats"], env=environment,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while subprocess.run([ray, "status", f"--address=127.0.0.1:{port}"], env=environment, capture_output=True).returncode:
+            if head.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the Ray head node did not start")
+            time.sleep(1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        for ending in (signal.SIGTERM, signal.SIGKILL):  # SIGKILL: whatever did not end on SIGTERM
+            try:
+                os.killpg(head.pid, ending)
+            except ProcessLookupError:
+                break
+            time.sleep(3)
+        head.wait(timeout=30)
 
 
 def print_host() -> None:

@@ -12,6 +12,7 @@ planning and hashing, and, with parallel workers, the time a worker idles waitin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import socket
@@ -21,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import print_host
+from _common import print_host, ray_head
 
 TARGETS = ["onnxruntime_fp32", "onnxruntime_int8", "openvino_fp32", "openvino_fp16", "openvino_bf16", "openvino_int8"]
 BIN = Path(sys.executable).parent
@@ -45,15 +46,12 @@ def main() -> None:
         baseline = None
         for mode in args.modes.split(","):
             env = {}
-            if mode == "ray":  # a home of its own: Ray's token authentication reads ~/.ray/auth_token
-                (root / "home").mkdir(exist_ok=True)
-                env = {"HOME": str(root / "home"), "RAY_USAGE_STATS_ENABLED": "0"}
-                env["RAY_ADDRESS"] = _start_ray(env)
-            try:
+            with contextlib.ExitStack() as stack:
+                if mode == "ray":  # a home of its own: Ray's token authentication reads ~/.ray/auth_token
+                    (root / "home").mkdir(exist_ok=True)
+                    env = {"HOME": str(root / "home"), "RAY_USAGE_STATS_ENABLED": "0"}
+                    env["RAY_ADDRESS"] = stack.enter_context(ray_head(env, WORKERS))
                 wall, output = _sweep(sweep + launchers[mode], root / mode, env)
-            finally:
-                if mode == "ray":
-                    subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env={**os.environ, **env})
             steps = sum(float(seconds) for seconds in re.findall(r"\] \w+\s+done\s+([\d.]+)s", output))
             workers = 1 if mode == "sequential" else WORKERS
             baseline = baseline or wall
@@ -71,14 +69,6 @@ def _sweep(args: list[str], root: Path, env: dict, cache: Path | None = None) ->
     if proc.returncode != 0:
         sys.exit(f"the sweep failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return time.perf_counter() - started, proc.stdout
-
-
-def _start_ray(env: dict) -> str:
-    port = _free_port()
-    subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={port}", f"--num-cpus={WORKERS}",
-                    "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True,
-                   env={**os.environ, **env})
-    return f"127.0.0.1:{port}"
 
 
 def _remote(sweep: list[str], root: Path, jobs: int) -> None:

@@ -13,6 +13,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +157,9 @@ def _race(rows: list[dict[str, Any]], console: Console) -> None:
     if len(contestants) < 2:
         return
     console.line(f"target=auto: racing {', '.join(contestants)} (each in its own process, in turns)")
+    started = time.perf_counter()
     measured = race(contestants)
+    console.line(f"target=auto: raced in {time.perf_counter() - started:.1f} s")
     for row in rows:
         result = measured.get(row["target"], {})
         row.update({"race_p50_ms": result.get("p50_ms"), "race_p99_ms": result.get("p99_ms")} if result else {})

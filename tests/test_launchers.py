@@ -5,12 +5,7 @@ export runs once), writes its result where the driver summarizes it, and the sum
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -40,34 +35,14 @@ def test_a_sweep_on_joblib_processes(workspace):
 
 @pytest.fixture
 def ray_cluster(tmp_path):
-    """A Ray head node on this machine, declaring one GPU (Ray schedules by what a node declares), stopped
-    after: `ray start --block` in a session of its own, whose processes alone are ended (`ray stop` would
-    end every Ray on the machine). Ray replaces 127.0.0.1 with the host's address itself."""
-    ray = str(Path(sys.executable).with_name("ray"))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    # A home of its own: Ray's token authentication reads ~/.ray/auth_token, which a machine may hold.
-    (tmp_path / "home").mkdir()
+    """A Ray head node on this machine declaring one GPU, ended after (benchmarks/_common.py: ray_head)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from _common import ray_head
+
+    (tmp_path / "home").mkdir()  # a home of its own: Ray's token authentication reads ~/.ray/auth_token
     settings = {"RAY_USAGE_STATS_ENABLED": "0", "HOME": str(tmp_path / "home")}
-    env = {**os.environ, **settings}
-    head = subprocess.Popen([ray, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--num-gpus=1",
-                             "--include-dashboard=false", "--disable-usage-stats"], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while subprocess.run([ray, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True).returncode:
-            assert head.poll() is None and time.monotonic() < deadline, "the Ray head node did not start"
-            time.sleep(1)
-        yield {"RAY_ADDRESS": f"127.0.0.1:{port}", **settings}
-    finally:
-        for ending in (signal.SIGTERM, signal.SIGKILL):  # SIGKILL: whatever did not end on SIGTERM
-            try:
-                os.killpg(head.pid, ending)
-            except ProcessLookupError:
-                break
-            time.sleep(3)
-        head.wait(timeout=30)
+    with ray_head(settings, cpus=2, gpus=1) as address:
+        yield {"RAY_ADDRESS": address, **settings}
 
 
 def test_a_sweep_on_a_ray_cluster(workspace, ray_cluster):
