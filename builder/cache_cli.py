@@ -188,8 +188,9 @@ def _gc(cache: Cache, args) -> int:
     locked = set() if args.include_locked else locked_keys(args.locks)
     entries = sorted(_stored(cache, args), key=lambda e: e.used)  # least recently used first
     now = time.time()
-    kept = locked | {e.key for e in entries if now - e.used < args.keep_recent}
-    # An entry without its manifest is no one's hit: an upload cut short, once past the recent ones.
+    # An entry without its manifest is no one's hit: an upload cut short, once an hour has passed since its
+    # last file was written (an upload under way writes one file after another; a large one takes a while).
+    kept = locked | {e.key for e in entries if now - e.used < (args.keep_recent if e.complete else max(args.keep_recent, 3600))}
     doomed = [e for e in entries if e.key not in kept and (not e.complete or args.older_than is not None
                                                             and now - e.used > args.older_than)]
     total = sum(e.size for e in entries) - sum(e.size for e in doomed)
