@@ -87,7 +87,7 @@ def candidates(select: dict[str, Any], known: dict[str, str]) -> tuple[list[str]
     if not usable:
         listed = "; ".join(f"{name}: {why}" for name, why in skipped.items())
         raise MdbuildError(f"no candidate target is usable on this host ({listed})", "select.targets",
-                           "install a backend's extra (pip install 'mdbuild[cpu]'), or name targets usable here")
+                           "name targets usable here, or install or provide what a reason above names")
     return usable, skipped
 
 
@@ -119,6 +119,11 @@ def planned(spec: BuildSpec, usable: list[str], config_dirs: list[Path]) -> dict
 
 def run_auto(spec: BuildSpec, launch: Launch, run_dir: Path, console: Console) -> Path | None:
     select, mode = spec.config["select"], spec.config["mode"]
+    for item in launch.task:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key.startswith("target."):
+            raise MdbuildError("set with target=auto, whose candidates each have their own", key,
+                               "drop it (select.targets chooses the candidates), or build one target with it")
     known = targets(launch.config_dirs)
     check_select(select, known)
     if mode == "check":
@@ -179,20 +184,27 @@ def _choose(spec: BuildSpec, rows: list[dict[str, Any]], usable: list[str], skip
     artifact = Path(chosen["artifact"])
     record = {"chosen": chosen["target"], "why": why, "artifact": artifact.name, "candidates": usable,
               "margin": select["margin"], "skipped": skipped, "table": [{key: row.get(key) for key in _RECORDED} for row in rows]}
-    if locked.get("artifact") not in (None, artifact.name):
-        _drop_from_report(artifact.parent / locked["artifact"])  # the previous choice is no longer one
-    _add_to_report(artifact, record)
     (sweep_dir / "selection.json").write_text(json.dumps(record, indent=2) + "\n")
     was = f" (was {locked['chosen']})" if locked.get("chosen") not in (None, chosen["target"]) else ""
     console.line(f"target=auto: chose {chosen['target']}{was}: {why}")
+    if not spec.config["lock"]["update"]:  # the lock, the reports and <recipe>-auto-latest stay as the lock says
+        console.line(f"artifact: {artifact}")
+        return artifact
+    # The chosen build's steps (its job wrote them under its target): check and gc keep to them.
+    entry = {**record, "steps": (locked_entry(path, chosen["target"], for_check=False) or {}).get("steps", [])}
+    if all(entry[key] == locked.get(key) for key in ("chosen", "artifact", "candidates", "skipped", "steps")):
+        if "selection" not in json.loads((artifact / REPORT_FILE).read_text()):  # its directory was made anew
+            _add_to_report(artifact, {key: value for key, value in locked.items() if key != "steps"})
+        console.line(f"lock: {path} ({AUTO}: {chosen['target']}, as locked: its record of the choice is kept)")
+    else:
+        if locked.get("artifact") not in (None, artifact.name):
+            _drop_from_report(artifact.parent / locked["artifact"])  # the previous choice is no longer one
+        _add_to_report(artifact, record)
+        update(path, spec.recipe, AUTO, entry)
+        console.line(f"lock: {path} ({AUTO}: {chosen['target']})")
     unpointed = point_latest(spec, artifact)
     if unpointed:
         console.line(f"warning: {unpointed}")
-    if spec.config["lock"]["update"]:
-        # The chosen build's steps (its job wrote them under its target): check and gc keep to them.
-        own = locked_entry(path, chosen["target"], for_check=False) or {}
-        update(path, spec.recipe, AUTO, {**record, "steps": own.get("steps", [])})
-        console.line(f"lock: {path} ({AUTO}: {chosen['target']})")
     console.line(f"artifact: {artifact}")
     return artifact
 
@@ -211,8 +223,9 @@ def _check(spec: BuildSpec, launch: Launch, console: Console) -> None:
                            "with other settings replaced it)", str(path),
                            f"build target=auto again, or build {chosen} as it was chosen")
     console.line(f"target=auto: the lock chose {chosen}; checking it")
-    if _child(_with_target(launch.task, chosen), launch, spec.workdir, console):
-        raise MdbuildError(f"the check of the locked choice, {chosen}, failed; its error is above", "target")
+    code = _child(_with_target(launch.task, chosen), launch, spec.workdir, console)
+    if code:
+        raise SystemExit(code)  # the check's own error line is above
 
 
 def choose(rows: list[dict[str, Any]], locked: str | None, margin: float) -> tuple[dict[str, Any] | None, str]:
@@ -225,7 +238,8 @@ def choose(rows: list[dict[str, Any]], locked: str | None, margin: float) -> tup
     if kept is not None and kept is not fastest and speed(kept) <= speed(fastest) * (1 + margin):
         return kept, (f"the lock's choice, kept: its p50 ({speed(kept):.4g} ms) is within select.margin "
                       f"({margin * 100:g}%) of the fastest, {fastest['target']} ({speed(fastest):.4g} ms)")
-    return fastest, (f"the fastest p50 ({speed(fastest):.4g} ms) of the {len(passed)} of "
+    gated = sum(1 for row in rows if row["passed"])
+    return fastest, (f"the fastest p50 ({speed(fastest):.4g} ms) of the {gated} of "
                      f"{_count(len(rows), 'candidate')} that passed their gates")
 
 

@@ -130,6 +130,11 @@ def print_plan(plan: Plan, cache: Cache, console: Console) -> None:
     cache.digests.save()
 
 
+def _ms(value: float) -> str:
+    """Three significant digits (0.0193, 11.7), without an exponent for a second or more (1234)."""
+    return f"{value:.3g}" if value < 1000 else f"{value:.0f}"
+
+
 def _report_line(artifact: Path) -> str | None:
     try:
         report = json.loads((artifact / "report.json").read_text())
@@ -147,7 +152,7 @@ def _report_line(artifact: Path) -> str | None:
         parts.insert(0, f"on {report['proxy']['model_file']} with ONNX Runtime CPU ({report['proxy']['why']})")
     latency = report["latency"]
     speed = latency["why"] if latency.get("measured") is False else \
-        f"p50 {latency['p50_ms']:.3g} ms, p99 {latency['p99_ms']:.3g} ms"
+        f"p50 {_ms(latency['p50_ms'])} ms, p99 {_ms(latency['p99_ms'])} ms"
     lines = [f"verify: {'passed' if report['passed'] else 'FAILED'} · " + " · ".join(parts) + f" · {speed}"]
     lines += [f"engine: {engine['file']} ({engine['sdk']}) runs on {engine['runs_on']}" for engine in report.get("engines") or []]
     if report.get("deferred"):

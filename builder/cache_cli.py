@@ -33,6 +33,8 @@ class Stored:
     size: int
     used: float  # meta.json's mtime: last hit or commit (remote: upload or last download)
     complete: bool = True  # False: a remote entry without its manifest (an upload cut short, or under way)
+    leased: bool = False  # a build may hold its remote lease: it is being built or uploaded
+    objects: dict[str, float] | None = None  # a remote entry's objects and their times when listed
 
     @property
     def files(self) -> dict[str, dict]:
@@ -128,16 +130,16 @@ def _stored(cache: Cache, args) -> list[Stored]:
     remote = _required(cache)
     listed = remote.stored()
     steps: dict[str, str] = {}
-    if args.run in (_ls, _du):
-        manifests = remote.fs.cat([f"{remote.root}/entries/{e['key'][:2]}/{e['key']}/meta.json" for e in listed if e["complete"]],
-                                  on_error="omit")
+    paths = [f"{remote.root}/entries/{e['key'][:2]}/{e['key']}/meta.json" for e in listed if e["complete"]]
+    if args.run in (_ls, _du) and paths:
+        manifests = remote.fs.cat(paths, on_error="omit")
         for path, text in manifests.items():
             try:
                 steps[path.rsplit("/", 2)[-2]] = json.loads(text)["description"].get("step", "?")
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue
     return [Stored(e["key"], None, steps.get(e["key"], "?") if e["complete"] else "(no manifest)", e["size"], e["used"],
-                   e["complete"]) for e in listed]
+                   e["complete"], e["leased"], e["objects"]) for e in listed]
 
 
 def locked_keys(paths: list[str] | None) -> set[str]:
@@ -190,7 +192,7 @@ def _gc(cache: Cache, args) -> int:
     now = time.time()
     # An entry without its manifest is no one's hit: an upload cut short, once an hour has passed since its
     # last file was written (an upload under way writes one file after another; a large one takes a while).
-    kept = locked | {e.key for e in entries if now - e.used < (args.keep_recent if e.complete else max(args.keep_recent, 3600))}
+    kept = locked | {e.key for e in entries if e.leased or now - e.used < (args.keep_recent if e.complete else max(args.keep_recent, 3600))}
     doomed = [e for e in entries if e.key not in kept and (not e.complete or args.older_than is not None
                                                             and now - e.used > args.older_than)]
     total = sum(e.size for e in entries) - sum(e.size for e in doomed)
@@ -200,13 +202,14 @@ def _gc(cache: Cache, args) -> int:
         if entry not in doomed and entry.key not in kept:
             doomed.append(entry)
             total -= entry.size
-    for entry in doomed:
+    for entry in list(doomed):
         if args.dry_run:
             continue
-        if args.on_remote:
-            cache.remote.remove(entry.key)
-        else:
+        if not args.on_remote:
             _remove(cache, entry.path)
+        elif not cache.remote.remove(entry.key, entry.objects):  # a build took it up since the listing
+            doomed.remove(entry)
+            total += entry.size
     verb = "would remove" if args.dry_run else "removed"
     recent = sum(e.key in kept and e.key not in locked for e in entries)
     where = f" from {cache.remote.url}" if args.on_remote else ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import tempfile
@@ -18,37 +19,46 @@ from typing import Any
 
 _ROUNDS = 5
 _WINDOW_S = 0.2  # each turn runs about this long (at least 3 runs, at most 200)
+_LOAD_S = 600.0  # to load the SDK and the model and run it thrice
 
 
 def race(artifacts: dict[str, Path]) -> dict[str, dict[str, Any]]:
     """{name: {p50_ms, p99_ms, runs} or {error}}, the contestants measured in turns: every round gives each
-    one window, so a change of load on the machine falls on all of them alike."""
-    logs = {name: tempfile.TemporaryFile("w+") for name in artifacts}
-    procs = {name: subprocess.Popen([sys.executable, "-m", "builder.race", str(path)], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=logs[name], text=True, bufsize=1)
-             for name, path in artifacts.items()}
+    one window, so a change of load on the machine falls on all of them alike. A contestant that fails,
+    dies or stops answering (_LOAD_S to load, a generous deadline per turn) is out, with why."""
     results: dict[str, dict[str, Any]] = {}
     times: dict[str, list[float]] = {name: [] for name in artifacts}
+    procs: dict[str, subprocess.Popen] = {}
+    logs = {name: tempfile.TemporaryFile("w+") for name in artifacts}
     try:
+        for name, path in artifacts.items():
+            procs[name] = subprocess.Popen([sys.executable, "-m", "builder.race", str(path)], stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE, stderr=logs[name], text=True, bufsize=1)
         for name, proc in procs.items():
-            answer = _answer(proc, logs[name])
+            answer = _answer(proc, logs[name], _LOAD_S)
             if "error" in answer:
                 results[name] = answer
         for _ in range(_ROUNDS):
             for name, proc in procs.items():
                 if name in results:
                     continue
+                slowest = max(times[name], default=_WINDOW_S)
                 runs = max(3, min(200, round(_WINDOW_S / max(min(times[name], default=_WINDOW_S), 1e-6))))
-                proc.stdin.write(f"{runs}\n")
-                answer = _answer(proc, logs[name])
+                try:
+                    proc.stdin.write(f"{runs}\n")
+                except OSError:  # it died between turns
+                    answer = _answer(proc, logs[name], 0)
+                else:
+                    answer = _answer(proc, logs[name], 60 + 10 * runs * slowest)
                 if "error" in answer:
                     results[name] = answer
                 else:
                     times[name] += answer["times"]
     finally:
-        for name, proc in procs.items():
+        for proc in procs.values():
             _stop(proc)
-            logs[name].close()
+        for log in logs.values():
+            log.close()
     for name, measured in times.items():
         if name not in results:
             ordered = sorted(measured)
@@ -57,22 +67,30 @@ def race(artifacts: dict[str, Path]) -> dict[str, dict[str, Any]]:
     return results
 
 
-def _answer(proc: subprocess.Popen, log) -> dict[str, Any]:
-    line = proc.stdout.readline()
+def _answer(proc: subprocess.Popen, log, timeout: float) -> dict[str, Any]:
+    """The contestant's next line, or why there is none (it stopped answering within `timeout`, or died)."""
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline() if ready else ""
     try:
         return json.loads(line)
     except ValueError:
-        proc.wait()
+        silent = not ready and proc.poll() is None
+        _stop(proc, at_once=True)
+        if silent:
+            return {"error": f"its model did not answer within {timeout:.0f} s"}
         log.seek(0)
         lines = [text.strip() for text in log.read().splitlines() if text.strip()]
         return {"error": f"its model did not run here (exit {proc.returncode}: {lines[-1] if lines else 'no output'})"}
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(proc: subprocess.Popen, at_once: bool = False) -> None:
     try:
         proc.stdin.close()
-        proc.wait(timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout=0 if at_once else 30)
+    except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
 

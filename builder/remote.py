@@ -141,41 +141,63 @@ class Remote:
             return False
 
     def stored(self) -> list[dict[str, Any]]:
-        """Every entry of the remote tier from one listing: key, bytes, last use (the manifest's upload or the
-        last download, whichever is later; for an entry without a manifest, its newest file), complete."""
+        """Every entry of the remote tier from one listing: key, bytes, last use (its newest object: the manifest's
+        upload, the last download's mark, or for an entry without a manifest its newest file), complete, whether
+        a build may hold its lease (_live), and its objects with their times (what `remove` compares)."""
         found: dict[str, dict[str, Any]] = {}
         prefix = f"{self.root}/entries/"
         for path, info in self.fs.find(prefix, detail=True).items():
             parts = path[path.index(prefix) + len(prefix):].split("/") if prefix in path else []
             if len(parts) < 3:
                 continue
-            entry = found.setdefault(parts[1], {"key": parts[1], "size": 0, "used": 0.0, "complete": False})
-            name, when = "/".join(parts[2:]), modified(info)
+            entry = found.setdefault(parts[1], {"key": parts[1], "size": 0, "used": 0.0, "complete": False,
+                                                "leased": False, "objects": {}})
+            name = "/".join(parts[2:])
             entry["complete"] |= name == "meta.json"
             entry["size"] += (info.get("size") or 0) if name.startswith("out/") else 0
-            entry["used"] = max(entry["used"], when)
+            entry["used"] = max(entry["used"], modified(info) or time.time())  # a store that does not say: just used
+            entry["objects"][path] = modified(info)
+        for path, info in self._leases().items():
+            key = path.rsplit("/", 1)[-1]
+            if key in found and _live(info):
+                found[key]["leased"] = True
         return sorted(found.values(), key=lambda entry: entry["key"])
 
-    def remove(self, key: str) -> None:
-        """The manifest first (from then on the entry is a miss: a build reading it meanwhile builds it), then the rest."""
+    def remove(self, key: str, seen: dict[str, float]) -> bool:
+        """Removes an entry, manifest first (from then on it is a miss: a build reading it meanwhile builds it),
+        unless a build took its lease or wrote to it since it was listed with the objects `seen` (a re-upload of
+        an entry cut short; compared by the store's own times, whatever this machine's clock says): whether it
+        removed it."""
+        if any(_live(info) for info in self._leases(key).values()):
+            return False
+        try:
+            objects = self.fs.find(self._entry(key), detail=True)
+        except FileNotFoundError:
+            return False
+        if {path: modified(info) for path, info in objects.items()} != seen:
+            return False
         _remove(self.fs, f"{self._entry(key)}/meta.json")
         try:
             self.fs.rm(self._entry(key), recursive=True)
         except FileNotFoundError:
             pass
+        return True
 
     def free_leases(self) -> int:
         """Removes leases not renewed for 10 times their expiry (their holders are long gone); how many."""
         removed = 0
-        try:
-            leases = self.fs.find(f"{self.root}/leases/", detail=True)
-        except FileNotFoundError:
-            return 0
-        for path, info in leases.items():
-            if time.time() - modified(info) > 10 * _EXPIRES_S:
+        for path, info in self._leases().items():
+            if not _live(info):
                 _remove(self.fs, path)
                 removed += 1
         return removed
+
+    def _leases(self, key: str | None = None) -> dict[str, dict[str, Any]]:
+        where = f"{self.root}/leases/{key[:2]}/{key}" if key else f"{self.root}/leases/"
+        try:
+            return self.fs.find(where, detail=True)
+        except FileNotFoundError:
+            return {}
 
     @contextmanager
     def lease(self, key: str, waiting: Callable[[str], None]) -> Iterator[bool]:
@@ -240,6 +262,13 @@ def _renew(fs, path: str, record: dict[str, Any], stop: threading.Event) -> None
             fs.pipe_file(path, json.dumps(record).encode())
         except Exception:  # noqa: BLE001 - a missed renewal only lets another host take the key over
             pass
+
+
+def _live(lease: dict[str, Any]) -> bool:
+    """Whether a lease file may still be held: written within 10 times the expiry by the store's clock against
+    this machine's (a generous margin for skewed clocks; a store that does not say when: held)."""
+    when = modified(lease)
+    return not when or time.time() - when < 10 * _EXPIRES_S
 
 
 def modified(info: dict[str, Any]) -> float:

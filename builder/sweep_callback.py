@@ -28,8 +28,8 @@ class SweepSummary(Callback):
         written = write_summary(sweep_dir, rows)
         if written:
             print(f"sweep summary: {written[1]} ({written[2].name}, {written[0].name})", flush=True)
-        for target in sorted({row["target"] for row in rows}):
-            built = [row for row in rows if row["target"] == target and row["artifact"]]
+        for target in sorted({str(row["target"]).split(":")[0] for row in rows}):  # "auto: openvino_int8" is auto's
+            built = [row for row in rows if str(row["target"]).split(":")[0] == target and row["artifact"]]
             if len(built) > 1:  # a sweep of one target's options
                 print(f"note: the lock keeps one entry per target: {target}'s is its job that finished last, and "
                       f"{built[0]['recipe']}-{target}-latest links that job's artifact", flush=True)

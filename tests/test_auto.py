@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,21 @@ def test_choose_keeps_the_locked_choice_only_within_the_margin_and_while_it_pass
     assert choose(rows, "b", 0.03)[0]["target"] == "a"
     assert choose([_row("a", 1.0), _row("b", 1.01, passed=False)], "b", 0.05)[0]["target"] == "a"
     assert choose([_row("a", None)], None, 0.05)[0] is None
+
+
+def _contestant(code: str, log):
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                            text=True, bufsize=1)
+
+
+def test_a_contestant_that_stops_answering_or_dies_is_out_not_a_hang(tmp_path):
+    from builder.race import _answer
+
+    with open(tmp_path / "log", "w+") as log:
+        silent = _contestant("import time; time.sleep(60)", log)
+        started = time.monotonic()
+        assert _answer(silent, log, 0.5) == {"error": "its model did not answer within 0 s"}
+        assert time.monotonic() - started < 10 and silent.poll() is not None  # killed, not waited for
+        dead = _contestant("import sys; sys.exit('no SDK here')", log)
+        dead.wait()
+        assert _answer(dead, log, 5)["error"] == "its model did not run here (exit 1: no SDK here)"

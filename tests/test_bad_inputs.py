@@ -23,6 +23,7 @@ BAD = [
     ("target=auto select.margin=-1", "select.margin: -1.0 is not a fraction >= 0"),
     ("target=auto select.targets=[mindspore]", "select.targets: no candidate target is usable on this host (mindspore: "),
     ("target=auto verify.source=nope", "verify.source: 'nope' is not valid"),
+    ("target=auto target.precision=fp16", "target.precision: set with target=auto, whose candidates each have their own"),
     # Numbers out of range
     ("serving.max_body_bytes=-1", "serving.max_body_bytes: -1 is not valid: bytes of a request body, at least 1"),
     ("serving.max_batch_size=-1", "serving.max_batch_size: -1 is not valid: rows per batch (1: no batching), at least 1"),

@@ -69,17 +69,24 @@ def test_a_job_asks_the_cluster_for_what_its_target_needs(workspace, ray_cluster
     refused = workspace.run(*sweep, "target=onnxruntime_fp32", "+hydra.launcher.resources.onnxruntime_fp32.num_gpus=2",
                             env=ray_cluster, check=False)
     assert refused.code == 1 and refused.stderr.strip().splitlines()[-1] == (
-        "error: hydra.launcher.resources: job 0 (target onnxruntime_fp32) asks Ray for 2 GPU; the cluster has 1 GPU "
-        "(fix: add a node that has them, or build that target elsewhere (a full-TensorRT build needs a GPU; "
-        "target.options.flavor=auto builds an RTX engine and a deferred build without one))")
+        "error: hydra.launcher.resources.onnxruntime_fp32: job 0 (target onnxruntime_fp32) asks Ray for 2 GPU on one "
+        "node; the cluster's best node has 1 GPU (fix: ask for what one node has, or add a node that has it (a "
+        "full-TensorRT build needs a GPU: target.options.flavor=auto builds without one))")
     assert "running" not in refused.stdout
 
 
 def test_runtime_env_variables_left_empty_are_not_sent():
     """An unset MDBUILD_CACHE_DIR on the driver must not override a node's own setting with ''."""
-    from hydra_plugins.mdbuild_launchers.ray_cluster import asked, without_empty_env
+    from hydra_plugins.mdbuild_launchers.ray_cluster import asked, placeable, without_empty_env
+
+    from builder.errors import MdbuildError
 
     init = {"address": "auto", "runtime_env": {"env_vars": {"MDBUILD_CACHE_DIR": "", "MDBUILD_CACHE_REMOTE": "s3://b/p"}}}
     assert without_empty_env(init)["runtime_env"]["env_vars"] == {"MDBUILD_CACHE_REMOTE": "s3://b/p"}
-    assert asked({"num_gpus": 1, "num_cpus": 2, "max_retries": 3, "resources": {"fast_disk": 1}}) == \
+    assert asked({"num_gpus": 1, "num_cpus": 2, "max_retries": 3, "resources": {"fast_disk": 1}}, "k") == \
         {"GPU": 1.0, "CPU": 2.0, "fast_disk": 1.0}
+    with pytest.raises(MdbuildError, match="'8G' is not an amount of memory"):
+        asked({"memory": "8G"}, "hydra.launcher.resources.x")
+    two_nodes = [{"Alive": True, "Resources": {"CPU": 1.0}}, {"Alive": True, "Resources": {"CPU": 1.0}}]
+    assert not placeable({"CPU": 2.0}, two_nodes)  # the cluster has 2 CPUs, no node has
+    assert placeable({"CPU": 1.0}, two_nodes) and not placeable({"CPU": 1.0}, [{"Alive": False, "Resources": {"CPU": 4}}])

@@ -225,6 +225,7 @@ def test_remote_gc_collects_an_upload_cut_short_an_hour_later(tmp_path):
     """On a file:// remote whose file times can be set: files without a manifest, last written over an hour ago."""
     one = _machine(tmp_path, "one")
     remote = tmp_path / "remote"
+    assert one.run("cache", "--remote", f"file://{remote}", "ls", "--on-remote").stdout.count("\n") == 1  # the header
     one.run("+recipe=cnn", *QUICK, f"cache.remote=file://{remote}")
     half = remote / "entries" / "ab" / f"ab{'0' * 62}" / "out" / "model.onnx"
     half.parent.mkdir(parents=True)
@@ -234,3 +235,21 @@ def test_remote_gc_collects_an_upload_cut_short_an_hour_later(tmp_path):
     os.utime(half, (time.time() - 7200, time.time() - 7200))
     assert "removed 1 entries" in one.run(*gc).stdout and not half.parent.parent.exists()
     assert len(list(remote.glob("entries/*/*/meta.json"))) == 5
+
+
+def test_remote_gc_leaves_an_entry_a_build_took_up_since_the_listing(tmp_path):
+    """An entry rewritten after gc listed it (a re-upload), or whose lease a build holds, is not removed."""
+    from builder.remote import Remote
+
+    root = tmp_path / "remote"
+    for key in ("aa" + "1" * 62, "bb" + "2" * 62, "cc" + "3" * 62):
+        (root / "entries" / key[:2] / key / "out").mkdir(parents=True)
+        (root / "entries" / key[:2] / key / "out" / "model.onnx").write_bytes(b"weights")
+    remote = Remote(f"file://{root}", {})
+    listed = {entry["key"]: entry for entry in remote.stored()}
+    rewritten = root / "entries" / "aa" / ("aa" + "1" * 62) / "out" / "model.onnx"
+    os.utime(rewritten, (time.time() + 5, time.time() + 5))
+    (root / "leases" / "bb").mkdir(parents=True)
+    (root / "leases" / "bb" / ("bb" + "2" * 62)).write_text("{}")
+    assert [remote.remove(key, entry["objects"]) for key, entry in sorted(listed.items())] == [False, False, True]
+    assert sorted(path.name for path in (root / "entries").glob("*/*")) == ["aa" + "1" * 62, "bb" + "2" * 62]

@@ -11,6 +11,8 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from builder.errors import MdbuildError
+
 try:
     from hydra_plugins.hydra_ray_launcher.ray_launcher import RayLauncher
 except ImportError:  # the `cluster` extra is not installed: no launcher to offer
@@ -20,20 +22,35 @@ except ImportError:  # the `cluster` extra is not installed: no launcher to offe
 _RESOURCE_NAMES = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
 
 
-def asked(remote: dict[str, Any]) -> dict[str, float]:
-    """The cluster resources a task with these ray.remote options asks for."""
-    wanted = {_RESOURCE_NAMES[key]: float(value) for key, value in remote.items() if key in _RESOURCE_NAMES and value}
-    wanted.update({name: float(value) for name, value in (remote.get("resources") or {}).items()})
-    return wanted
+def asked(remote: dict[str, Any], where: str) -> dict[str, float]:
+    """The node resources a task with these ray.remote options asks for (`where`: the key they came from)."""
+    wanted = {_RESOURCE_NAMES[key]: value for key, value in remote.items() if key in _RESOURCE_NAMES and value}
+    wanted.update((remote.get("resources") or {}))
+    for name, value in wanted.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise MdbuildError(f"{value!r} is not an amount of {name}", where,
+                               "give a number (memory in bytes, e.g. 8000000000; CPUs and GPUs as counts)")
+    return {name: float(value) for name, value in wanted.items()}
 
 
-def job_remote(base: dict[str, Any], target: dict[str, Any], per_target: dict[str, Any]) -> dict[str, Any]:
-    """ray.remote options of one job: the launcher's, its backend's needs, then the user's for its target."""
+def job_remote(base: dict[str, Any], target: dict[str, Any], per_target: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """ray.remote options of one job: the launcher's, its backend's needs, then the user's for its target; and
+    the key to name when the cluster cannot give them."""
     from backends import discovered
 
     backend = discovered().get(target.get("backend"))
     needs = getattr(backend, "resources", None)
-    return {**base, **(needs(target) if needs else {}), **(per_target.get(target.get("name")) or {})}
+    own = needs(target) if needs else {}
+    mine = per_target.get(target.get("name")) or {}
+    where = (f"hydra.launcher.resources.{target.get('name')}" if mine else
+             "target.options" if own else "hydra.launcher.ray.remote")
+    return {**base, **own, **mine}, where
+
+
+def placeable(wanted: dict[str, float], nodes: list[dict[str, Any]]) -> bool:
+    """Whether one alive node has all of it (a task runs on one node: a cluster's sum is not enough)."""
+    return any(node.get("Alive") and all((node.get("Resources") or {}).get(name, 0) >= amount
+                                         for name, amount in wanted.items()) for node in nodes)
 
 
 def without_empty_env(init: dict[str, Any]) -> dict[str, Any]:
@@ -56,30 +73,31 @@ if RayLauncher is not None:
             from hydra.core.utils import configure_log, setup_globals
             from hydra_plugins.hydra_ray_launcher._launcher_util import launch_job_on_ray, start_ray
 
-            from builder.errors import MdbuildError
-
             setup_globals()
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
             Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
             start_ray(OmegaConf.create(without_empty_env(OmegaConf.to_container(self.ray_cfg.init, resolve=True))))
             base = OmegaConf.to_container(self.ray_cfg.remote, resolve=True) or {}
-            available = ray.cluster_resources()
-            jobs = []
-            for idx, overrides in enumerate(job_overrides, initial_job_idx):
+            nodes = ray.nodes()
+            planned = []
+            for idx, overrides in enumerate(job_overrides, initial_job_idx):  # every job checked before any starts
                 sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
                 target = OmegaConf.to_container(sweep_config.target, resolve=True)
-                remote = job_remote(base, target, self.resources)
-                short = {name: amount for name, amount in asked(remote).items() if available.get(name, 0) < amount}
-                if short:
-                    wants = ", ".join(f"{amount:g} {name}" for name, amount in short.items())
-                    has = ", ".join(f"{available.get(name, 0):g} {name}" for name in short)
-                    raise MdbuildError(f"job {idx} (target {target.get('name')}) asks Ray for {wants}; the cluster has {has}",
-                                       "hydra.launcher.resources", "add a node that has them, or build that target "
-                                       "elsewhere (a full-TensorRT build needs a GPU; target.options.flavor=auto builds "
-                                       "an RTX engine and a deferred build without one)")
+                remote, where = job_remote(base, target, self.resources)
+                wanted = asked(remote, where)
+                if not placeable(wanted, nodes):
+                    largest = max((node.get("Resources") or {} for node in nodes if node.get("Alive")),
+                                  key=lambda have: [have.get(name, 0) for name in wanted], default={})
+                    wants = ", ".join(f"{amount:g} {name}" for name, amount in wanted.items())
+                    has = ", ".join(f"{largest.get(name, 0):g} {name}" for name in wanted)
+                    raise MdbuildError(f"job {idx} (target {target.get('name')}) asks Ray for {wants} on one node; the "
+                                       f"cluster's best node has {has}", where,
+                                       "ask for what one node has, or add a node that has it (a full-TensorRT build "
+                                       "needs a GPU: target.options.flavor=auto builds without one)")
                 with open_dict(sweep_config):
                     sweep_config.hydra.job.id = f"job_id_for_{idx}"
                     sweep_config.hydra.job.num = idx
-                jobs.append(launch_job_on_ray(self.hydra_context, OmegaConf.create(remote), sweep_config,
-                                              self.task_function, Singleton.get_state()))
+                planned.append((remote, sweep_config))
+            jobs = [launch_job_on_ray(self.hydra_context, OmegaConf.create(remote), sweep_config, self.task_function,
+                                      Singleton.get_state()) for remote, sweep_config in planned]
             return [ray.get(job) for job in jobs]
