@@ -84,6 +84,9 @@ class Backend:
     # "module:function" -> None when its compiled models run on this host, else why not (found without
     # importing an SDK); None: they run wherever the SDK is installed. target=auto builds only these.
     runs_here: str | None = None
+    # (recipe name, the model's directory in the artifact) -> {path in the artifact: text}: the files another
+    # serving system needs beside the model (TensorFlow Serving's models.config).
+    serving_files: Callable[[str, str], dict[str, str]] | None = None
     # target config -> the Ray resources a sweep job of it asks for (hydra/launcher=ray_cluster).
     resources: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,41 @@ def selftest(artifact) -> str:
     return proc.stdout
 
 
+def tf_serving_request(artifact: Path, name: str) -> None:
+    """What TensorFlow Serving would do with the artifact, short of its server binary (not installable here):
+    parse tf_serving/models.config, scan the base path for version directories, build the PredictRequest a
+    client sends (tensorflow-serving-api), check it against the SavedModel's serving_default signature, and
+    run it through TensorFlow's own loader: the answer must be the artifact's verified one."""
+    python(f"""
+import json, os
+import numpy as np
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.config import model_server_config_pb2
+config = text_format.Parse(open("tf_serving/models.config").read(), model_server_config_pb2.ModelServerConfig())
+model, = config.model_config_list.config
+assert model.name == {name!r} and model.model_platform == "tensorflow", model
+versions = [entry for entry in os.listdir(model.base_path) if entry.isdigit()]
+assert versions == ["1"], versions
+loaded = tf.saved_model.load(os.path.join(model.base_path, "1"), tags=["serve"])
+signature = loaded.signatures["serving_default"]
+samples = np.load("samples.npz")
+request = predict_pb2.PredictRequest()
+request.model_spec.name = model.name
+request.model_spec.signature_name = "serving_default"
+for key, spec in signature.structured_input_signature[1].items():
+    request.inputs[key].CopyFrom(tf.make_tensor_proto(samples["0/input/" + spec.name]))
+request = predict_pb2.PredictRequest.FromString(request.SerializeToString())  # as it travels
+feeds = {{key: tf.make_ndarray(tensor) for key, tensor in request.inputs.items()}}
+for key, spec in signature.structured_input_signature[1].items():
+    assert feeds[key].dtype == spec.dtype.as_numpy_dtype and spec.shape.is_compatible_with(feeds[key].shape)
+answers = signature(**{{key: tf.constant(value) for key, value in feeds.items()}})
+for output, value in answers.items():
+    assert np.allclose(value.numpy(), samples["0/artifact/" + output], rtol=1e-5, atol=1e-6), output
+""", artifact)
+
+
 def converter(artifact) -> dict:
     return read_json(artifact / "manifest.json")["runtime"]["converter"]
 
@@ -35,8 +71,10 @@ def test_pytorch_to_tensorflow(workspace):
     assert report["passed"] and report["outputs"]["logits"]["metrics"]["rel_l2"] < 1e-5
     assert converter(artifact) == {"name": "onnx2tf", "version": metadata.version("onnx2tf"), "format": "SavedModel",
                                    "inputs_layout_kept": ["image"]}
-    assert (artifact / "model_repository/cnn/1/model.savedmodel/saved_model.pb").is_file()
-    assert 'platform: "tensorflow_savedmodel"' in (artifact / "model_repository/cnn/config.pbtxt").read_text()
+    assert (artifact / "model_repository/cnn/1/1/saved_model.pb").is_file()  # one copy: Triton's model file "1",
+    pbtxt = (artifact / "model_repository/cnn/config.pbtxt").read_text()  # TensorFlow Serving's version 1
+    assert 'platform: "tensorflow_savedmodel"' in pbtxt and 'default_model_filename: "1"' in pbtxt
+    tf_serving_request(artifact, "cnn")
     assert f"tensorflow=={metadata.version('tensorflow')}" in (artifact / "requirements.txt").read_text()
     assert "logits: rel_l2" in selftest(artifact)
     # A cold rebuild (another cache) saves the same SavedModel: TensorFlow's random fingerprint uuid is

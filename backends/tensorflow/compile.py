@@ -1,7 +1,8 @@
 """ONNX -> TensorFlow: onnx2tf converts the graph to a SavedModel (NCHW inputs kept as the recipe
 declares them), which is then re-signed so that its serving signature carries the recipe's output
-names (onnx2tf names them output_0, output_1, ...). The SavedModel is also what Triton's TensorFlow
-backend loads (model.savedmodel)."""
+names (onnx2tf names them output_0, output_1, ...). The SavedModel is saved once, in a directory named
+`1`: Triton's TensorFlow backend loads it as the version's model file (default_model_filename "1"), and
+TensorFlow Serving as version 1 of the base path model_repository/<name>/1 (tf_serving/models.config)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 from backends.onnx_graph import converter_record, signature
 from builder.errors import MdbuildError, first_line
 
-MODEL_DIR = "model.savedmodel"
+MODEL_DIR = "1"  # a version directory to TensorFlow Serving, the model file to Triton
 SIGNATURE = "serving_default"
 
 

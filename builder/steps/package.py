@@ -62,6 +62,9 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     if triton:
         (out / model_dir.parent / "config.pbtxt").write_text(
             config_pbtxt(recipe, triton, model.inputs, model.outputs, settings, serving))
+    for rel, text in (backend.serving_files(recipe, str(model_dir)) if backend.serving_files else {}).items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(text)
     _write_server(ctx, backend, out)
     if labels:
         shutil.copyfile(ctx.paths["labels"], out / "labels.txt")
