@@ -84,9 +84,12 @@ class Backend:
     # "module:function" -> None when its compiled models run on this host, else why not (found without
     # importing an SDK); None: they run wherever the SDK is installed. target=auto builds only these.
     runs_here: str | None = None
-    # (recipe name, the model's directory in the artifact) -> {path in the artifact: text}: the files another
-    # serving system needs beside the model (TensorFlow Serving's models.config).
-    serving_files: Callable[[str, str], dict[str, str]] | None = None
+    # "module:function" (artifact directory, the model's directory in it, its runtime settings, the package
+    # step's config) -> None:
+    # writes what another serving system needs beside the model (TensorFlow Serving's models.config, a
+    # TorchServe model archive); `packaging`: the distributions it uses (in the package key).
+    serving_files: str | None = None
+    packaging: tuple[str, ...] = ()
     # target config -> the Ray resources a sweep job of it asks for (hydra/launcher=ray_cluster).
     resources: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
@@ -121,6 +124,11 @@ class Backend:
             return None
         module, function = self.runs_here.split(":")
         return getattr(importlib.import_module(module), function)()
+
+    def write_serving_files(self, out, model_dir: str, settings: dict[str, Any], config: dict[str, Any]) -> None:
+        if self.serving_files:
+            module, function = self.serving_files.split(":")
+            getattr(importlib.import_module(module), function)(out, model_dir, settings, config)
 
     def compile(self, onnx_path, config: dict[str, Any], out) -> dict[str, Any]:
         return self._compile_module().compile_model(onnx_path, config, out)

@@ -155,7 +155,7 @@ def make_plan(spec: BuildSpec) -> Plan:
                   **{step.name: step.name for step in optimizations}},
         files={**serving_files, **module_code(f"backends.{backend.name}", "backend").files, **runtime_code,
                "serving_code": SERVING_DIR, "templates": resource_dir("templates")},
-        libraries=("jinja2", "numpy", "pillow", *backend.pinned),
+        libraries=("jinja2", "numpy", "pillow", *backend.pinned, *backend.packaging),
         host_dependent=True, reports=(REPORT_FILE, REPORT_PAGE), embeds_keys=True,
         isolated="package" in backend.isolated,
     ))

@@ -62,12 +62,10 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     if triton:
         (out / model_dir.parent / "config.pbtxt").write_text(
             config_pbtxt(recipe, triton, model.inputs, model.outputs, settings, serving))
-    for rel, text in (backend.serving_files(recipe, str(model_dir)) if backend.serving_files else {}).items():
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        (out / rel).write_text(text)
     _write_server(ctx, backend, out)
     if labels:
         shutil.copyfile(ctx.paths["labels"], out / "labels.txt")
+    backend.write_serving_files(out, str(model_dir), settings, config)  # beside the labels a handler may ship
     tensors = {kind: [{"name": name, "datatype": V2_NAMES.get(dtype, dtype), "shape": [-1 if d is None else d for d in dims]}
                       for name, (dtype, dims) in getattr(model, kind).items()] for kind in ("inputs", "outputs")}
     values = {

@@ -1,0 +1,61 @@
+"""A TorchServe model archive in the pytorch target's artifact (torchserve/<recipe>.mar), made with
+torch-model-archiver: the verified model file, the runtime module serve.py runs (runtime.py), the
+recipe's image preprocessing and labels, and a handler (torchserve_handler.py) that answers KServe v2
+JSON tensors, and images with the top classes where the recipe has labels. The archive is rewritten with
+fixed times (the archiver stamps the time of day into it), so one build gives one archive."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from builder.errors import MdbuildError, first_line
+
+HERE = Path(__file__).parent
+SPEC_FILE = "mdbuild.json"
+_FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def write(out: Path, model_dir: str, settings: dict[str, Any], config: dict[str, Any]) -> None:
+    recipe, serving = config["recipe"], config["serving"]
+    labels = out / "labels.txt"
+    spec = {"runtime": settings, "preprocess": config.get("preprocess") if labels.is_file() else None,
+            "top_k": serving["top_k"], "scores": serving["scores"], "output": serving["output"]}
+    with tempfile.TemporaryDirectory(prefix="mdbuild-mar-") as scratch:
+        staging = Path(scratch)
+        shutil.copyfile(HERE / "runtime.py", staging / "runtime.py")
+        shutil.copyfile(HERE.parents[1] / "builder" / "serving" / "preprocess.py", staging / "preprocess.py")
+        (staging / SPEC_FILE).write_text(json.dumps(spec, indent=1, sort_keys=True))
+        extras = [staging / "runtime.py", staging / "preprocess.py", staging / SPEC_FILE] + ([labels] if labels.is_file() else [])
+        command = [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", recipe, "--version", "1",
+                   "--serialized-file", str(out / model_dir / settings["model_file"]),
+                   "--handler", str(HERE / "torchserve_handler.py"), "--extra-files", ",".join(map(str, extras)),
+                   "--export-path", str(staging), "--force"]
+        done = subprocess.run(command, capture_output=True, text=True)
+        archive = staging / f"{recipe}.mar"
+        if done.returncode != 0 or not archive.is_file():
+            raise MdbuildError(f"torch-model-archiver failed: {first_line(Exception(done.stderr or done.stdout))}",
+                               "target.backend", "pip install 'mdbuild[torch]' (it brings torch-model-archiver)")
+        (out / "torchserve").mkdir()
+        _reproducible(archive, out / "torchserve" / f"{recipe}.mar")
+
+
+def _reproducible(source: Path, destination: Path) -> None:
+    """The archive with its entries in name order, fixed times, and the manifest's creation time fixed."""
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(destination, "w", zipfile.ZIP_DEFLATED) as copy:
+        for name in sorted(original.namelist()):
+            data = original.read(name)
+            if name == "MAR-INF/MANIFEST.json":
+                manifest = json.loads(data)
+                manifest["createdOn"] = "01/01/1980 00:00:00"
+                data = json.dumps(manifest, indent=4, sort_keys=True).encode()
+            entry = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            entry.external_attr = 0o644 << 16
+            copy.writestr(entry, data)

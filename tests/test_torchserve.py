@@ -1,0 +1,118 @@
+"""The pytorch target's TorchServe model archive, served by a real TorchServe (Java) on 127.0.0.1: its
+answers are the artifact's own (the outputs verification recorded in samples.npz)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import QUICK, cnn_recipe
+from test_serving import Served
+
+pytestmark = [pytest.mark.torch,
+              pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe runs on Java (17 on these machines)")]
+
+
+def _ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for probe in sockets:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in sockets]
+    finally:
+        for probe in sockets:
+            probe.close()
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def test_torchserve_serves_the_archive_with_the_artifacts_answers(workspace, tmp_path):
+    """Tensors (KServe v2 JSON) and an image (the recipe's preprocessing, top classes with labels), against the
+    outputs verification recorded and the artifact's own server's /classify."""
+    from PIL import Image
+
+    (workspace.root / "labels.txt").write_text("\n".join(f"class-{i}" for i in range(5)) + "\n")
+    preprocess = {"resize": 20, "center_crop": 16, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    workspace.recipe("cnn", {**cnn_recipe(), "preprocess": preprocess, "serving": {"labels": "labels.txt", "top_k": 3}})
+    artifact = workspace.run("+recipe=cnn", *QUICK, "target=pytorch").artifact
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+    photo = (tmp_path / "photo.png").read_bytes()
+    archive = artifact / "torchserve" / "cnn.mar"
+    assert "torchserve/cnn.mar" in json.loads((artifact / "manifest.json").read_text())["files"]  # checked at start
+    inference, management, metrics, grpc_inference, grpc_management, worker = _ports(6)
+    (tmp_path / "tmp").mkdir()
+    config = tmp_path / "config.properties"
+    config.write_text("\n".join([
+        f"inference_address=http://127.0.0.1:{inference}", f"management_address=http://127.0.0.1:{management}",
+        f"metrics_address=http://127.0.0.1:{metrics}", f"grpc_inference_port={grpc_inference}",
+        f"grpc_management_port={grpc_management}", f"initial_worker_port={worker}", "disable_token_authorization=true",
+        "default_workers_per_model=1", "install_py_dep_per_model=false"]) + "\n")
+    server = subprocess.Popen([str(Path(sys.executable).with_name("torchserve")), "--start", "--foreground", "--ncs",
+                               "--model-store", str(archive.parent), "--ts-config", str(config), "--models", "cnn=cnn.mar"],
+                              cwd=tmp_path, env={**os.environ, "TMPDIR": str(tmp_path / "tmp")}, start_new_session=True,
+                              stdout=open(tmp_path / "torchserve.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                workers = _get(f"http://127.0.0.1:{management}/models/cnn")[0]["workers"]
+                if workers and all(w["status"] == "READY" for w in workers):
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "torchserve.log").read_text()[-3000:]
+            time.sleep(1)
+        samples = np.load(artifact / "samples.npz")
+        image = samples["0/input/image"]
+        body = json.dumps({"inputs": [{"name": "image", "shape": list(image.shape), "datatype": "FP32",
+                                       "data": image.reshape(-1).tolist()}]}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{inference}/predictions/cnn", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            outputs = {o["name"]: np.asarray(o["data"], np.float32).reshape(o["shape"]) for o in json.loads(answer.read())["outputs"]}
+        np.testing.assert_allclose(outputs["logits"], samples["0/artifact/logits"], rtol=1e-5, atol=1e-6)
+        image = urllib.request.Request(f"http://127.0.0.1:{inference}/predictions/cnn", data=photo,
+                                       headers={"Content-Type": "image/png"})
+        with urllib.request.urlopen(image, timeout=30) as answer:
+            served_by_torchserve = json.loads(answer.read())["predictions"]
+        own = Served(artifact)
+        try:
+            status, _, data = own.request("POST", "/v2/models/cnn/classify", photo, {"Content-Type": "image/png"})
+        finally:
+            own.stop()
+        assert status == 200 and len(served_by_torchserve) == 3
+        for theirs, ours in zip(served_by_torchserve, json.loads(data)["predictions"]):
+            assert theirs["index"] == ours["index"] and theirs["label"] == ours["label"]
+            assert abs(theirs["score"] - ours["score"]) < 1e-5
+    finally:
+        for ending in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(server.pid, ending)
+            except ProcessLookupError:
+                break
+            time.sleep(3)
+        server.wait(timeout=30)
+
+
+def test_the_archive_is_the_same_for_the_same_build(workspace):
+    """torch-model-archiver stamps the time into it; the build fixes it, so two builds give one archive."""
+    workspace.recipe("cnn", cnn_recipe())
+    first = workspace.run("+recipe=cnn", *QUICK, "target=pytorch").artifact
+    again = workspace.run("+recipe=cnn", *QUICK, "target=pytorch", f"cache.dir={workspace.root / 'other-cache'}",
+                          "output.dir=elsewhere")
+    assert "package       running" in again.stdout
+    assert (again.artifact / "torchserve" / "cnn.mar").read_bytes() == (first / "torchserve" / "cnn.mar").read_bytes()
