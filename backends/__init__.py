@@ -113,6 +113,9 @@ class Backend:
         for package, distribution in ((self.package, self.distribution), (self.converter, self.converter)):
             if package and (not importable(package) or library_version(distribution) is None):
                 raise missing_extra(distribution, self.extra, where)
+        for distribution in self.packaging:  # what the package step needs: before compile and verify run
+            if library_version(distribution) is None:
+                raise missing_extra(distribution, self.extra, where)
 
     def unusable_here(self) -> str | None:
         """Why a model compiled for this backend cannot be built and run on this host, or None."""

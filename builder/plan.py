@@ -4,6 +4,8 @@ so every target of a sweep shares them (the README's "The build" draws the DAG).
 
 from __future__ import annotations
 
+import importlib
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,12 +156,23 @@ def make_plan(spec: BuildSpec) -> Plan:
         upstream={"compiled": previous, "report": "verify", "reference": "reference", "export": "export",
                   **{step.name: step.name for step in optimizations}},
         files={**serving_files, **module_code(f"backends.{backend.name}", "backend").files, **runtime_code,
+               **_serving_files_code(backend),
                "serving_code": SERVING_DIR, "templates": resource_dir("templates")},
         libraries=("jinja2", "numpy", "pillow", *backend.pinned, *backend.packaging),
         host_dependent=True, reports=(REPORT_FILE, REPORT_PAGE), embeds_keys=True,
         isolated="package" in backend.isolated,
     ))
     return Plan(spec, tuple(steps))
+
+
+def _serving_files_code(backend) -> dict[str, Path]:
+    """The module that writes another serving system's files (named by a string, so no import finds it)
+    and what it ships into them (its SHIPPED files): in the package key."""
+    if not backend.serving_files:
+        return {}
+    module = backend.serving_files.split(":")[0]
+    shipped = getattr(importlib.import_module(module), "SHIPPED", ())
+    return {**module_code(module, "serving_files").files, **{f"shipped/{path.name}": path for path in shipped}}
 
 
 def _labels_file(spec: BuildSpec, labels: str) -> Path:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -33,6 +34,15 @@ def _ports(count: int) -> list[int]:
     finally:
         for probe in sockets:
             probe.close()
+
+
+def _post(url: str, body: bytes) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
 
 
 def _get(url: str):
@@ -85,6 +95,13 @@ def test_torchserve_serves_the_archive_with_the_artifacts_answers(workspace, tmp
         with urllib.request.urlopen(request, timeout=30) as answer:
             outputs = {o["name"]: np.asarray(o["data"], np.float32).reshape(o["shape"]) for o in json.loads(answer.read())["outputs"]}
         np.testing.assert_allclose(outputs["logits"], samples["0/artifact/logits"], rtol=1e-5, atol=1e-6)
+        assert answer.headers["Content-Type"] == "application/json"
+        nan = json.dumps({"inputs": [{"name": "image", "shape": list(image.shape), "datatype": "FP32",
+                                      "data": [float("nan")] * image.size}]}).encode()
+        for bad, message in ((nan, "input 'image' holds NaN or Inf values"), (body.replace(b'"FP32"', b'"INT64"'),
+                             "input 'image' has datatype 'INT64'; expected FP32"), (b"GIF89a", "the body is not valid JSON")):
+            refused = _post(f"http://127.0.0.1:{inference}/predictions/cnn", bad)
+            assert refused[0] == 400 and message in refused[1], refused  # what the artifact's own server refuses
         image = urllib.request.Request(f"http://127.0.0.1:{inference}/predictions/cnn", data=photo,
                                        headers={"Content-Type": "image/png"})
         with urllib.request.urlopen(image, timeout=30) as answer:
@@ -116,3 +133,13 @@ def test_the_archive_is_the_same_for_the_same_build(workspace):
                           "output.dir=elsewhere")
     assert "package       running" in again.stdout
     assert (again.artifact / "torchserve" / "cnn.mar").read_bytes() == (first / "torchserve" / "cnn.mar").read_bytes()
+
+
+def test_what_the_archive_ships_is_in_the_package_key():
+    """The archive's writer is named by a string (no import finds it): the plan hashes it and what it ships."""
+    from backends import get_backend
+    from builder.plan import _serving_files_code
+
+    shipped = {path.name for path in _serving_files_code(get_backend("pytorch")).values()}
+    assert {"torchserve.py", "torchserve_handler.py", "runtime.py", "protocol.py", "preprocess.py"} <= shipped
+    assert "tf_serving.py" in {path.name for path in _serving_files_code(get_backend("tensorflow")).values()}

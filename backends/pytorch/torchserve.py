@@ -1,7 +1,8 @@
 """A TorchServe model archive in the pytorch target's artifact (torchserve/<recipe>.mar), made with
 torch-model-archiver: the verified model file, the runtime module serve.py runs (runtime.py), the
-recipe's image preprocessing and labels, and a handler (torchserve_handler.py) that answers KServe v2
-JSON tensors, and images with the top classes where the recipe has labels. The archive is rewritten with
+server's request protocol (protocol.py), the recipe's image preprocessing and labels, and a handler
+(torchserve_handler.py) that answers KServe v2 requests, and images with the top classes where the
+recipe has labels. The archive is rewritten with
 fixed times (the archiver stamps the time of day into it), so one build gives one archive."""
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from builder.errors import MdbuildError, first_line
+from builder.errors import MdbuildError
 
 HERE = Path(__file__).parent
 SPEC_FILE = "mdbuild.json"
+SERVING = HERE.parents[1] / "builder" / "serving"
+# What the archive ships besides the model: in the package step's key (the plan hashes them).
+SHIPPED = (HERE / "torchserve_handler.py", HERE / "runtime.py", SERVING / "protocol.py", SERVING / "preprocess.py")
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
 
@@ -26,21 +30,22 @@ def write(out: Path, model_dir: str, settings: dict[str, Any], config: dict[str,
     recipe, serving = config["recipe"], config["serving"]
     labels = out / "labels.txt"
     spec = {"runtime": settings, "preprocess": config.get("preprocess") if labels.is_file() else None,
-            "top_k": serving["top_k"], "scores": serving["scores"], "output": serving["output"]}
+            "top_k": serving["top_k"], "scores": serving["scores"], "output": serving["output"],
+            "allow_nonfinite": serving["allow_nonfinite"], "requests": config["requests"]}
     with tempfile.TemporaryDirectory(prefix="mdbuild-mar-") as scratch:
         staging = Path(scratch)
-        shutil.copyfile(HERE / "runtime.py", staging / "runtime.py")
-        shutil.copyfile(HERE.parents[1] / "builder" / "serving" / "preprocess.py", staging / "preprocess.py")
+        extras = [Path(shutil.copyfile(source, staging / source.name)) for source in SHIPPED[1:]]
         (staging / SPEC_FILE).write_text(json.dumps(spec, indent=1, sort_keys=True))
-        extras = [staging / "runtime.py", staging / "preprocess.py", staging / SPEC_FILE] + ([labels] if labels.is_file() else [])
+        extras += [staging / SPEC_FILE] + ([labels] if labels.is_file() else [])
         command = [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", recipe, "--version", "1",
                    "--serialized-file", str(out / model_dir / settings["model_file"]),
-                   "--handler", str(HERE / "torchserve_handler.py"), "--extra-files", ",".join(map(str, extras)),
+                   "--handler", str(SHIPPED[0]), "--extra-files", ",".join(map(str, extras)),
                    "--export-path", str(staging), "--force"]
         done = subprocess.run(command, capture_output=True, text=True)
         archive = staging / f"{recipe}.mar"
         if done.returncode != 0 or not archive.is_file():
-            raise MdbuildError(f"torch-model-archiver failed: {first_line(Exception(done.stderr or done.stdout))}",
+            lines = [line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+            raise MdbuildError(f"torch-model-archiver failed: {lines[-1] if lines else f'exit {done.returncode}'}",
                                "target.backend", "pip install 'mdbuild[torch]' (it brings torch-model-archiver)")
         (out / "torchserve").mkdir()
         _reproducible(archive, out / "torchserve" / f"{recipe}.mar")

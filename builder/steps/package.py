@@ -65,7 +65,8 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     _write_server(ctx, backend, out)
     if labels:
         shutil.copyfile(ctx.paths["labels"], out / "labels.txt")
-    backend.write_serving_files(out, str(model_dir), settings, config)  # beside the labels a handler may ship
+    # Beside the labels a handler may ship; with the request contract serve.py enforces.
+    backend.write_serving_files(out, str(model_dir), settings, {**config, "requests": _request_contract(config["model"])})
     tensors = {kind: [{"name": name, "datatype": V2_NAMES.get(dtype, dtype), "shape": [-1 if d is None else d for d in dims]}
                       for name, (dtype, dims) in getattr(model, kind).items()] for kind in ("inputs", "outputs")}
     values = {
