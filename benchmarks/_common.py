@@ -39,13 +39,19 @@ def ray_head(env: dict, cpus: int, gpus: int = 0) -> Iterator[str]:
             time.sleep(1)
         yield f"127.0.0.1:{port}"
     finally:
-        for ending in (signal.SIGTERM, signal.SIGKILL):  # SIGKILL: whatever did not end on SIGTERM
-            try:
-                os.killpg(head.pid, ending)
-            except ProcessLookupError:
-                break
-            time.sleep(3)
-        head.wait(timeout=30)
+        end_session(head)
+
+
+def end_session(process: subprocess.Popen) -> None:
+    """Ends a process started with start_new_session=True and every process of its session: SIGTERM, then
+    SIGKILL for whatever did not end (a server's workers)."""
+    for ending in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, ending)
+        except ProcessLookupError:
+            break
+        time.sleep(3)
+    process.wait(timeout=30)
 
 
 def print_host() -> None:

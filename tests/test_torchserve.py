@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import numpy as np
 import pytest
 
 from conftest import QUICK, cnn_recipe
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+from _common import end_session  # noqa: E402 - the benchmarks' helpers are not a package
 from test_serving import Served
 
 pytestmark = [pytest.mark.torch,
@@ -116,13 +117,7 @@ def test_torchserve_serves_the_archive_with_the_artifacts_answers(workspace, tmp
             assert theirs["index"] == ours["index"] and theirs["label"] == ours["label"]
             assert abs(theirs["score"] - ours["score"]) < 1e-5
     finally:
-        for ending in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(server.pid, ending)
-            except ProcessLookupError:
-                break
-            time.sleep(3)
-        server.wait(timeout=30)
+        end_session(server)
 
 
 def test_the_archive_is_the_same_for_the_same_build(workspace):
