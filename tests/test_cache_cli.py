@@ -35,7 +35,7 @@ def test_ls_and_du_show_every_entry_its_step_and_whether_a_lock_names_it(two_bui
     rows = [line.split() for line in listing[1:]]
     assert len(rows) == 10 and sum(row[-1] == "yes" for row in rows) == 5  # the lock names the second build
     usage = two_builds.run("cache", "du").stdout
-    assert "export" in usage and "total           10 entries" in usage
+    assert "export" in usage and any(line.split()[:3] == ["total", "10", "entries"] for line in usage.splitlines())
 
 
 def test_gc_removes_the_least_recently_used_but_never_what_a_lock_names(two_builds):
