@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shlex
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from backends import Unavailable, discovered
 from builder.artifact import point_latest
 from builder.build import check_outputs, open_cache
 from builder.errors import MdbuildError, Terminated
+from builder.hashing import write_atomically
 from builder.lock import lock_path, locked_entry, update
 from builder.plan import make_plan
 from builder.progress import Console
@@ -312,10 +312,10 @@ def _drop_from_report(artifact: Path) -> None:
 def _edit_report(artifact: Path, record: dict[str, Any] | None, section: str) -> None:
     report = json.loads((artifact / REPORT_FILE).read_text())
     report.pop("selection", None)
-    _replace(artifact / REPORT_FILE, json.dumps({**report, **({"selection": record} if record else {})}, indent=2) + "\n")
+    write_atomically(artifact / REPORT_FILE, json.dumps({**report, **({"selection": record} if record else {})}, indent=2) + "\n")
     page = artifact / REPORT_PAGE
     if page.is_file():
-        _replace(page, page.read_text().split(_SECTION)[0].rstrip("\n") + section)
+        write_atomically(page, page.read_text().split(_SECTION)[0].rstrip("\n") + section)
 
 
 _COLUMNS = (("target", "target"), ("passed", "result"), ("race_p50_ms", "p50 ms, raced"), ("p50_ms", "p50 ms at verify"),
@@ -331,12 +331,3 @@ def _table(record: dict[str, Any]) -> str:
     if record["skipped"]:
         lines += ["", "Skipped:", ""] + [f"- {name}: {why}" for name, why in record["skipped"].items()]
     return "\n".join(lines)
-
-
-def _replace(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 from builder.errors import MdbuildError
 from builder.locking import Held, Unshared, lease
 from builder.remote import Remote
-from builder.hashing import DigestMemo, digest_tree, list_files, sha256_file, sha256_text
+from builder.hashing import DigestMemo, digest_tree, list_files, sha256_file, sha256_text, write_atomically
 
 _ENTRY_FORMAT = 1
 HOST = socket.gethostname().replace("-", "_") or "host"
@@ -290,9 +290,7 @@ class Cache:
     def write_record(self, kind: str, name: str, value: Any) -> None:
         path = self.root / kind / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(value, sort_keys=True))
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps(value, sort_keys=True))
 
 
 def _check_file(path: Path, info: dict[str, Any]) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,17 @@ def canonical_json(obj: Any) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replaces `path` in one rename: a reader (another build) sees the old text or the new, never a part;
+    the temporary file is this process's and thread's own, and is gone after a failure."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def sha256_file(path: Path) -> str:
@@ -77,7 +89,5 @@ class DigestMemo:
         if not self._dirty or self._store is None:
             return
         self._store.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._store.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self._entries))
-        os.replace(tmp, self._store)
+        write_atomically(self._store, json.dumps(self._entries))
         self._dirty = False

@@ -10,13 +10,13 @@ on the host that wrote the lock: a lock checks on any machine, and the check say
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from builder.cache import Cache
 from builder.errors import MdbuildError
 from builder.execute import StepResult
+from builder.hashing import write_atomically
 from builder.keys import walk
 from builder.locking import exclusive
 from builder.plan import Plan, StepNode
@@ -90,12 +90,7 @@ def update(path: Path, recipe: str, target: str, entry: dict[str, Any]) -> str |
         data["recipe"] = recipe
         data["targets"][target] = entry
         data["targets"] = dict(sorted(data["targets"].items()))
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomically(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
     return note
 
 
