@@ -42,6 +42,56 @@ def ray_head(env: dict, cpus: int, gpus: int = 0) -> Iterator[str]:
         end_session(head)
 
 
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for probe in sockets:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in sockets]
+    finally:
+        for probe in sockets:
+            probe.close()
+
+
+@contextmanager
+def torchserve(archive: Path, workdir: Path, workers: int = 1) -> Iterator[str]:
+    """A real TorchServe (Java) serving a model archive on 127.0.0.1 (its inference address), once its
+    workers are ready; token authorization off; ended with its whole session after."""
+    import urllib.request
+
+    name = archive.stem
+    inference, management, metrics, grpc_inference, grpc_management, worker = free_ports(6)
+    (workdir / "tmp").mkdir(exist_ok=True)
+    config = workdir / "config.properties"
+    config.write_text("\n".join([
+        f"inference_address=http://127.0.0.1:{inference}", f"management_address=http://127.0.0.1:{management}",
+        f"metrics_address=http://127.0.0.1:{metrics}", f"grpc_inference_port={grpc_inference}",
+        f"grpc_management_port={grpc_management}", f"initial_worker_port={worker}", "disable_token_authorization=true",
+        f"default_workers_per_model={workers}", "install_py_dep_per_model=false"]) + "\n")
+    log = workdir / "torchserve.log"
+    # TorchServe writes logs and a key file where it starts: workdir, never the artifact.
+    server = subprocess.Popen([str(Path(sys.executable).with_name("torchserve")), "--start", "--foreground", "--ncs",
+                               "--model-store", str(archive.parent), "--ts-config", str(config), "--models",
+                               f"{name}={archive.name}"], cwd=workdir, env={**os.environ, "TMPDIR": str(workdir / "tmp")},
+                              start_new_session=True, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{management}/models/{name}", timeout=10) as answer:
+                    workers_now = json.loads(answer.read())[0]["workers"]
+                if workers_now and all(w["status"] == "READY" for w in workers_now):
+                    break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("TorchServe did not become ready: " + log.read_text()[-3000:])
+            time.sleep(1)
+        yield f"http://127.0.0.1:{inference}"
+    finally:
+        end_session(server)
+
+
 def end_session(process: subprocess.Popen) -> None:
     """Ends a process started with start_new_session=True and every process of its session: SIGTERM, then
     SIGKILL for whatever did not end (a server's workers)."""

@@ -1,6 +1,7 @@
 """Issue-4 figures from one run: the generated server under load at 1, 4 and 16 concurrent clients
-(binary tensors over keep-alive connections), against the raw runtime in this process, and dynamic
-batching on versus off at 16 clients.
+(binary tensors over keep-alive connections), against the raw runtime in this process, the server's
+own cost per request over HTTP and over gRPC side by side, and dynamic batching on versus off at 16
+clients.
 
     .venv/bin/python benchmarks/serving_load.py [--recipe resnet50] [--targets onnxruntime_fp32,openvino_int8]
 """
@@ -30,9 +31,21 @@ def binary_body(feeds) -> tuple[bytes, dict]:
 
 
 def start(artifact: Path, *args: str) -> tuple[subprocess.Popen, int]:
+    proc, line = _launch(artifact, *args)
+    return proc, int(line.split("127.0.0.1:")[1].split("/")[0])
+
+
+def start_with_grpc(artifact: Path, *args: str) -> tuple[subprocess.Popen, int, str]:
+    """(the server, its HTTP port, its gRPC address)."""
+    proc, line = _launch(artifact, "--grpc-port", "0", *args)
+    return proc, int(line.split("127.0.0.1:")[1].split("/")[0]), line.split(" · gRPC on ", 1)[1].split()[0]
+
+
+def _launch(artifact: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """serve.py on free ports, and its start line."""
     proc = subprocess.Popen([sys.executable, str(artifact / "serve.py"), "--port", "0", *args], cwd=artifact,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    return proc, int(proc.stdout.readline().split("127.0.0.1:")[1].split("/")[0])
+    return proc, proc.stdout.readline()
 
 
 def load(port: int, path: str, body: bytes, headers: dict, clients: int, seconds: float) -> dict:
@@ -92,6 +105,55 @@ def overhead_breakdown(before: dict, after: dict, client_mean_ms: float) -> str:
     return (f"overhead {overhead:.2f} ms per request = client {client_mean_ms:.2f} - model {mean['compute_infer']:.2f} "
             f"(decode {mean['compute_input']:.2f}, queue {mean['queue']:.2f}, encode {mean['compute_output']:.2f}, "
             f"HTTP both sides and hand-offs {client_mean_ms - mean['success']:.2f})")
+
+
+def transport_overheads(port: int, model: str, runners: dict[str, Callable[[], None]], rounds: int,
+                        per_round: int = 20) -> dict[str, tuple[float, float]]:
+    """{transport: (median client latency, median server overhead)} in ms at c=1: blocks of requests
+    over each transport alternate; a block's overhead is its mean client latency minus the mean
+    compute_infer of the same requests (statistics extension), so the model's own time drops out."""
+    for run in runners.values():
+        for _ in range(5):
+            run()
+    blocks: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            before = server_stats(port, model)["inference_stats"]
+            began = time.perf_counter()
+            for _ in range(per_round):
+                run()
+            client_ms = (time.perf_counter() - began) * 1e3 / per_round
+            after = server_stats(port, model)["inference_stats"]
+            infer_ms = (after["compute_infer"]["ns"] - before["compute_infer"]["ns"]) / per_round / 1e6
+            blocks[name].append((client_ms, client_ms - infer_ms))
+    return {name: (statistics.median(b[0] for b in rows), statistics.median(b[1] for b in rows))
+            for name, rows in blocks.items()}
+
+
+def grpc_runners(address: str, model: str, feeds, output: str) -> dict[str, Callable[[], None]]:
+    """c=1 ModelInfer calls, inputs and outputs as raw bytes: one message serialized once and sent as
+    is (as the HTTP runner sends one prebuilt body), and tritonclient.grpc building each request and
+    reading each answer (what a client library adds)."""
+    import grpc
+    import tritonclient.grpc as triton
+
+    from builder.serving.grpc_v2 import MESSAGES
+
+    request = MESSAGES["ModelInferRequest"](model_name=model)
+    for name, value in feeds.items():
+        request.inputs.add(name=name, datatype="FP32", shape=value.shape)
+        request.raw_input_contents.append(value.tobytes())
+    message = request.SerializeToString()
+    channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", -1),
+                                                      ("grpc.max_receive_message_length", -1)])
+    infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes in, bytes out
+    client = triton.InferenceServerClient(address)
+    inputs = []
+    for name, value in feeds.items():
+        tensor = triton.InferInput(name, list(value.shape), "FP32")
+        tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    return {"gRPC": lambda: infer(message), "gRPC tritonclient": lambda: client.infer(model, inputs).as_numpy(output)}
 
 
 def batch_rates(model, feeds, sizes=(1, 4, 8, 16), rounds: int = 4, seconds: float = 1.0) -> dict[int, float]:
@@ -171,6 +233,7 @@ def main() -> None:
     parser.add_argument("--targets", default="onnxruntime_fp32,openvino_int8")
     parser.add_argument("--seconds", type=float, default=6.0, help="length of each load run")
     parser.add_argument("--rounds", type=int, default=3, help="alternations of batching off and on at 16 clients")
+    parser.add_argument("--transport-rounds", type=int, default=8, help="alternations of HTTP and gRPC blocks at c=1")
     args = parser.parse_args()
     print_host()
     with tempfile.TemporaryDirectory() as scratch:
@@ -182,7 +245,7 @@ def main() -> None:
             body, headers = binary_body(feeds)
             path = f"/v2/models/{manifest['recipe']}/infer"
             print(f"\n{manifest['target']}")
-            proc, port = start(artifact)
+            proc, port, grpc_address = start_with_grpc(artifact)
             try:
                 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
@@ -193,6 +256,12 @@ def main() -> None:
                 local, server, overhead = overhead_ms(lambda: model.run(feeds), served)
                 print(f"  p50 in-process {local:.2f} ms, server (binary, c=1) {server:.2f} ms, "
                       f"overhead {overhead:.2f} ms (median of paired rounds; goal <= 2)")
+                runners = {"HTTP": served, **grpc_runners(grpc_address, manifest["recipe"], feeds, next(iter(model.outputs)))}
+                transports = transport_overheads(port, manifest["recipe"], runners, args.transport_rounds)
+                for name, (client_ms, own_ms) in transports.items():
+                    print(f"  {name:<17} c=1 binary: client {client_ms:7.2f} ms, overhead {own_ms:.2f} ms "
+                          f"(client - compute_infer; median of {args.transport_rounds} interleaved blocks)")
+                print(f"  gRPC / HTTP overhead {transports['gRPC'][1] / transports['HTTP'][1]:.2f}")
                 for clients in (1, 4):
                     before = server_stats(port, manifest["recipe"])
                     r = load(port, path, body, headers, clients, args.seconds)

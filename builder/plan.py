@@ -150,7 +150,7 @@ def make_plan(spec: BuildSpec) -> Plan:
     serving_files = {"labels": _labels_file(spec, labels)} if labels else {}
     package_reading = _reading(config, package.reads(config))
     steps.append(StepNode(
-        id="package", run="builder.steps.package:run", version=2,
+        id="package", run="builder.steps.package:run", version=3,
         config={**package_reading["config"], "recipe": spec.recipe, "mdbuild": __version__},
         reads=package_reading["reads"],
         upstream={"compiled": previous, "report": "verify", "reference": "reference", "export": "export",
@@ -158,7 +158,7 @@ def make_plan(spec: BuildSpec) -> Plan:
         files={**serving_files, **module_code(f"backends.{backend.name}", "backend").files, **runtime_code,
                **_serving_files_code(backend),
                "serving_code": SERVING_DIR, "templates": resource_dir("templates")},
-        libraries=("jinja2", "numpy", "pillow", *backend.pinned, *backend.packaging),
+        libraries=("jinja2", "numpy", "pillow", "pyyaml", "grpcio", "protobuf", *backend.pinned, *backend.packaging),
         host_dependent=True, reports=(REPORT_FILE, REPORT_PAGE), embeds_keys=True,
         isolated="package" in backend.isolated,
     ))

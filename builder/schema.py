@@ -116,6 +116,11 @@ class ServingConfig:
     top_k: int = 5
     scores: str = "softmax"  # softmax | raw
     output: Optional[str] = None  # the output classified (default: the first)
+    # Model monitoring: reference statistics in the artifact, drift metrics on /metrics, alert rules.
+    monitoring: bool = True
+    drift_window: int = 1000  # rows the live statistics cover (serve.py --drift-window overrides)
+    drift_min_rows: int = 500  # rows in the window before a drift alert may fire (fewer: PSI is noise)
+    drift_threshold: float = 0.2  # PSI above which a tensor has drifted
 
 
 @dataclass

@@ -73,6 +73,9 @@ _BOUNDS = (
     ("serving.max_queue_delay_ms", 0, True, "milliseconds a request waits for a batch"),
     ("serving.max_body_bytes", 1, True, "bytes of a request body"),
     ("serving.top_k", 1, True, "classes answered"),
+    ("serving.drift_window", 1, True, "rows"),
+    ("serving.drift_min_rows", 1, True, "rows"),
+    ("serving.drift_threshold", 0, False, "a population stability index"),
     ("hardware.intra_op_threads", 0, True, "threads (0: the runtime chooses)"),
     ("hardware.inter_op_threads", 0, True, "threads (0: the runtime chooses)"),
     ("verify.seed", 0, True, "a seed"),
@@ -124,6 +127,10 @@ def _settings(config: dict) -> None:
         raise MdbuildError(f"min_runs {latency['min_runs']} exceeds max_runs {latency['max_runs']}", "verify.latency.min_runs",
                            "make min_runs at most max_runs")
     _choice(config["serving"]["scores"], _SCORES, "serving.scores")
+    serving = config["serving"]
+    if serving["drift_min_rows"] > serving["drift_window"]:
+        raise MdbuildError(f"drift_min_rows {serving['drift_min_rows']} exceeds drift_window {serving['drift_window']}: "
+                           "the drift alerts could never fire", "serving.drift_min_rows", "make it at most serving.drift_window")
     if not config["output"]["dir"]:
         raise MdbuildError("the artifacts' directory is empty", "output.dir", "give a directory, e.g. artifacts (the default)")
     preprocess = config["preprocess"]

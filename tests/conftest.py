@@ -166,3 +166,27 @@ def hiding(directory: Path, *packages: str) -> dict:
         sys.meta_path.insert(0, Hide())
     """))
     return {"PYTHONPATH": str(directory)}
+
+
+@pytest.fixture(scope="session")
+def prometheus_binary() -> Path:
+    """A real Prometheus: on the PATH, or Debian's package (2.42, the registry these machines reach: no
+    pip wheel carries it) unpacked once into the user's cache."""
+    found = shutil.which("prometheus")
+    if found:
+        return Path(found)
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mdbuild-tests" / "prometheus"
+    binary = home / "usr" / "bin" / "prometheus"
+    if not binary.is_file():
+        import tempfile
+
+        home.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=home.parent) as download:  # beside it: the rename stays on one disk
+            fetched = subprocess.run(["apt-get", "download", "prometheus"], cwd=download, capture_output=True, text=True)
+            assert fetched.returncode == 0, f"apt-get download prometheus failed: {fetched.stderr}"
+            package, = Path(download).glob("prometheus_*.deb")
+            unpacked = Path(download) / "unpacked"
+            subprocess.run(["dpkg-deb", "-x", str(package), str(unpacked)], check=True)
+            shutil.rmtree(home, ignore_errors=True)
+            os.replace(unpacked, home)  # whole or not at all
+    return binary

@@ -30,6 +30,9 @@ BAD = [
     ("serving.max_queue_delay_ms=-2", "serving.max_queue_delay_ms: -2.0 is not valid"),
     ("serving.max_queue_delay_ms=nan", "serving.max_queue_delay_ms: nan is not valid"),
     ("serving.top_k=-3", "serving.top_k: -3 is not valid: classes answered, at least 1"),
+    ("serving.drift_threshold=0", "serving.drift_threshold: 0.0 is not valid: a population stability index, more than 0"),
+    ("serving.drift_min_rows=2000", "serving.drift_min_rows: drift_min_rows 2000 exceeds drift_window 1000: the drift "
+                                    "alerts could never fire"),
     ("preprocess.std=[0,1,1]", "preprocess.std: std [0.0, 1.0, 1.0] divides by a value that is not positive"),
     ("preprocess.mean=[0.5,0.5]", "preprocess.mean: 2 values for 3 channels (RGB) (fix: give 1 value or 3)"),
     ("preprocess.resize=0", "preprocess.resize: 0 pixels is not a size"),

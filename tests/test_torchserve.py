@@ -4,12 +4,8 @@ answers are the artifact's own (the outputs verification recorded in samples.npz
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,22 +15,11 @@ import pytest
 
 from conftest import QUICK, cnn_recipe
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-from _common import end_session  # noqa: E402 - the benchmarks' helpers are not a package
+from _common import torchserve  # noqa: E402 - the benchmarks' helpers are not a package
 from test_serving import Served
 
 pytestmark = [pytest.mark.torch,
               pytest.mark.skipif(shutil.which("java") is None, reason="TorchServe runs on Java (17 on these machines)")]
-
-
-def _ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for probe in sockets:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in sockets]
-    finally:
-        for probe in sockets:
-            probe.close()
 
 
 def _post(url: str, body: bytes) -> tuple[int, str]:
@@ -44,11 +29,6 @@ def _post(url: str, body: bytes) -> tuple[int, str]:
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as refused:
         return refused.code, refused.read().decode()
-
-
-def _get(url: str):
-    with urllib.request.urlopen(url, timeout=10) as answer:
-        return json.loads(answer.read())
 
 
 def test_torchserve_serves_the_archive_with_the_artifacts_answers(workspace, tmp_path):
@@ -64,34 +44,12 @@ def test_torchserve_serves_the_archive_with_the_artifacts_answers(workspace, tmp
     photo = (tmp_path / "photo.png").read_bytes()
     archive = artifact / "torchserve" / "cnn.mar"
     assert "torchserve/cnn.mar" in json.loads((artifact / "manifest.json").read_text())["files"]  # checked at start
-    inference, management, metrics, grpc_inference, grpc_management, worker = _ports(6)
-    (tmp_path / "tmp").mkdir()
-    config = tmp_path / "config.properties"
-    config.write_text("\n".join([
-        f"inference_address=http://127.0.0.1:{inference}", f"management_address=http://127.0.0.1:{management}",
-        f"metrics_address=http://127.0.0.1:{metrics}", f"grpc_inference_port={grpc_inference}",
-        f"grpc_management_port={grpc_management}", f"initial_worker_port={worker}", "disable_token_authorization=true",
-        "default_workers_per_model=1", "install_py_dep_per_model=false"]) + "\n")
-    server = subprocess.Popen([str(Path(sys.executable).with_name("torchserve")), "--start", "--foreground", "--ncs",
-                               "--model-store", str(archive.parent), "--ts-config", str(config), "--models", "cnn=cnn.mar"],
-                              cwd=tmp_path, env={**os.environ, "TMPDIR": str(tmp_path / "tmp")}, start_new_session=True,
-                              stdout=open(tmp_path / "torchserve.log", "w"), stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                workers = _get(f"http://127.0.0.1:{management}/models/cnn")[0]["workers"]
-                if workers and all(w["status"] == "READY" for w in workers):
-                    break
-            except OSError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "torchserve.log").read_text()[-3000:]
-            time.sleep(1)
+    with torchserve(archive, tmp_path) as base:
         samples = np.load(artifact / "samples.npz")
         image = samples["0/input/image"]
         body = json.dumps({"inputs": [{"name": "image", "shape": list(image.shape), "datatype": "FP32",
                                        "data": image.reshape(-1).tolist()}]}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{inference}/predictions/cnn", data=body,
+        request = urllib.request.Request(f"{base}/predictions/cnn", data=body,
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as answer:
             outputs = {o["name"]: np.asarray(o["data"], np.float32).reshape(o["shape"]) for o in json.loads(answer.read())["outputs"]}
@@ -101,9 +59,9 @@ def test_torchserve_serves_the_archive_with_the_artifacts_answers(workspace, tmp
                                       "data": [float("nan")] * image.size}]}).encode()
         for bad, message in ((nan, "input 'image' holds NaN or Inf values"), (body.replace(b'"FP32"', b'"INT64"'),
                              "input 'image' has datatype 'INT64'; expected FP32"), (b"GIF89a", "the body is not valid JSON")):
-            refused = _post(f"http://127.0.0.1:{inference}/predictions/cnn", bad)
+            refused = _post(f"{base}/predictions/cnn", bad)
             assert refused[0] == 400 and message in refused[1], refused  # what the artifact's own server refuses
-        image = urllib.request.Request(f"http://127.0.0.1:{inference}/predictions/cnn", data=photo,
+        image = urllib.request.Request(f"{base}/predictions/cnn", data=photo,
                                        headers={"Content-Type": "image/png"})
         with urllib.request.urlopen(image, timeout=30) as answer:
             served_by_torchserve = json.loads(answer.read())["predictions"]
@@ -112,12 +70,10 @@ def test_torchserve_serves_the_archive_with_the_artifacts_answers(workspace, tmp
             status, _, data = own.request("POST", "/v2/models/cnn/classify", photo, {"Content-Type": "image/png"})
         finally:
             own.stop()
-        assert status == 200 and len(served_by_torchserve) == 3
-        for theirs, ours in zip(served_by_torchserve, json.loads(data)["predictions"]):
-            assert theirs["index"] == ours["index"] and theirs["label"] == ours["label"]
-            assert abs(theirs["score"] - ours["score"]) < 1e-5
-    finally:
-        end_session(server)
+    assert status == 200 and len(served_by_torchserve) == 3
+    for theirs, ours in zip(served_by_torchserve, json.loads(data)["predictions"]):
+        assert theirs["index"] == ours["index"] and theirs["label"] == ours["label"]
+        assert abs(theirs["score"] - ours["score"]) < 1e-5
 
 
 def test_the_archive_is_the_same_for_the_same_build(workspace):

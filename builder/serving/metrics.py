@@ -56,7 +56,8 @@ class Metrics:
         with self._lock:
             self._batch.observe(rows)
 
-    def render(self):
+    def render(self, extra=()):
+        """The text exposition; `extra`: more lines (the model monitor's) before the process's own."""
         with self._lock:
             lines = ["# TYPE mdbuild_requests_total counter"]
             lines += [f'mdbuild_requests_total{{model="{self._model}",route="{route}",code="{code}"}} {count}'
@@ -67,6 +68,7 @@ class Metrics:
             lines += self._latency.lines("mdbuild_request_duration_seconds")
             lines += self._batch.lines("mdbuild_batch_size")
             lines += ["# TYPE mdbuild_requests_in_flight gauge", f"mdbuild_requests_in_flight {self.in_flight}"]
+        lines += extra
         lines += ["# TYPE process_cpu_seconds_total counter", f"process_cpu_seconds_total {time.process_time()}",
                   "# TYPE process_resident_memory_bytes gauge", f"process_resident_memory_bytes {resident_bytes()}"]
         return "\n".join(lines) + "\n"

@@ -1,5 +1,6 @@
 """KServe v2 / Open Inference Protocol REST bodies: JSON tensors and the binary tensor data
-extension (Inference-Header-Content-Length, binary_data / binary_data_size parameters)."""
+extension (Inference-Header-Content-Length, binary_data / binary_data_size parameters), and the
+checks of a request's tensors that every transport (REST, gRPC, TorchServe's handler) shares."""
 
 import json
 import math
@@ -49,11 +50,9 @@ def _json(data):
     return request
 
 
-def decode_inputs(request, binary, model_inputs, allow_nonfinite, contract):
-    """{name: array} from the request's inputs, checked against the model's {name: (dtype, dims)} and the
-    manifest's request contract: integer value ranges (a token id past the vocabulary), dimensions the
-    inputs share by name, and the longest size of each (what the build verified)."""
-    ranges = contract["ranges"]
+def decode_inputs(request, binary, model_inputs, allow_nonfinite, contract, max_rows=None):
+    """{name: array} from a JSON request's inputs (JSON values or the binary tail), checked as every
+    transport checks them (check_tensor, check_values, check_feeds)."""
     tensors = request.get("inputs")
     if not isinstance(tensors, list):
         raise RequestError('the body must be a JSON object with an "inputs" list')
@@ -62,36 +61,68 @@ def decode_inputs(request, binary, model_inputs, allow_nonfinite, contract):
         if not isinstance(tensor, dict):
             raise RequestError("each entry of inputs must be an object with name, shape, datatype and data")
         name = tensor.get("name")
-        if not isinstance(name, str) or name not in model_inputs:
-            raise RequestError(f"unknown input {name!r}; this model takes {sorted(model_inputs)}", kind="bad_input")
-        if name in feeds:
-            raise RequestError(f"input {name!r} is given twice", kind="bad_input")
-        dtype, dims = model_inputs[name]
-        shape = _check_header(name, tensor, dtype, dims)
+        dtype, shape = check_tensor(name, tensor.get("datatype"), tensor.get("shape"), model_inputs, feeds)
         size = _parameters(tensor).get("binary_data_size")
         if size is not None:
             array, offset = _from_binary(name, binary, offset, size, dtype, shape)
         else:
             array = _from_json(name, tensor.get("data"), dtype, shape)
-        if not allow_nonfinite and array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise RequestError(f"input {name!r} holds NaN or Inf values, which this model does not accept", kind="bad_input")
-        if name in ranges and array.size:
-            low, high = ranges[name]
-            outside = ((array < low) if low is not None else False) | ((array >= high) if high is not None else False)
-            if np.any(outside):
-                raise RequestError(f"input {name!r} holds {array[outside].ravel()[0]}, outside its declared range "
-                                   f"[{'-inf' if low is None else low}, {'inf' if high is None else high})", kind="bad_input")
-        feeds[name] = array
+        feeds[name] = check_values(name, array, allow_nonfinite, contract)
+    if offset != len(binary):
+        raise RequestError(f"{len(binary) - offset} bytes of binary data belong to no input", kind="bad_binary")
+    check_feeds(feeds, model_inputs, contract, max_rows)
+    return feeds
+
+
+def check_tensor(name, datatype, shape, model_inputs, given):
+    """(dtype, shape) of one input as a request declares it: a known name, not in `given` already, the
+    model's datatype, and a shape of the model's rank that fits its fixed dimensions."""
+    if not isinstance(name, str) or name not in model_inputs:
+        raise RequestError(f"unknown input {name!r}; this model takes {sorted(model_inputs)}", kind="bad_input")
+    if name in given:
+        raise RequestError(f"input {name!r} is given twice", kind="bad_input")
+    dtype, dims = model_inputs[name]
+    expected_type = V2_NAMES.get(dtype, dtype)
+    if datatype != expected_type:
+        raise RequestError(f"input {name!r} has datatype {datatype!r}; expected {expected_type}", kind="bad_input")
+    if isinstance(shape, list) and 0 in shape:
+        raise RequestError(f"input {name!r} has shape {shape}: a request holds at least one row and one of each "
+                           "dimension", kind="bad_input")
+    if (not isinstance(shape, list) or len(shape) != len(dims)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)
+            or any(d is not None and d != s for d, s in zip(dims, shape))):
+        wanted = ["-1" if d is None else str(d) for d in dims]
+        raise RequestError(f"input {name!r} has shape {shape}; expected [{', '.join(wanted)}] (-1: any size)", kind="bad_input")
+    return dtype, shape
+
+
+def check_values(name, array, allow_nonfinite, contract):
+    """The array, once its values are ones the model takes: finite (unless allowed) and, for an integer
+    input, within the range the manifest's request contract declares (a token id past the vocabulary)."""
+    if not allow_nonfinite and array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise RequestError(f"input {name!r} holds NaN or Inf values, which this model does not accept", kind="bad_input")
+    ranges = contract["ranges"]
+    if name in ranges and array.size:
+        low, high = ranges[name]
+        outside = ((array < low) if low is not None else False) | ((array >= high) if high is not None else False)
+        if np.any(outside):
+            raise RequestError(f"input {name!r} holds {array[outside].ravel()[0]}, outside its declared range "
+                               f"[{'-inf' if low is None else low}, {'inf' if high is None else high})", kind="bad_input")
+    return array
+
+
+def check_feeds(feeds, model_inputs, contract, max_rows=None):
+    """The inputs together: one batch size, none missing, named dimensions that agree and stay within
+    what the build verified, and at most `max_rows` rows (an engine's optimization profile)."""
     leading = {array.shape[0] for name, array in feeds.items() if model_inputs[name][1] and model_inputs[name][1][0] is None}
     if len(leading) > 1:
         raise RequestError(f"the inputs disagree on the batch size (first dimension): {sorted(leading)}", kind="bad_input")
-    if offset != len(binary):
-        raise RequestError(f"{len(binary) - offset} bytes of binary data belong to no input", kind="bad_binary")
     missing = sorted(set(model_inputs) - set(feeds))
     if missing:
         raise RequestError(f"missing inputs {missing}", kind="bad_input")
     _check_dims(feeds, contract)
-    return feeds
+    if max_rows and any(len(value) > max_rows for value in feeds.values()):
+        raise RequestError(f"this engine takes at most {max_rows} rows per request (its optimization profile)")
 
 
 def _check_dims(feeds, contract):
@@ -117,22 +148,6 @@ def _parameters(entry):
     if not isinstance(parameters, dict):
         raise RequestError('"parameters" must be a JSON object')
     return parameters
-
-
-def _check_header(name, tensor, dtype, dims):
-    expected_type = V2_NAMES.get(dtype, dtype)
-    if tensor.get("datatype") != expected_type:
-        raise RequestError(f"input {name!r} has datatype {tensor.get('datatype')!r}; expected {expected_type}", kind="bad_input")
-    shape = tensor.get("shape")
-    if isinstance(shape, list) and 0 in shape:
-        raise RequestError(f"input {name!r} has shape {shape}: a request holds at least one row and one of each "
-                           "dimension", kind="bad_input")
-    if (not isinstance(shape, list) or len(shape) != len(dims)
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)
-            or any(d is not None and d != s for d, s in zip(dims, shape))):
-        wanted = ["-1" if d is None else str(d) for d in dims]
-        raise RequestError(f"input {name!r} has shape {shape}; expected [{', '.join(wanted)}] (-1: any size)", kind="bad_input")
-    return shape
 
 
 def _from_binary(name, binary, offset, size, dtype, shape):
@@ -198,10 +213,14 @@ def requested_outputs(request, model_outputs):
         return [(name, default_binary) for name in model_outputs]
     if not isinstance(wanted, list) or not all(isinstance(o, dict) for o in wanted):
         raise RequestError('"outputs" must be a list of objects with a name')
-    unknown = [o.get("name") for o in wanted if not isinstance(o.get("name"), str) or o.get("name") not in model_outputs]
+    check_outputs([o.get("name") for o in wanted], model_outputs)
+    return [(o["name"], bool(_parameters(o).get("binary_data", default_binary))) for o in wanted]
+
+
+def check_outputs(names, model_outputs):
+    unknown = [name for name in names if not isinstance(name, str) or name not in model_outputs]
     if unknown:
         raise RequestError(f"unknown outputs {unknown}; this model has {sorted(model_outputs)}", kind="bad_input")
-    return [(o["name"], bool(_parameters(o).get("binary_data", default_binary))) for o in wanted]
 
 
 def encode_response(model_name, request_id, results, outputs):

@@ -24,6 +24,7 @@ from .accuracy import compare, judge, read_cases, run_case
 from .batching import Batcher
 from .host import describe_cpu, same_numerics
 from .metrics import Metrics
+from .monitor import Monitor
 from .protocol import RequestError
 from .statistics import Statistics
 
@@ -34,7 +35,8 @@ class Service:
     """The model behind the routes: inference (batched or not), metadata, classification, and the
     statistics of every request that ran the model."""
 
-    def __init__(self, model, manifest, settings, labels):
+    def __init__(self, model, manifest, settings, labels, reference=None):
+        """`reference`: the build's monitoring statistics (None: no monitoring)."""
         self.model = model
         self.manifest = manifest
         self.name = manifest["recipe"]
@@ -42,6 +44,7 @@ class Service:
         self.labels = labels
         self.metrics = Metrics(self.name)
         self.statistics = Statistics(self.name)
+        self.monitor = Monitor(self.name, reference, settings["drift_window"]) if reference else None
         batching = settings["max_batch_size"] > 1 and all(dims and dims[0] is None for _, dims in model.inputs.values())
         self.batcher = Batcher(model.run, settings["max_batch_size"], settings["max_queue_delay_ms"] / 1e3,
                                self._executed) if batching else None
@@ -60,7 +63,7 @@ class Service:
         self._executed(len(next(iter(feeds.values()))), 0, infer_ns, 0)
         return outputs, 0, infer_ns
 
-    def _inference(self, prepare, answer):
+    def inference(self, prepare, answer):
         """One request through the model: `prepare()` gives (feeds, context), `answer(outputs,
         context)` the response; the time of each phase goes to the statistics."""
         began = time.perf_counter_ns()
@@ -69,6 +72,8 @@ class Service:
             prepared = time.perf_counter_ns()
             outputs, queue_ns, infer_ns = self.run(feeds)
             ran = time.perf_counter_ns()
+            if self.monitor is not None:
+                self.monitor.observe(feeds, outputs)
             response = answer(outputs, context)
         except Exception:
             self.statistics.failed(time.perf_counter_ns() - began)
@@ -81,17 +86,14 @@ class Service:
         def prepare():
             request, binary = protocol.split_body(body, header_length)
             feeds = protocol.decode_inputs(request, binary, self.model.inputs, self.settings["allow_nonfinite"],
-                                           self.manifest["requests"])
-            rows = self.manifest["runtime"].get("max_batch_size")  # an engine's profile bounds its batch
-            if rows and any(len(value) > rows for value in feeds.values()):
-                raise RequestError(f"this engine takes at most {rows} rows per request (its optimization profile)")
+                                           self.manifest["requests"], self.max_rows())
             return feeds, (request.get("id"), protocol.requested_outputs(request, self.model.outputs))
 
         def answer(results, context):
             request_id, outputs = context
             return protocol.encode_response(self.name, request_id, results, outputs)
 
-        return self._inference(prepare, answer)
+        return self.inference(prepare, answer)
 
     def classify(self, body, query):
         if not self.labels:
@@ -130,7 +132,7 @@ class Service:
                             "score": float(scores[i])} for i in best]
             return json.dumps({"model_name": self.name, "predictions": predictions}).encode(), {"Content-Type": "application/json"}
 
-        return self._inference(prepare, answer)
+        return self.inference(prepare, answer)
 
     def metadata(self):
         def describe(tensors):
@@ -139,6 +141,10 @@ class Service:
 
         return {"name": self.name, "versions": ["1"], "platform": self.manifest["runtime"]["backend"],
                 "inputs": describe(self.model.inputs), "outputs": describe(self.model.outputs)}
+
+    def max_rows(self):
+        """The most rows a request may hold: an engine's optimization profile bounds its batch (None: any)."""
+        return self.manifest["runtime"].get("max_batch_size")
 
 
 class Server(ThreadingHTTPServer):
@@ -308,7 +314,8 @@ class Handler(BaseHTTPRequestHandler):
             return "health", b'{"ready": true}', {"Content-Type": "application/json"}
         self._authorize()
         if self.command == "GET" and path == "/metrics":
-            return "metrics", service.metrics.render().encode(), {"Content-Type": "text/plain; version=0.0.4"}
+            monitored = service.monitor.render() if service.monitor is not None else []
+            return "metrics", service.metrics.render(monitored).encode(), {"Content-Type": "text/plain; version=0.0.4"}
         if self.command == "GET" and path == "/v2":
             meta = {"name": "mdbuild-serve", "version": service.manifest["mdbuild"],
                     "extensions": ["binary_tensor_data", "statistics"]}
@@ -419,6 +426,9 @@ def parse_args(argv, defaults):
     parser = argparse.ArgumentParser(description="Serve the model over the KServe v2 REST protocol.")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument("--grpc-port", type=int, default=None,
+                        help="serve KServe v2 gRPC on this port too (default: off; 0 picks a free one; needs "
+                             "requirements-grpc.txt)")
     parser.add_argument("--max-batch-size", type=int, default=defaults["max_batch_size"],
                         help=f"dynamic batching: most rows per batch, 1 switches it off (recipe: {defaults['max_batch_size']})")
     parser.add_argument("--max-queue-delay-ms", type=float, default=defaults["max_queue_delay_ms"],
@@ -426,6 +436,11 @@ def parse_args(argv, defaults):
     parser.add_argument("--max-body-bytes", type=int, default=defaults["max_body_bytes"], help="largest request body")
     parser.add_argument("--token", default=os.environ.get("MDBUILD_SERVE_TOKEN"),
                         help="require 'Authorization: Bearer TOKEN' (default: $MDBUILD_SERVE_TOKEN; health stays open)")
+    parser.add_argument("--monitoring", choices=("on", "off"), default="on" if defaults["monitoring"] else "off",
+                        help="drift, range and confidence metrics of the model's inputs and outputs on /metrics "
+                             f"(recipe: {'on' if defaults['monitoring'] else 'off'})")
+    parser.add_argument("--drift-window", type=int, default=defaults["drift_window"],
+                        help=f"rows the drift statistics cover (recipe: {defaults['drift_window']})")
     parser.add_argument("--selftest", action="store_true", help="rerun the stored verification samples and exit")
     parser.add_argument("--build-engine", action="store_true",
                         help="build this GPU's TensorRT engine now (a deferred build), self-test it and exit; "
@@ -475,13 +490,40 @@ def main(here, runtime, defaults, argv=None):
     # An engine takes batches up to its optimization profile's max.
     largest = min(args.max_batch_size, manifest["runtime"].get("max_batch_size") or args.max_batch_size)
     settings = {**defaults, "max_batch_size": largest, "max_queue_delay_ms": args.max_queue_delay_ms,
-                "max_body_bytes": args.max_body_bytes}
-    service = Service(model, manifest, settings, labels)
+                "max_body_bytes": args.max_body_bytes, "drift_window": args.drift_window}
+    statistics = here / "monitoring" / "reference.json"
+    if args.monitoring == "on" and not statistics.is_file():
+        print("refusing to start: --monitoring on, but this artifact has no monitoring/reference.json (built with "
+              "serving.monitoring=false)", file=sys.stderr)
+        return 2
+    reference = json.loads(statistics.read_text()) if args.monitoring == "on" else None
+    service = Service(model, manifest, settings, labels, reference)
+    if args.grpc_port is not None:
+        try:  # grpcio and protobuf are optional: only --grpc-port needs them
+            from . import grpc_v2
+        except ImportError as exc:
+            print(f"--grpc-port needs grpcio and protobuf: pip install -r requirements-grpc.txt ({exc})", file=sys.stderr)
+            return 2
     httpd = Server((args.host, args.port), service, args.token)
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=httpd.stop, daemon=True).start())
+    rpc = None
+    if args.grpc_port is not None:
+        try:
+            rpc, grpc_port = grpc_v2.start(service, args.token, args.host, args.grpc_port)
+        except RuntimeError as exc:  # grpcio: "Failed to bind to address ..."
+            httpd.server_close()
+            print(f"cannot serve gRPC on {args.host}:{args.grpc_port}: {_first_line(exc)}", file=sys.stderr)
+            return 2
+
+    def stop():
+        if rpc is not None:
+            rpc.stop(httpd.grace_s)  # refuses new calls now, cancels those still running after the grace
+        httpd.stop()
+
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=stop, daemon=True).start())
     host, port = httpd.server_address[:2]
     computed = getattr(model, "compute", None)
     print(f"serving {service.name} on http://{host}:{port}/v2/models/{service.name}"
+          + (f" · gRPC on {host}:{grpc_port}" if rpc is not None else "")
           + (f" · computing in {computed['words']}" if computed else ""), flush=True)
     try:
         httpd.serve_forever()
@@ -489,6 +531,8 @@ def main(here, runtime, defaults, argv=None):
         pass
     finally:
         httpd.server_close()
+        if rpc is not None:  # the batcher below serves gRPC calls too: they finish first
+            rpc.stop(httpd.grace_s).wait()
         if service.batcher is not None:
             service.batcher.close()
         if hasattr(model, "close"):  # a runtime holding device memory (TensorRT) frees it

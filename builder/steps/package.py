@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from backends import get_backend
-from builder import __version__
+from builder import __version__, monitoring
 from builder.hashing import list_files, sha256_file
 from builder.inputs import batch_dim
 from builder.optimize.summary import SUMMARY_FILE, read_summary
@@ -31,7 +31,8 @@ from builder.versions import library_version
 
 MANIFEST_SCHEMA = 2
 MANIFEST_FILE = "manifest.json"
-_SERVER_DEFAULTS = ("max_batch_size", "max_queue_delay_ms", "max_body_bytes", "allow_nonfinite", "top_k", "scores")
+_SERVER_DEFAULTS = ("max_batch_size", "max_queue_delay_ms", "max_body_bytes", "allow_nonfinite", "top_k", "scores",
+                    "monitoring", "drift_window")
 
 
 def reads(config: dict[str, Any]) -> list[str]:
@@ -39,7 +40,7 @@ def reads(config: dict[str, Any]) -> list[str]:
     route applies the recipe's preprocessing."""
     keys = ["target.name", "target.backend", "target.precision", "model.inputs", "model.dims",
             *(f"serving.{key}" for key in config["serving"] if key != "labels")]
-    return keys + (["preprocess"] if config["serving"]["labels"] else [])
+    return keys + (["preprocess"] if config["serving"]["labels"] else []) + monitoring.reads(config)
 
 
 def run(ctx, inputs: dict[str, Path], out: Path) -> None:
@@ -67,19 +68,24 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
         shutil.copyfile(ctx.paths["labels"], out / "labels.txt")
     # Beside the labels a handler may ship; with the request contract serve.py enforces.
     backend.write_serving_files(out, str(model_dir), settings, {**config, "requests": _request_contract(config["model"])})
+    watched = monitoring.write(out, model, inputs, config, ctx.progress) if serving["monitoring"] else None
     tensors = {kind: [{"name": name, "datatype": V2_NAMES.get(dtype, dtype), "shape": [-1 if d is None else d for d in dims]}
                       for name, (dtype, dims) in getattr(model, kind).items()] for kind in ("inputs", "outputs")}
     values = {
         "mdbuild_version": __version__, "recipe": recipe, "target": target["name"],
         "backend": backend.name, "precision": target["precision"], "build_key": ctx.key,
         "report": report, "host": host_fingerprint(), "model_dir": str(model_dir), "labels": labels,
-        **tensors, "example_request": json.dumps(_example_request(tensors["inputs"])),
+        **tensors, "example_request": json.dumps(_example_request(tensors["inputs"])), "monitoring": bool(watched),
+        "classes": bool(watched) and any("confidence" in stats for stats in watched["outputs"].values()),
     }
     (out / "README.md").write_text(render("README.md.j2", **values))
     (out / REPORT_PAGE).write_text(render("report.md.j2", **values))
     requirements = ["numpy", *backend.pinned] + (["pillow"] if labels else [])
     (out / "requirements.txt").write_text("".join(f"{name}=={library_version(name)}\n" for name in requirements)
                                           + "".join(f"{spec}\n" for spec in backend.ranges))
+    # Optional (grpcio is ~19 MB): serve.py --grpc-port needs it; pinned where this host has it.
+    (out / "requirements-grpc.txt").write_text("".join(f"{name}=={library_version(name)}\n" if library_version(name)
+                                                       else f"{name}\n" for name in ("grpcio", "protobuf")))
     manifest = {
         "schema": MANIFEST_SCHEMA,
         "mdbuild": __version__,

@@ -1,0 +1,164 @@
+"""The build's side of model monitoring (serving/monitor.py is the server's): the reference statistics
+of every input and output, on the verification samples and the evaluation set, and the Prometheus alert
+rules and Grafana dashboard for the metrics the server exports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from builder import samples
+from builder.evaluation import EVALUATION_FILE
+from builder.serving.accuracy import read_cases, run_case
+from builder.serving.monitor import summarize
+from builder.steps.reference import REFERENCE_FILE
+from builder.steps.verify import OUTPUTS_FILE, class_outputs
+
+MONITORING_DIR = "monitoring"
+REFERENCE_STATISTICS = f"{MONITORING_DIR}/reference.json"
+EVALUATION_ROWS = 512  # of the evaluation set, evenly spread: enough for deciles, bounded build time
+_BATCH = 64
+DRIFT_FOR = "10m"  # a drift alert fires once the window has stayed drifted this long
+
+
+def reads(config: dict[str, Any]) -> list[str]:
+    return ["model.outputs", "verify.class_scores"] if config["serving"]["monitoring"] else []
+
+
+def write(out: Path, model, inputs: dict[str, Path], config: dict[str, Any], progress: Callable[[str], None]) -> dict:
+    """monitoring/: reference.json, alerts.yml and dashboard.json; returns the reference statistics."""
+    names = config["model"]["outputs"]
+    tensors: dict[str, dict[str, list[np.ndarray]]] = {"inputs": {}, "outputs": {}}
+    kinds = [case["kind"] for case in json.loads((inputs["reference"] / "reference.json").read_text())["cases"]]
+    with np.load(inputs["reference"] / REFERENCE_FILE) as reference, np.load(inputs["report"] / OUTPUTS_FILE) as answers:
+        cases = [case for case, kind in zip(read_cases(reference), kinds) if kind == "sample"]
+        answered = [case["artifact"] for case, kind in zip(read_cases(answers), kinds) if kind == "sample"]
+    for case, outputs in zip(cases, answered):
+        _extend(tensors, case["input"], outputs)
+    rows = {"verification samples": len(cases), "evaluation set": 0}
+    if (inputs["reference"] / EVALUATION_FILE).is_file():
+        found, _ = samples.load(inputs["reference"] / EVALUATION_FILE)
+        chosen = [found[int(i)] for i in np.linspace(0, len(found) - 1, min(EVALUATION_ROWS, len(found)))]
+        for feeds in _batches(chosen):
+            progress(f"monitoring reference: evaluation rows {rows['evaluation set']}/{len(chosen)}")
+            _extend(tensors, feeds, run_case(model, feeds, names))
+            rows["evaluation set"] += len(next(iter(feeds.values())))
+    classes = class_outputs(config["verify"]["class_scores"], cases)
+    statistics = {"rows": rows,
+                  "inputs": {name: summarize(arrays, False) for name, arrays in tensors["inputs"].items()},
+                  "outputs": {name: summarize(arrays, name in classes) for name, arrays in tensors["outputs"].items()}}
+    folder = out / MONITORING_DIR
+    folder.mkdir()
+    (folder / "reference.json").write_text(json.dumps(statistics, indent=1, sort_keys=True))
+    recipe, serving = config["recipe"], config["serving"]
+    (folder / "alerts.yml").write_text(alert_rules(recipe, serving, statistics))
+    (folder / "dashboard.json").write_text(json.dumps(dashboard(recipe, serving, bool(classes)), indent=1))
+    return statistics
+
+
+def _extend(tensors, feeds, outputs) -> None:
+    for kind, arrays in (("inputs", feeds), ("outputs", outputs)):
+        for name, array in arrays.items():
+            tensors[kind].setdefault(name, []).append(np.asarray(array))
+
+
+def _batches(found: list[dict[str, np.ndarray]]):
+    """Batches of samples of one shape each (no padding: padded positions are not what a client sends)."""
+    groups: dict[tuple, list] = {}
+    for sample in found:
+        groups.setdefault(tuple((name, value.shape) for name, value in sorted(sample.items())), []).append(sample)
+    for group in groups.values():
+        for start in range(0, len(group), _BATCH):
+            chunk = group[start : start + _BATCH]
+            yield {name: np.stack([sample[name] for sample in chunk]) for name in chunk[0]}
+
+
+def _expressions(recipe: str, serving: dict[str, Any]) -> dict[str, str]:
+    """The PromQL of each alert (the dashboard plots the same series)."""
+    model, enough = f'model="{recipe}"', f'on(model) mdbuild_monitor_window_rows{{model="{recipe}"}} >= {serving["drift_min_rows"]}'
+    threshold = serving["drift_threshold"]
+    return {
+        "MdbuildInputDrift": f'mdbuild_drift_psi{{{model},kind="input"}} > {threshold} and {enough}',
+        "MdbuildOutputDrift": f'mdbuild_drift_psi{{{model},kind="output"}} > {threshold} and {enough}',
+        "MdbuildClassDrift": f'mdbuild_drift_psi{{{model},kind="class"}} > {threshold} and {enough}',
+        "MdbuildInputsOutOfRange": (f"sum by (model, tensor) (rate(mdbuild_input_out_of_range_rows_total{{{model}}}[5m])) "
+                                    f"/ on(model) group_left sum by (model) (rate(mdbuild_monitor_rows_total{{{model}}}[5m])) > 0.01"),
+        "MdbuildNonFiniteOutputs": f"increase(mdbuild_output_nonfinite_rows_total{{{model}}}[5m]) > 0",
+        "MdbuildConfidenceCollapse": (f'mdbuild_output_confidence_mean{{{model},window="live"}} < ignoring(window) '
+                                      f'(0.5 * mdbuild_output_confidence_mean{{{model},window="reference"}}) and {enough}'),
+        "MdbuildClassCollapse": (f'mdbuild_output_top_class_share{{{model},window="live"}} > 0.9 and ignoring(window) '
+                                 f'mdbuild_output_top_class_share{{{model},window="reference"}} < 0.5 and {enough}'),
+    }
+
+
+_ALERTS = {  # name -> (for, severity, summary)
+    "MdbuildInputDrift": (DRIFT_FOR, "warning", "input {{ $labels.tensor }} drifted from the build's reference (PSI {{ $value | printf \"%.2f\" }})"),
+    "MdbuildOutputDrift": (DRIFT_FOR, "warning", "output {{ $labels.tensor }} drifted from the build's reference (PSI {{ $value | printf \"%.2f\" }})"),
+    "MdbuildClassDrift": (DRIFT_FOR, "warning", "the classes {{ $labels.tensor }} predicts drifted from the build's (PSI {{ $value | printf \"%.2f\" }})"),
+    "MdbuildInputsOutOfRange": ("10m", "warning", "{{ $value | humanizePercentage }} of rows have {{ $labels.tensor }} outside the range the build saw"),
+    "MdbuildNonFiniteOutputs": ("0m", "critical", "output {{ $labels.tensor }} answered NaN or Inf values"),
+    "MdbuildConfidenceCollapse": (DRIFT_FOR, "warning", "{{ $labels.tensor }}: mean top-1 confidence fell below half the build's"),
+    "MdbuildClassCollapse": (DRIFT_FOR, "warning", "{{ $labels.tensor }}: over 90% of rows answer one class"),
+}
+_CLASS_ALERTS = ("MdbuildConfidenceCollapse", "MdbuildClassCollapse")
+# The predicted classes' frequencies are compared once the reference has this many rows per class (fewer:
+# a class the reference never predicted is noise, not drift).
+ROWS_PER_CLASS = 10
+
+
+def alert_rules(recipe: str, serving: dict[str, Any], statistics: dict[str, Any]) -> str:
+    """Prometheus rules: the drift, range and non-finite alerts; those of class outputs where there are."""
+    import yaml
+
+    classes = [stats for stats in statistics["outputs"].values() if "class_shares" in stats]
+    skipped = set() if classes else {*_CLASS_ALERTS, "MdbuildClassDrift"}
+    if not any(stats["rows"] >= ROWS_PER_CLASS * len(stats["class_shares"]) for stats in classes):
+        skipped.add("MdbuildClassDrift")
+    rules = [{"alert": name, "expr": expr, "for": _ALERTS[name][0],
+              "labels": {"severity": _ALERTS[name][1]}, "annotations": {"summary": f"{recipe}: {_ALERTS[name][2]}"}}
+             for name, expr in _expressions(recipe, serving).items() if name not in skipped]
+    header = (f"# Prometheus alert rules for {recipe}, generated by mdbuild: load with rule_files.\n"
+              f"# Drift: PSI over the last {serving['drift_window']} rows (the server's --drift-window) above "
+              f"{serving['drift_threshold']} once {serving['drift_min_rows']} rows are in the window.\n")
+    return header + yaml.safe_dump({"groups": [{"name": f"mdbuild-{recipe}", "rules": rules}]}, sort_keys=False, width=100_000)
+
+
+def dashboard(recipe: str, serving: dict[str, Any], classes: bool) -> dict[str, Any]:
+    """A Grafana dashboard (import it; it asks for the Prometheus data source)."""
+    model = f'model="{recipe}"'
+    panels = [
+        ("Drift (PSI) per tensor", f"mdbuild_drift_psi{{{model}}}", "{{kind}} {{tensor}}", serving["drift_threshold"]),
+        ("Rows in the drift window", f"mdbuild_monitor_window_rows{{{model}}}", "rows", serving["drift_min_rows"]),
+        ("Out-of-range input rows / s", f"rate(mdbuild_input_out_of_range_rows_total{{{model}}}[5m])", "{{tensor}}", None),
+        ("Non-finite output rows / s", f"rate(mdbuild_output_nonfinite_rows_total{{{model}}}[5m])", "{{tensor}}", None),
+        ("Requests / s by route and code", f"sum by (route, code) (rate(mdbuild_requests_total{{{model}}}[5m]))",
+         "{{route}} {{code}}", None),
+        ("Latency p50 / p99 (s)", "histogram_quantile(0.5, sum by (le) (rate(mdbuild_request_duration_seconds_bucket[5m])))",
+         "p50", None),
+    ]
+    if classes:
+        panels += [("Mean top-1 confidence", f"mdbuild_output_confidence_mean{{{model}}}", "{{tensor}} {{window}}", None),
+                   ("Share of the most frequent class", f"mdbuild_output_top_class_share{{{model}}}", "{{tensor}} {{window}}", None)]
+    return {
+        "__inputs": [{"name": "DS_PROMETHEUS", "label": "Prometheus", "type": "datasource", "pluginId": "prometheus"}],
+        "title": f"mdbuild · {recipe}", "uid": f"mdbuild-{recipe}"[:40], "schemaVersion": 39, "editable": True,
+        "time": {"from": "now-6h", "to": "now"}, "refresh": "30s", "tags": ["mdbuild"],
+        "panels": [_panel(index, *panel) for index, panel in enumerate(panels)],
+    }
+
+
+def _panel(index: int, title: str, expr: str, legend: str, threshold: float | None) -> dict[str, Any]:
+    steps = [{"color": "green", "value": None}] + ([{"color": "red", "value": threshold}] if threshold is not None else [])
+    targets = [{"refId": "A", "expr": expr, "legendFormat": legend}]
+    if title.startswith("Latency"):
+        targets.append({"refId": "B", "expr": expr.replace("0.5,", "0.99,", 1), "legendFormat": "p99"})
+    return {"id": index + 1, "type": "timeseries", "title": title,
+            "datasource": {"type": "prometheus", "uid": "${DS_PROMETHEUS}"},
+            "gridPos": {"x": 12 * (index % 2), "y": 8 * (index // 2), "w": 12, "h": 8},
+            "fieldConfig": {"defaults": {"thresholds": {"mode": "absolute", "steps": steps},
+                                         "custom": {"thresholdsStyle": {"mode": "line" if threshold is not None else "off"}}},
+                            "overrides": []},
+            "targets": targets}
