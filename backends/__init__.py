@@ -86,10 +86,11 @@ class Backend:
     runs_here: str | None = None
     # "module:function" (artifact directory, the model's directory in it, its runtime settings, the package
     # step's config) -> None:
-    # writes what another serving system needs beside the model (TensorFlow Serving's models.config, a
-    # TorchServe model archive); `packaging`: the distributions it uses (in the package key).
+    # writes what another serving system needs beside the model (TensorFlow Serving's models.config).
     serving_files: str | None = None
-    packaging: tuple[str, ...] = ()
+    # A TorchServe model archive (backends/torchserve.py): None, none; False, with serving.torchserve=true;
+    # True, unless serving.torchserve=false.
+    torchserve: bool | None = None
     # target config -> the Ray resources a sweep job of it asks for (hydra/launcher=ray_cluster).
     resources: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
@@ -112,9 +113,6 @@ class Backend:
         """Fail with the pip extra to install when the SDK (or its converter) cannot be imported here."""
         for package, distribution in ((self.package, self.distribution), (self.converter, self.converter)):
             if package and (not importable(package) or library_version(distribution) is None):
-                raise missing_extra(distribution, self.extra, where)
-        for distribution in self.packaging:  # what the package step needs: before compile and verify run
-            if library_version(distribution) is None:
                 raise missing_extra(distribution, self.extra, where)
 
     def unusable_here(self) -> str | None:

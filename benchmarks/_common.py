@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -54,12 +56,14 @@ def free_ports(count: int) -> list[int]:
 
 
 @contextmanager
-def torchserve(archive: Path, workdir: Path, workers: int = 1) -> Iterator[str]:
-    """A real TorchServe (Java) serving a model archive on 127.0.0.1 (its inference address), once its
-    workers are ready; token authorization off; ended with its whole session after."""
-    import urllib.request
-
-    name = archive.stem
+def torchserve(archives: dict[str, Path], workdir: Path, workers: int = 1) -> Iterator[str]:
+    """A real TorchServe (Java) serving model archives ({model name: .mar}) on 127.0.0.1 (its inference
+    address), once every model's workers are ready; token authorization off; ended with its whole
+    session after."""
+    store = workdir / "model-store"
+    store.mkdir()
+    for name, archive in archives.items():
+        shutil.copyfile(archive, store / f"{name}.mar")
     inference, management, metrics, grpc_inference, grpc_management, worker = free_ports(6)
     (workdir / "tmp").mkdir(exist_ok=True)
     config = workdir / "config.properties"
@@ -71,25 +75,27 @@ def torchserve(archive: Path, workdir: Path, workers: int = 1) -> Iterator[str]:
     log = workdir / "torchserve.log"
     # TorchServe writes logs and a key file where it starts: workdir, never the artifact.
     server = subprocess.Popen([str(Path(sys.executable).with_name("torchserve")), "--start", "--foreground", "--ncs",
-                               "--model-store", str(archive.parent), "--ts-config", str(config), "--models",
-                               f"{name}={archive.name}"], cwd=workdir, env={**os.environ, "TMPDIR": str(workdir / "tmp")},
-                              start_new_session=True, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+                               "--model-store", str(store), "--ts-config", str(config), "--models",
+                               *(f"{name}={name}.mar" for name in archives)],
+                              cwd=workdir, env={**os.environ, "TMPDIR": str(workdir / "tmp")}, start_new_session=True, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{management}/models/{name}", timeout=10) as answer:
-                    workers_now = json.loads(answer.read())[0]["workers"]
-                if workers_now and all(w["status"] == "READY" for w in workers_now):
-                    break
-            except OSError:
-                pass
+        while not all(_torchserve_ready(management, name) for name in archives):
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("TorchServe did not become ready: " + log.read_text()[-3000:])
             time.sleep(1)
         yield f"http://127.0.0.1:{inference}"
     finally:
         end_session(server)
+
+
+def _torchserve_ready(management: int, name: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{management}/models/{name}", timeout=10) as answer:
+            workers = json.loads(answer.read())[0]["workers"]
+    except OSError:
+        return False
+    return bool(workers) and all(worker["status"] == "READY" for worker in workers)
 
 
 def end_session(process: subprocess.Popen) -> None:

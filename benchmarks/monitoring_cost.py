@@ -21,18 +21,28 @@ from _common import artifacts, interleaved, load_artifact, mdbuild, print_host
 from serving_load import binary_body, server_stats, start
 
 
-def monitor_us(artifact: Path, rounds: int) -> dict[str, float]:
+def monitor_us(artifact: Path, rounds: int, per_round: int = 50) -> dict[str, float]:
     """Median microseconds per request, on the artifact's first verification case, of Monitor.observe (on
-    the request path) and Monitor.record (the monitor thread's measuring)."""
+    the request path: each call waits for the monitor thread to finish the one before, untimed, so it
+    is the hand-over that is timed, never the full queue) and Monitor.record (the measuring itself)."""
     from builder.serving.monitor import Monitor
 
     model, feeds, manifest = load_artifact(artifact)
     outputs = model.run(feeds)
     reference = json.loads((artifact / "monitoring" / "reference.json").read_text())
     monitor = Monitor(manifest["recipe"], reference, 1000)
-    samples = interleaved({"observe": lambda: monitor.observe(feeds, outputs),
-                           "record": lambda: monitor.record(feeds, outputs)}, rounds, per_round=50)
-    return {name: statistics.median(t for block in blocks for t in block) * 1e3 for name, blocks in samples.items()}
+    timings: dict[str, list[float]] = {"observe": [], "record": []}
+    for _ in range(rounds):
+        for _ in range(per_round):
+            began = time.perf_counter()
+            monitor.observe(feeds, outputs)
+            timings["observe"].append(time.perf_counter() - began)
+            monitor.settle(10.0)
+        for _ in range(per_round):
+            began = time.perf_counter()
+            monitor.record(feeds, outputs)
+            timings["record"].append(time.perf_counter() - began)
+    return {name: statistics.median(values) * 1e6 for name, values in timings.items()}
 
 
 def served_us(artifact: Path, rounds: int, per_round: int) -> dict[str, tuple[float, float]]:

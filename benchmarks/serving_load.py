@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Callable
 
 from _common import artifacts, interleaved, load_artifact, mdbuild, print_host
+from builder.serving.protocol import V2_NAMES
 
 
 def binary_body(feeds) -> tuple[bytes, dict]:
-    header = json.dumps({"inputs": [{"name": n, "shape": list(v.shape), "datatype": "FP32",
+    header = json.dumps({"inputs": [{"name": n, "shape": list(v.shape), "datatype": V2_NAMES[str(v.dtype)],
                                      "parameters": {"binary_data_size": v.nbytes}} for n, v in feeds.items()],
                          "parameters": {"binary_data_output": True}}).encode()
     return header + b"".join(v.tobytes() for v in feeds.values()), {"Inference-Header-Content-Length": str(len(header))}
@@ -141,7 +142,7 @@ def grpc_runners(address: str, model: str, feeds, output: str) -> dict[str, Call
 
     request = MESSAGES["ModelInferRequest"](model_name=model)
     for name, value in feeds.items():
-        request.inputs.add(name=name, datatype="FP32", shape=value.shape)
+        request.inputs.add(name=name, datatype=V2_NAMES[str(value.dtype)], shape=value.shape)
         request.raw_input_contents.append(value.tobytes())
     message = request.SerializeToString()
     channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", -1),
@@ -150,7 +151,7 @@ def grpc_runners(address: str, model: str, feeds, output: str) -> dict[str, Call
     client = triton.InferenceServerClient(address)
     inputs = []
     for name, value in feeds.items():
-        tensor = triton.InferInput(name, list(value.shape), "FP32")
+        tensor = triton.InferInput(name, list(value.shape), V2_NAMES[str(value.dtype)])
         tensor.set_data_from_numpy(value)
         inputs.append(tensor)
     return {"gRPC": lambda: infer(message), "gRPC tritonclient": lambda: client.infer(model, inputs).as_numpy(output)}

@@ -34,11 +34,11 @@ def main() -> None:
         own, port = start(artifact)
         p50 = {(server, clients): [] for server in ("serve.py", "TorchServe") for clients in (1, 8)}
         try:
-            with torchserve(artifact / "torchserve" / f"{name}.mar", Path(work)) as base:
+            with torchserve({name: artifact / "torchserve" / f"{name}.mar"}, Path(work)) as base:
                 paths = {"serve.py": (port, f"/v2/models/{name}/infer"),
                          "TorchServe": (int(base.rsplit(":", 1)[1]), f"/predictions/{name}")}
-                for server, (at, path) in paths.items():  # warm both: TorchServe's first requests load the model
-                    load(at, path, body, headers, 1, 2.0)
+                for server, (at, path) in paths.items():  # warm both: the first requests are slow
+                    load(at, path, body, headers, 8, 5.0)
                 for _ in range(args.rounds):
                     for clients in (1, 8):
                         for server, (at, path) in paths.items():

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backends import all_backends, get_backend
+from backends import all_backends, get_backend, torchserve
 from builder import __version__
 from builder.code import Code, factory_code, module_code
 from builder.data import data_inputs, random_verification, verification_section
@@ -113,7 +113,7 @@ def make_plan(spec: BuildSpec) -> Plan:
     reference_code = code | evaluation_code | verification_code | metric
     images = "images" in (config["evaluation"]["source"], config[verification_section(config)]["source"])
     steps.append(StepNode(
-        id="reference", run="builder.steps.reference:run", version=5, **_reading(config, reference.reads(config)),
+        id="reference", run="builder.steps.reference:run", version=6, **_reading(config, reference.reads(config)),
         files={**files, **evaluation_files, **verification_files, **reference_code.files},
         libraries=source.libraries + ("numpy",) + (("pillow",) if images else ()),
         extra_versions=reference_code.versions, shared=True, isolated=source.isolated,
@@ -149,6 +149,7 @@ def make_plan(spec: BuildSpec) -> Plan:
     labels = config["serving"]["labels"]
     serving_files = {"labels": _labels_file(spec, labels)} if labels else {}
     package_reading = _reading(config, package.reads(config))
+    archive = torchserve.wanted(backend, config["serving"])
     steps.append(StepNode(
         id="package", run="builder.steps.package:run", version=3,
         config={**package_reading["config"], "recipe": spec.recipe, "mdbuild": __version__},
@@ -156,21 +157,25 @@ def make_plan(spec: BuildSpec) -> Plan:
         upstream={"compiled": previous, "report": "verify", "reference": "reference", "export": "export",
                   **{step.name: step.name for step in optimizations}},
         files={**serving_files, **module_code(f"backends.{backend.name}", "backend").files, **runtime_code,
-               **_serving_files_code(backend),
+               **_serving_files_code(backend.serving_files), **(_serving_files_code(TORCHSERVE) if archive else {}),
                "serving_code": SERVING_DIR, "templates": resource_dir("templates")},
-        libraries=("jinja2", "numpy", "pillow", "pyyaml", "grpcio", "protobuf", *backend.pinned, *backend.packaging),
+        libraries=("jinja2", "numpy", "pillow", "pyyaml", "grpcio", "protobuf", *backend.pinned,
+                   *((torchserve.ARCHIVER,) if archive else ())),
         host_dependent=True, reports=(REPORT_FILE, REPORT_PAGE), embeds_keys=True,
         isolated="package" in backend.isolated,
     ))
     return Plan(spec, tuple(steps))
 
 
-def _serving_files_code(backend) -> dict[str, Path]:
-    """The module that writes another serving system's files (named by a string, so no import finds it)
-    and what it ships into them (its SHIPPED files): in the package key."""
-    if not backend.serving_files:
+TORCHSERVE = "backends.torchserve:write"
+
+
+def _serving_files_code(writer: str | None) -> dict[str, Path]:
+    """The module that writes another serving system's files ("module:function", named by a string, so no
+    import finds it) and what it ships into them (its SHIPPED files): in the package key."""
+    if not writer:
         return {}
-    module = backend.serving_files.split(":")[0]
+    module = writer.split(":")[0]
     shipped = getattr(importlib.import_module(module), "SHIPPED", ())
     return {**module_code(module, "serving_files").files, **{f"shipped/{path.name}": path for path in shipped}}
 

@@ -116,6 +116,8 @@ class ServingConfig:
     top_k: int = 5
     scores: str = "softmax"  # softmax | raw
     output: Optional[str] = None  # the output classified (default: the first)
+    # A TorchServe archive in the artifact: null, the target's default (pytorch: yes; onnxruntime: no).
+    torchserve: Optional[bool] = None
     # Model monitoring: reference statistics in the artifact, drift metrics on /metrics, alert rules.
     monitoring: bool = True
     drift_window: int = 1000  # rows the live statistics cover (serve.py --drift-window overrides)

@@ -30,6 +30,7 @@ BAD = [
     ("serving.max_queue_delay_ms=-2", "serving.max_queue_delay_ms: -2.0 is not valid"),
     ("serving.max_queue_delay_ms=nan", "serving.max_queue_delay_ms: nan is not valid"),
     ("serving.top_k=-3", "serving.top_k: -3 is not valid: classes answered, at least 1"),
+    ("target=openvino_fp32 serving.torchserve=true", "serving.torchserve: openvino artifacts have no TorchServe archive"),
     ("serving.drift_threshold=0", "serving.drift_threshold: 0.0 is not valid: a population stability index, more than 0"),
     ("serving.drift_min_rows=2000", "serving.drift_min_rows: drift_min_rows 2000 exceeds drift_window 1000: the drift "
                                     "alerts could never fire"),

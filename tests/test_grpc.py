@@ -307,3 +307,29 @@ def test_integer_inputs_are_checked_as_over_http():
         request = grpc_request([[1]], [[1, 2, 3]], raw=True)
         request.raw_input_contents[1] = b"\0\0"
         decode_inputs(request, {**inputs, "small": ("int8", [None, 3])}, False, contract, None)
+
+
+def test_unsigned_inputs_travel_raw_and_typed():
+    """UINT16/32/64: in contents.uint_contents / uint64_contents and raw, as over HTTP's JSON."""
+    from builder.serving.grpc_v2 import MESSAGES, decode_inputs
+    from builder.serving.protocol import decode_inputs as decode_json
+
+    inputs = {"a": ("uint16", [None, 2]), "b": ("uint32", [None, 2]), "c": ("uint64", [None, 2])}
+    contract = {"ranges": {}, "dims": {}, "longest": {}}
+    values = {"a": [[1, 65535]], "b": [[2, 4294967295]], "c": [[3, 2**63 - 1]]}
+    for raw in (True, False):
+        request = MESSAGES["ModelInferRequest"](model_name="m")
+        for name, value in values.items():
+            dtype = inputs[name][0]
+            tensor = request.inputs.add(name=name, datatype=dtype.upper(), shape=[1, 2])
+            if raw:
+                request.raw_input_contents.append(np.asarray(value, dtype).tobytes())
+            else:
+                field = "uint64_contents" if dtype == "uint64" else "uint_contents"
+                getattr(tensor.contents, field).extend(np.asarray(value, dtype).ravel().tolist())
+        feeds = decode_inputs(request, inputs, False, contract, None)
+        assert {name: (array.dtype.name, array.tolist()) for name, array in feeds.items()} == \
+            {name: (inputs[name][0], value) for name, value in values.items()}
+    body = {"inputs": [{"name": name, "shape": [1, 2], "datatype": inputs[name][0].upper(), "data": value[0]}
+                       for name, value in values.items()]}
+    assert decode_json(body, b"", inputs, False, contract)["c"].tolist() == values["c"]

@@ -173,11 +173,12 @@ def test_the_window_the_flags_and_the_class_statistics():
 
     rng = np.random.default_rng(0)
     scores = rng.normal(size=(400, 4))
-    reference = {"inputs": {"x": summarize([rng.uniform(0, 1, size=(400, 3))], False)},
-                 "outputs": {"y": summarize([scores], True)}}
+    reference = {"inputs": {"x": summarize([rng.uniform(0, 1, size=(400, 3))], [None], {})},
+                 "outputs": {"y": summarize([scores], [None], {"classes": True})}}
     monitor = Monitor("m", reference, window=100)
     for _ in range(30):
         monitor.observe({"x": rng.uniform(0, 1, size=(5, 3))}, {"y": rng.normal(size=(5, 4))})
+        assert monitor.settle(10)  # measured on the monitor's thread
     lines = dict(line.rsplit(" ", 1) for line in monitor.render() if not line.startswith("#"))
     assert lines['mdbuild_monitor_window_rows{model="m"}'] == "100.0"  # the last 100 of 150 rows
     assert lines['mdbuild_monitor_rows_total{model="m"}'] == "150.0"
@@ -185,10 +186,133 @@ def test_the_window_the_flags_and_the_class_statistics():
     # Out of range (past the reference span by more than a tenth of it), non-finite outputs, one class only.
     collapsed = np.tile([[0.0, 0.0, 9.0, 0.0]], (100, 1))
     collapsed[:3, 0] = np.nan
-    monitor.observe({"x": np.full((100, 3), 1.5)}, {"y": collapsed})
+    monitor.record({"x": np.full((100, 3), 1.5)}, {"y": collapsed})
     lines = dict(line.rsplit(" ", 1) for line in monitor.render() if not line.startswith("#"))
     assert lines['mdbuild_input_out_of_range_rows_total{model="m",tensor="x"}'] == "100.0"
     assert lines['mdbuild_output_nonfinite_rows_total{model="m",tensor="y"}'] == "3.0"
     assert lines['mdbuild_output_top_class_share{model="m",tensor="y",window="live"}'] == "1.0"
     assert float(lines['mdbuild_drift_psi{model="m",kind="input",tensor="x"}']) > 1
     assert float(lines['mdbuild_drift_psi{model="m",kind="class",tensor="y"}']) > 1
+
+
+def _psi_of(reference, feeds, outputs=None):
+    from builder.serving.monitor import Monitor
+
+    monitor = Monitor("m", reference, window=10_000)
+    for batch in feeds:
+        monitor.record(batch, outputs or {})
+    return {line.split('tensor="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1]) for line in monitor.render()
+            if line.startswith("mdbuild_drift_psi")}, monitor.render()
+
+
+def test_wide_rows_are_sampled_alike_live_and_at_build_time():
+    """Rows of 257+ values (a table of 400 features on different scales, an image): the live sample covers
+    the whole row as the reference's does, so fresh rows of the same distribution read no drift."""
+    from builder.serving.monitor import summarize
+
+    rng = np.random.default_rng(1)
+    scales = np.linspace(1, 50, 400)
+    table = lambda rows: rng.uniform(0, 1, size=(rows, 400)) * scales  # noqa: E731
+    image = lambda rows: rng.uniform(0, 1, size=(rows, 3, 48, 48)) + np.arange(3)[None, :, None, None]  # noqa: E731
+    reference = {"inputs": {"table": summarize([table(200)], [None], {}), "image": summarize([image(200)], [None], {})},
+                 "outputs": {}}
+    drift, _ = _psi_of(reference, [{"table": table(10), "image": image(10)} for _ in range(100)])
+    assert max(drift.values()) < 0.01, drift
+
+
+def test_padding_is_not_drift_for_token_inputs():
+    """A mask is summarized by each row's length and the ids it pads by their real positions: sentences sent
+    one by one at build time and padded into batches of 8 live read alike; a mask's 0s are not out of range."""
+    from builder.monitoring import _described_inputs
+    from builder.serving.monitor import summarize
+
+    rng = np.random.default_rng(2)
+    specs = [{"name": "input_ids", "shape": ["batch", "seq"], "dtype": "int64", "low": 0, "high": 1000},
+             {"name": "attention_mask", "shape": ["batch", "seq"], "dtype": "int64"}]
+    described = _described_inputs(specs, {"input_ids": [0, 1000], "attention_mask": [0, 2]})
+    assert described["attention_mask"] == {"statistic": "length", "padding": 0, "range": False}
+    assert described["input_ids"] == {"range": False, "masked_by": "attention_mask", "padding": 0}
+
+    def sentence(length):
+        return {"input_ids": rng.integers(1, 1000, size=(1, length)), "attention_mask": np.ones((1, length), np.int64)}
+
+    alone = [sentence(int(rng.integers(4, 33))) for _ in range(300)]
+    reference = {"inputs": {name: summarize([s[name] for s in alone], [s["attention_mask"] for s in alone]
+                                            if name == "input_ids" else [None] * len(alone), described[name])
+                            for name in described}, "outputs": {}}
+    batches = []
+    for _ in range(100):
+        lengths = rng.integers(4, 33, size=8)
+        ids = np.zeros((8, lengths.max()), np.int64)
+        mask = np.zeros_like(ids)
+        for row, length in enumerate(lengths):
+            ids[row, :length] = rng.integers(1, 1000, size=length)
+            mask[row, :length] = 1
+        batches.append({"input_ids": ids, "attention_mask": mask})
+    drift, lines = _psi_of(reference, batches)
+    assert max(drift.values()) < 0.05, drift
+    assert all(line.endswith(" 0.0") for line in lines if line.startswith("mdbuild_input_out_of_range_rows_total"))
+    # Longer sentences than the build saw: the length drifts.
+    longer = [{"input_ids": rng.integers(1, 1000, size=(8, 64)), "attention_mask": np.ones((8, 64), np.int64)}
+              for _ in range(50)]
+    assert _psi_of(reference, longer)[0]["attention_mask"] > 1
+
+
+def test_probability_outputs_are_read_as_probabilities():
+    """A softmax output rounded as a quantized model rounds it (to 1/255) is still probabilities: its confidence
+    is the top probability, not a softmax of it."""
+    from builder.serving.monitor import summarize
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 2, size=(500, 10))
+    probabilities = np.round(np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True) * 255) / 255
+    stats = summarize([probabilities], [None], {"classes": True})
+    assert stats["probabilities"] and abs(stats["confidence"] - probabilities.max(axis=1).mean()) < 1e-9
+
+
+def test_the_alert_rules_judge_each_replica_by_its_own_window(artifact, prometheus_binary, tmp_path):
+    """promtool (the Prometheus release's own rule tester): a replica whose window holds 20 rows reads a noisy
+    PSI of 0.9 while another's holds 600 rows; no drift alert; the full replica's own drift fires."""
+    rules = artifact / "monitoring" / "alerts.yml"
+    series = lambda labels, value: {"series": labels, "values": f"{value}x20"}  # noqa: E731
+    psi = 'mdbuild_drift_psi{model="digits",kind="input",tensor="image",instance="%s",job="digits"}'
+    rows = 'mdbuild_monitor_window_rows{model="digits",instance="%s",job="digits"}'
+    case = {"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [series(psi % "a", 0.9), series(rows % "a", 20), series(psi % "b", 0.01), series(rows % "b", 600),
+                         series(psi % "c", 0.5), series(rows % "c", 700)],
+        "alert_rule_test": [{"eval_time": "15m", "alertname": "MdbuildInputDrift", "exp_alerts": [{
+            "exp_labels": {"severity": "warning", "model": "digits", "kind": "input", "tensor": "image",
+                           "instance": "c", "job": "digits"},
+            "exp_annotations": {"summary": "digits: input image drifted from the build's reference (PSI 0.50)"}}]}]}]}
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(case))
+    checked = subprocess.run([str(prometheus_binary.with_name("promtool")), "test", "rules", str(tmp_path / "test.yml")],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_a_tables_features_drift_one_by_one():
+    """30 columns on their own scales (as breast_cancer's): tripling two of them hardly moves the pooled
+    PSI of the tensor, but those two features' own PSIs cross the threshold and no other does."""
+    from builder.monitoring import _described_inputs
+    from builder.serving.monitor import summarize
+
+    rng = np.random.default_rng(4)
+    scales = np.geomspace(0.01, 1000, 30)
+    table = lambda rows: rng.lognormal(0, 0.5, size=(rows, 30)) * scales  # noqa: E731
+    how = _described_inputs([{"name": "x", "shape": ["batch", 30], "dtype": "float32"}], {})["x"]
+    assert how == {"range": True, "features": True}
+    reference = {"inputs": {"x": summarize([table(300)], [None], how)}, "outputs": {}}
+    _, lines = _psi_of(reference, [{"x": table(10)} for _ in range(100)])
+    quiet = [float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("mdbuild_feature_drift_psi")]
+    assert len(quiet) == 30 and max(quiet) < 0.2, quiet
+    shifted = []
+    for _ in range(100):
+        rows = table(10)
+        rows[:, [4, 24]] *= 3
+        shifted.append({"x": rows})
+    drift, lines = _psi_of(reference, shifted)
+    features = {line.split('feature="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                for line in lines if line.startswith("mdbuild_feature_drift_psi")}
+    assert {name for name, value in features.items() if value > 0.2} == {"4", "24"}, features
+    assert drift["x"] < 0.2  # the pooled PSI alone would have missed it

@@ -193,7 +193,24 @@ def test_deep_json_non_ascii_credentials_and_odd_lengths_get_4xx_not_500(heads):
                                    + b"\r\n" + b"{}" * 5)
                 assert b" 400 " in connection.recv(4096).split(b"\r\n")[0], lengths
         assert served.request("GET", "/v2/health/live")[0] == 200
-        assert "mdbuild_request_errors_total{model=\"heads\",kind=\"internal\"}" not in served.metrics({"Authorization": "Bearer t"})
+        text = served.metrics({"Authorization": "Bearer t"})
+        assert "mdbuild_request_errors_total{model=\"heads\",kind=\"internal\"}" not in text
+        # A refused request is counted under its own route, the token's refusal included.
+        assert 'mdbuild_requests_total{model="heads",route="metadata",code="401"} 2' in text
+        assert 'mdbuild_requests_total{model="heads",route="infer",code="400"} 5' in text
+    finally:
+        served.stop()
+
+
+def test_a_taken_port_and_a_bad_drift_window_are_one_line(heads):
+    served = Served(heads)
+    try:
+        for flags, message in ((["--port", str(served.port)], f"cannot serve HTTP on 127.0.0.1:{served.port}: "),
+                               (["--port", "0", "--drift-window", "0"], "refusing to start: --drift-window 0: give at least 1 row")):
+            refused = subprocess.run([sys.executable, "-I", str(heads / "serve.py"), *flags], cwd=heads,
+                                     capture_output=True, text=True, timeout=60)
+            assert refused.returncode == 2 and refused.stderr.startswith(message) and "Traceback" not in refused.stderr, \
+                refused.stderr
     finally:
         served.stop()
 
@@ -314,7 +331,7 @@ def test_metrics_and_access_log(heads):
         text = served.metrics()
         assert 'mdbuild_requests_total{model="heads",route="infer",code="200"} 3' in text
         assert 'mdbuild_request_errors_total{model="heads",kind="bad_json"} 1' in text
-        assert "mdbuild_request_duration_seconds_count" in text and 'mdbuild_batch_size_bucket{le="2"} 3' in text
+        assert "mdbuild_request_duration_seconds_count" in text and 'mdbuild_batch_size_bucket{model="heads",le="2"} 3' in text
         assert "mdbuild_requests_in_flight 1" in text  # the /metrics request itself
         rss = [line for line in text.splitlines() if line.startswith("process_resident_memory_bytes ")][0]
         assert int(rss.split()[1]) > 10_000_000 and "process_cpu_seconds_total" in text

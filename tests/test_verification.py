@@ -37,7 +37,10 @@ def test_int8_bert_that_ignores_its_mask_fails_and_keeping_the_mask_float_passes
     assert "error: verify.tolerances.int8: verification failed: the artifact ignores input 'attention_mask' " \
            "(later half of the positions masked): the source model's output" in ignored.stderr
     assert "the artifact's by 0 " in ignored.stderr
-    report = read_json(workspace.run("+recipe=bert", f"target={target}", *QUICK).artifact / "report.json")
+    artifact = workspace.run("+recipe=bert", f"target={target}", *QUICK).artifact
+    report = read_json(artifact / "report.json")
+    # The artifact README's example request holds a real position (a mask of zeros answers NaN).
+    assert '{"name": "attention_mask", "shape": [1, 1], "datatype": "INT64", "data": [1]}' in (artifact / "README.md").read_text()
     mask = report["sensitivity"]["attention_mask"]
     # the random BERT's mask moves its outputs by under 1%, less than int8's own error: not measurable, but
     # the artifact responds to it (only ignoring it could fail), and the report warns

@@ -49,6 +49,7 @@ BACKEND = Backend(
                      loss="int8", calibrated=True, options=OrtQuantizeOptions),
     ),
     triton=Triton("onnxruntime", parameters=triton_parameters),
+    torchserve=False,  # with serving.torchserve=true
     advice={"fp32": "compare with target.options.graph_optimization=basic",
             "fp16": "keep the inputs and outputs in fp32 (fp16.keep_io_types=true)",
             "int8": "try ort_quantize.calibration_method=entropy or percentile, or ort_quantize.mode=dynamic"},

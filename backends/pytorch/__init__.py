@@ -11,6 +11,5 @@ BACKEND = Backend(
     libraries=("torch", "onnx2torch", "onnx"),
     reads=("hardware.intra_op_threads", "model.inputs"),
     converter="onnx2torch",
-    serving_files="backends.pytorch.torchserve:write",  # torchserve/<recipe>.mar
-    packaging=("torch-model-archiver",),
+    torchserve=True,  # torchserve/<recipe>.mar
 )

@@ -196,7 +196,8 @@ CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTIC
 
 # Where typed `contents` holds each datatype's values (FP16 has no field: it travels raw only).
 _CONTENTS = {"bool": "bool_contents", "int8": "int_contents", "int16": "int_contents", "int32": "int_contents",
-             "int64": "int64_contents", "uint8": "uint_contents", "float32": "fp32_contents", "float64": "fp64_contents"}
+             "int64": "int64_contents", "uint8": "uint_contents", "uint16": "uint_contents", "uint32": "uint_contents",
+             "uint64": "uint64_contents", "float32": "fp32_contents", "float64": "fp64_contents"}
 
 
 class Rpcs:
@@ -215,7 +216,7 @@ class Rpcs:
             "ServerMetadata": ("grpc_metadata", "ServerMetadataRequest", self.server_metadata, False),
             "ModelMetadata": ("grpc_metadata", "ModelMetadataRequest", self.model_metadata, False),
             "ModelStatistics": ("grpc_statistics", "ModelStatisticsRequest", self.statistics, False),
-            "ModelInfer": ("grpc_infer", "ModelInferRequest", self.infer, False),
+            "ModelInfer": ("grpc_infer", None, self.infer, False),  # parsed in compute_input, as an HTTP body
         }
         # No (de)serializers: each RPC sees its request's bytes (their size goes to the access log,
         # and an unreadable message is answered like a bad JSON body).
@@ -223,7 +224,7 @@ class Rpcs:
             name: grpc.unary_unary_rpc_method_handler(self._rpc(name, *spec)) for name, spec in rpcs.items()})
 
     def _rpc(self, name, route, request_type, method, public):
-        kind_of_request = MESSAGES[request_type]
+        """`request_type`: the message parsed before `method` runs (None: `method` takes the bytes)."""
 
         def handle(raw, context):
             metrics = self.service.metrics
@@ -233,11 +234,7 @@ class Rpcs:
             try:
                 if not public:
                     self._authorize(context)
-                try:
-                    request = kind_of_request.FromString(raw)
-                except message.DecodeError as exc:
-                    raise RequestError(f"the request is not a valid {request_type}: {exc}", kind="bad_message") from None
-                reply = method(request)
+                reply = method(parse(request_type, raw) if request_type else raw)
                 reply = reply if isinstance(reply, bytes) else reply.SerializeToString()
                 status = 200
             except RequestError as exc:
@@ -294,11 +291,14 @@ class Rpcs:
         return json_format.ParseDict(self.service.statistics.render(), MESSAGES["ModelStatisticsResponse"](),
                                      ignore_unknown_fields=True)
 
-    def infer(self, request):
+    def infer(self, raw):
         service = self.service
-        self._model(request.model_name, request.model_version)
+        request = None
 
         def prepare():
+            nonlocal request
+            request = parse("ModelInferRequest", raw)
+            self._model(request.model_name, request.model_version)
             feeds = decode_inputs(request, service.model.inputs, service.settings["allow_nonfinite"],
                                   service.manifest["requests"], service.max_rows())
             names = [output.name for output in request.outputs]
@@ -315,6 +315,13 @@ class Rpcs:
             return response.SerializeToString()
 
         return service.inference(prepare, answer)
+
+
+def parse(request_type, raw):
+    try:
+        return MESSAGES[request_type].FromString(raw)
+    except message.DecodeError as exc:
+        raise RequestError(f"the request is not a valid {request_type}: {exc}", kind="bad_message") from None
 
 
 def decode_inputs(request, model_inputs, allow_nonfinite, contract, max_rows):

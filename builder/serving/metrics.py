@@ -23,10 +23,11 @@ class _Histogram:
         self.total += 1
         self.sum += value
 
-    def lines(self, name):
+    def lines(self, name, labels):
         out = [f"# TYPE {name} histogram"]
-        out += [f'{name}_bucket{{le="{bound}"}} {count}' for bound, count in zip(self.buckets, self.counts)]
-        return out + [f'{name}_bucket{{le="+Inf"}} {self.total}', f"{name}_sum {self.sum}", f"{name}_count {self.total}"]
+        out += [f'{name}_bucket{{{labels},le="{bound}"}} {count}' for bound, count in zip(self.buckets, self.counts)]
+        return out + [f'{name}_bucket{{{labels},le="+Inf"}} {self.total}', f"{name}_sum{{{labels}}} {self.sum}",
+                      f"{name}_count{{{labels}}} {self.total}"]
 
 
 class Metrics:
@@ -65,8 +66,8 @@ class Metrics:
             lines += ["# TYPE mdbuild_request_errors_total counter"]
             lines += [f'mdbuild_request_errors_total{{model="{self._model}",kind="{kind}"}} {count}'
                       for kind, count in sorted(self._errors.items())]
-            lines += self._latency.lines("mdbuild_request_duration_seconds")
-            lines += self._batch.lines("mdbuild_batch_size")
+            lines += self._latency.lines("mdbuild_request_duration_seconds", f'model="{self._model}"')
+            lines += self._batch.lines("mdbuild_batch_size", f'model="{self._model}"')
             lines += ["# TYPE mdbuild_requests_in_flight gauge", f"mdbuild_requests_in_flight {self.in_flight}"]
         lines += extra
         lines += ["# TYPE process_cpu_seconds_total counter", f"process_cpu_seconds_total {time.process_time()}",

@@ -2,11 +2,13 @@
 
 The build summarizes each input and output tensor over its reference rows (the verification samples
 and the evaluation set): the bins of its values' deciles and their shares, the range it saw and, for
-class scores, the mean top-1 confidence and the share of the most frequent class. The server bins each
-answered row the same way into a rolling window of the last rows and exports, per tensor, the
-population stability index (PSI) of the window against the reference (for class scores also of the
-predicted classes' frequencies), rows with values outside the reference range or non-finite outputs,
-and the confidence and top-class share of class outputs."""
+class scores, the mean top-1 confidence and every class's share. The server bins each answered row
+the same way into a rolling window of the last rows and exports, per tensor, the population
+stability index (PSI) of the window against the reference (for class scores also of the predicted
+classes' frequencies), rows with values outside the reference range or non-finite outputs, and the
+confidence and top-class share of class outputs. A mask input is summarized by each row's length (its
+real positions), and the inputs it masks by their real positions only: a client padding a batch of
+sentences to one length sends the same data as one sending them one by one."""
 
 from __future__ import annotations
 
@@ -22,45 +24,96 @@ import numpy as np
 LIVE_VALUES = 256
 REFERENCE_VALUES = 4096
 BINS = 10
+FEATURE_BINS = 5  # per feature of a table: each bin holds more rows, so the many features' PSIs stay quiet
 # A value this far outside the reference range (a share of its span) makes its row out of range.
 RANGE_MARGIN = 0.1
-PENDING = 64  # requests waiting to be measured (a ResNet-50 request holds 0.6 MB)
+# Requests waiting to be measured: each holds its arrays (a ResNet-50 request 0.6 MB).
+PENDING = 16
 _SMALLEST_SHARE = 1e-4  # an empty bin's share in PSI (ln 0 otherwise)
+_PROBABILITY_SUM = 0.05  # how far from 1 a row of probabilities may sum (a quantized softmax rounds each class)
 
 
-def sampled(array, count):
-    """(rows, k) float64: each row's values at a fixed stride, at most `count` of them."""
-    flat = np.asarray(array).reshape(len(array), -1)
-    stride = max(1, flat.shape[1] // count)
-    return flat[:, ::stride][:, :count].astype(np.float64)
+def describing(rows, mask, how):
+    """Each row's values that describe the data (`how`: the tensor's entry in reference.json): the whole
+    row, its length (a mask: how many real positions), or its real positions (an input a mask pads) as
+    a list of 1-D arrays."""
+    if how.get("statistic") == "length":
+        return (rows != how["padding"]).sum(axis=1, keepdims=True)
+    if mask is None:
+        return rows
+    return [row[keep != how["padding"]] for row, keep in zip(rows, mask.reshape(len(mask), -1))]
 
 
-def confidences(scores):
-    """(top-1 class, its probability) of each row; rows that are not probabilities go through softmax."""
+def sampled(rows, count):
+    """Flat float64 values: each row's at a fixed stride over all of it, at most `count` of them."""
+    if isinstance(rows, np.ndarray):
+        return rows[:, :: max(1, -(-rows.shape[1] // count))].astype(np.float64).reshape(-1)
+    return np.concatenate([row[:: max(1, -(-len(row) // count))] for row in rows] + [np.empty(0)]).astype(np.float64)
+
+
+def span(rows):
+    """(smallest, largest) value of all rows, NaN left out."""
+    if isinstance(rows, np.ndarray):
+        return float(np.nanmin(rows)), float(np.nanmax(rows))
+    present = [row for row in rows if row.size]
+    return min(float(np.nanmin(row)) for row in present), max(float(np.nanmax(row)) for row in present)
+
+
+def outside(rows, low, high):
+    """How many rows hold a value outside [low, high], or NaN (a row with no value holds none)."""
+    with np.errstate(invalid="ignore"):
+        if isinstance(rows, np.ndarray):
+            return int(np.count_nonzero(~((rows.min(axis=1) >= low) & (rows.max(axis=1) <= high))))
+        return sum(1 for row in rows if row.size and not (row.min() >= low and row.max() <= high))
+
+
+def are_probabilities(scores):
+    """Whether every row is already probabilities (non-negative, summing to 1)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return bool(scores.min() >= 0 and np.abs(scores.sum(axis=1) - 1).max() <= _PROBABILITY_SUM)
+
+
+def confidences(scores, probabilities):
+    """(top-1 class, its probability) of each row: the row itself, or its softmax."""
     scores = np.asarray(scores, dtype=np.float64)
     top = scores.argmax(axis=1)
-    if scores.min() >= 0 and np.abs(scores.sum(axis=1) - 1).max() <= 1e-3:
+    if probabilities:
         return top, scores.max(axis=1)
     shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
     return top, 1 / shifted.sum(axis=1)  # the top class's exp(0) over the sum
 
 
-def summarize(arrays, class_scores):
-    """The reference statistics of one tensor over `arrays` (batches of rows)."""
-    values = np.concatenate([sampled(a, REFERENCE_VALUES).reshape(-1) for a in arrays])
-    values = values[np.isfinite(values)]
-    edges = np.unique(np.quantile(values, np.linspace(0, 1, BINS + 1)[1:-1]))
-    counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
-    rows = [np.asarray(a).reshape(len(a), -1) for a in arrays]
-    summary = {"rows": sum(len(r) for r in rows), "edges": edges.tolist(), "shares": (counts / counts.sum()).tolist(),
-               "low": float(min(np.nanmin(r) for r in rows)), "high": float(max(np.nanmax(r) for r in rows))}
-    if class_scores:
-        top, confidence = confidences(np.concatenate(rows))
-        frequencies = np.bincount(top, minlength=rows[0].shape[1])
-        summary["confidence"] = float(confidence.mean())
-        summary["top_class_share"] = float(frequencies.max() / len(top))
-        summary["class_shares"] = (frequencies / len(top)).tolist()
+def summarize(arrays, masks, how):
+    """The reference statistics of one tensor over `arrays` (batches of rows; `masks`: the batches of the
+    mask that pads it, or Nones), described as `how` says (its keys are kept)."""
+    described = [describing(np.asarray(a).reshape(len(a), -1), m, how) for a, m in zip(arrays, masks)]
+    values = np.concatenate([sampled(rows, REFERENCE_VALUES) for rows in described])
+    edges, counts = _binned(values[np.isfinite(values)], BINS)
+    lows, highs = zip(*(span(rows) for rows in described))
+    summary = {**how, "rows": sum(len(a) for a in arrays), "edges": edges.tolist(),
+               "shares": (counts / counts.sum()).tolist(), "low": min(lows), "high": max(highs)}
+    if how.get("features"):  # a table's columns, each on its own scale: one shifted column shows
+        table = np.concatenate([np.asarray(a, dtype=np.float64) for a in arrays])
+        summary["features"] = [_bins(column[np.isfinite(column)], FEATURE_BINS) for column in table.T]
+    if how.get("classes"):
+        scores = np.concatenate([np.asarray(a, dtype=np.float64) for a in arrays])
+        probabilities = are_probabilities(scores)
+        top, confidence = confidences(scores, probabilities)
+        frequencies = np.bincount(top, minlength=scores.shape[1])
+        summary.update(probabilities=probabilities, confidence=float(confidence.mean()),
+                       top_class_share=float(frequencies.max() / len(top)), class_shares=(frequencies / len(top)).tolist())
     return summary
+
+
+def _binned(values, bins):
+    """(the edges of the values' quantiles, how many values fall in each bin)."""
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
+    return edges, np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+
+
+def _bins(values, bins):
+    edges, counts = _binned(values, bins)
+    return {"edges": edges.tolist(), "shares": (counts / counts.sum()).tolist()}
 
 
 def psi(counts, shares):
@@ -80,32 +133,38 @@ class _Tensor:
         span = reference["high"] - reference["low"]
         self.low = reference["low"] - RANGE_MARGIN * span
         self.high = reference["high"] + RANGE_MARGIN * span
-        self.classes = "confidence" in reference
+        self.classes = "class_shares" in reference
         self.counts = np.zeros(len(self.edges) + 1, dtype=np.int64)
+        self.features = [(np.asarray(f["edges"]), np.zeros(len(f["edges"]) + 1, dtype=np.int64))
+                         for f in reference.get("features", ())]
         self.flagged_total = 0  # out-of-range input rows, or non-finite output rows, since the start
         self.confidence = 0.0
         self.tops = {}
 
-    def measure(self, array):
+    def measure(self, array, mask):
         """What a request adds: (bin counts, flagged rows, confidence sum, top classes)."""
         rows = np.asarray(array).reshape(len(array), -1)
-        values = sampled(rows, LIVE_VALUES)
+        described = describing(rows, mask, self.reference)
+        values = sampled(described, LIVE_VALUES)
         counts = np.bincount(np.searchsorted(self.edges, values[np.isfinite(values)], side="right"),
                              minlength=len(self.edges) + 1)
-        if self.kind == "input":
-            with np.errstate(invalid="ignore"):
-                flagged = int(np.sum(~((rows.min(axis=1) >= self.low) & (rows.max(axis=1) <= self.high))))
-        else:
-            finite = np.isfinite(rows).all(axis=1)
-            flagged = len(rows) - int(np.count_nonzero(finite))
-        if not self.classes:
-            return counts, flagged, 0.0, ()
-        top, confidence = confidences(np.nan_to_num(rows) if flagged else rows)
-        return counts, flagged, float(confidence.sum()), tuple(top.tolist())
+        flagged = 0
+        if self.kind == "output":
+            flagged = len(rows) - int(np.count_nonzero(np.isfinite(rows).all(axis=1)))
+        elif self.reference.get("range", True):
+            flagged = outside(described, self.low, self.high)
+        features = [np.bincount(np.searchsorted(edges, column[np.isfinite(column)], side="right"), minlength=len(edges) + 1)
+                    for (edges, _), column in zip(self.features, rows.T)] if rows.shape[1] == len(self.features) else []
+        if not self.classes or rows.shape[1] != len(self.reference["class_shares"]):
+            return counts, flagged, 0.0, (), features
+        top, confidence = confidences(np.nan_to_num(rows) if flagged else rows, self.reference["probabilities"])
+        return counts, flagged, float(confidence.sum()), tuple(top.tolist()), features
 
     def add(self, measured, sign):
-        counts, flagged, confidence, tops = measured
+        counts, flagged, confidence, tops, features = measured
         self.counts += sign * counts
+        for (_, window), added in zip(self.features, features):
+            window += sign * added
         self.confidence += sign * confidence
         for top in tops:
             self.tops[top] = self.tops.get(top, 0) + sign
@@ -166,7 +225,7 @@ class Monitor:
         for (kind, name), tensor in self._tensors.items():
             array = (feeds if kind == "input" else outputs).get(name)
             if array is not None and len(array) == rows:
-                measured[kind, name] = tensor.measure(array)
+                measured[kind, name] = tensor.measure(array, feeds.get(tensor.reference.get("masked_by")))
         with self._lock:
             self._requests.append((rows, measured))
             self._rows += rows
@@ -179,23 +238,30 @@ class Monitor:
                 for key, values in old.items():
                     self._tensors[key].add(values, -1)
 
+    def settle(self, timeout):
+        """Waits, up to `timeout` seconds, until every request observed so far is measured."""
+        with self._lock:
+            observed = self._queued
+            return self._done.wait_for(lambda: self._measured >= observed, timeout=timeout)
+
     def render(self):
-        """Prometheus text-format lines."""
+        """Prometheus text-format lines: of every request observed before the scrape (a second at most)."""
         model = self._model
         lines = []
+        self.settle(1.0)
         with self._lock:
-            # What was observed before this scrape is in it (a second at most: under overload, later).
-            observed = self._queued
-            self._done.wait_for(lambda: self._measured >= observed, timeout=1.0)
             lines += _family("mdbuild_monitor_rows_total", "counter", [(f'model="{model}"', self._rows_total)])
             lines += _family("mdbuild_monitor_window_rows", "gauge", [(f'model="{model}"', self._rows)])
             lines += _family("mdbuild_monitor_dropped_rows_total", "counter", [(f'model="{model}"', self._dropped)])
             lines += _family("mdbuild_monitor_failed_requests_total", "counter", [(f'model="{model}"', self._failed)])
-            drift, flagged, confidence, share = [], {"input": [], "output": []}, [], []
+            drift, features, flagged, confidence, share, classes = [], [], {"input": [], "output": []}, [], [], []
             for (kind, name), tensor in self._tensors.items():
                 labels = f'model="{model}",kind="{kind}",tensor="{name}"'
                 if self._rows:
                     drift.append((labels, psi(tensor.counts, tensor.reference["shares"])))
+                    features += [(f'model="{model}",tensor="{name}",feature="{index}"', psi(window, reference["shares"]))
+                                 for index, ((_, window), reference) in enumerate(zip(tensor.features,
+                                                                                      tensor.reference.get("features", ())))]
                 flagged[kind].append((f'model="{model}",tensor="{name}"', tensor.flagged_total))
                 if tensor.classes:
                     labels = f'model="{model}",tensor="{name}"'
@@ -205,16 +271,19 @@ class Monitor:
                                                 minlength=len(tensor.reference["class_shares"]))
                         drift.append((f'model="{model}",kind="class",tensor="{name}"',
                                       psi(predicted, tensor.reference["class_shares"])))
+                    classes.append((labels, len(tensor.reference["class_shares"])))
                     confidence += [(labels + ',window="reference"', tensor.reference["confidence"])]
                     share += [(labels + ',window="reference"', tensor.reference["top_class_share"])]
                     if rows:
                         confidence.append((labels + ',window="live"', tensor.confidence / rows))
                         share.append((labels + ',window="live"', max(tensor.tops.values()) / rows))
         lines += _family("mdbuild_drift_psi", "gauge", drift)
+        lines += _family("mdbuild_feature_drift_psi", "gauge", features)
         lines += _family("mdbuild_input_out_of_range_rows_total", "counter", flagged["input"])
         lines += _family("mdbuild_output_nonfinite_rows_total", "counter", flagged["output"])
         lines += _family("mdbuild_output_confidence_mean", "gauge", confidence)
         lines += _family("mdbuild_output_top_class_share", "gauge", share)
+        lines += _family("mdbuild_output_classes", "gauge", classes)
         return lines
 
 

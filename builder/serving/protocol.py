@@ -9,7 +9,8 @@ import numpy as np
 
 DATATYPES = {
     "FP32": "float32", "FP16": "float16", "FP64": "float64", "INT64": "int64", "INT32": "int32",
-    "INT16": "int16", "INT8": "int8", "UINT8": "uint8", "BOOL": "bool",
+    "INT16": "int16", "INT8": "int8", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+    "BOOL": "bool",
 }
 V2_NAMES = {dtype: name for name, dtype in DATATYPES.items()}
 HEADER_LENGTH = "Inference-Header-Content-Length"

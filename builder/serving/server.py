@@ -271,11 +271,12 @@ class Handler(BaseHTTPRequestHandler):
         service = self.server.service
         started = time.perf_counter()
         service.metrics.started()
-        status, kind, route, sent = 500, None, "other", 0
+        status, kind, sent = 500, None, 0
         self.body_read = False
+        self.route = "other"  # until _route finds the request's route
         url = urlsplit(self.path)
         try:
-            route, body, headers = self._route(service, url)
+            body, headers = self._route(service, url)
             status = 200
         except RequestError as exc:
             status, kind = exc.status, exc.kind
@@ -298,37 +299,51 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             kind = kind or "disconnected"
         seconds = time.perf_counter() - started
-        service.metrics.finished(route, status, seconds, kind)
+        service.metrics.finished(self.route, status, seconds, kind)
         sys.stderr.write(json.dumps({
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "client": self.client_address[0], "method": self.command,
             "path": url.path, "status": status, "error": kind, "ms": round(seconds * 1e3, 3),
-            "bytes_in": self.headers.get("Content-Length"), "bytes_out": sent,
+            "bytes_in": _length(self.headers.get("Content-Length")), "bytes_out": sent,
         }) + "\n")
 
     def _route(self, service, url):
+        """(route label, body, headers) of the request: the label is chosen before the token is checked
+        or the request served, so a refused request is counted under its route."""
         path = url.path.rstrip("/")
         model_path = f"/v2/models/{service.name}"
-        if self.command == "GET" and path == "/v2/health/live":
-            return "health", b'{"live": true}', {"Content-Type": "application/json"}
-        if self.command == "GET" and path in ("/v2/health/ready", model_path + "/ready"):
-            return "health", b'{"ready": true}', {"Content-Type": "application/json"}
-        self._authorize()
-        if self.command == "GET" and path == "/metrics":
-            monitored = service.monitor.render() if service.monitor is not None else []
-            return "metrics", service.metrics.render(monitored).encode(), {"Content-Type": "text/plain; version=0.0.4"}
-        if self.command == "GET" and path == "/v2":
+        json_type = {"Content-Type": "application/json"}
+
+        def server_metadata():
             meta = {"name": "mdbuild-serve", "version": service.manifest["mdbuild"],
                     "extensions": ["binary_tensor_data", "statistics"]}
-            return "metadata", json.dumps(meta).encode(), {"Content-Type": "application/json"}
-        if self.command == "GET" and path in ("/v2/models/stats", model_path + "/stats", model_path + "/versions/1/stats"):
-            return "statistics", json.dumps(service.statistics.render()).encode(), {"Content-Type": "application/json"}
-        if self.command == "GET" and path in (model_path, model_path + "/versions/1"):
-            return "metadata", json.dumps(service.metadata()).encode(), {"Content-Type": "application/json"}
-        if self.command == "POST" and path in (model_path + "/infer", model_path + "/versions/1/infer"):
-            return "infer", *service.infer(self._body(service), self.headers.get(protocol.HEADER_LENGTH))
-        if self.command == "POST" and path == model_path + "/classify":
-            return "classify", *service.classify(self._body(service), parse_qs(url.query))
-        raise RequestError(f"no route {self.command} {url.path}; the model is at {model_path}", status=404, kind="not_found")
+            return json.dumps(meta).encode(), json_type
+
+        def metrics():
+            monitored = service.monitor.render() if service.monitor is not None else []
+            return service.metrics.render(monitored).encode(), {"Content-Type": "text/plain; version=0.0.4"}
+
+        routes = {  # (method, path): (label, open without the token, answer)
+            ("GET", "/v2/health/live"): ("health", True, lambda: (b'{"live": true}', json_type)),
+            **{("GET", ready): ("health", True, lambda: (b'{"ready": true}', json_type))
+               for ready in ("/v2/health/ready", model_path + "/ready")},
+            ("GET", "/metrics"): ("metrics", False, metrics),
+            ("GET", "/v2"): ("metadata", False, server_metadata),
+            **{("GET", stats): ("statistics", False, lambda: (json.dumps(service.statistics.render()).encode(), json_type))
+               for stats in ("/v2/models/stats", model_path + "/stats", model_path + "/versions/1/stats")},
+            **{("GET", meta): ("metadata", False, lambda: (json.dumps(service.metadata()).encode(), json_type))
+               for meta in (model_path, model_path + "/versions/1")},
+            **{("POST", infer): ("infer", False, lambda: service.infer(self._body(service), self.headers.get(protocol.HEADER_LENGTH)))
+               for infer in (model_path + "/infer", model_path + "/versions/1/infer")},
+            ("POST", model_path + "/classify"): ("classify", False,
+                                                 lambda: service.classify(self._body(service), parse_qs(url.query))),
+        }
+        found = routes.get((self.command, path))
+        if found is None:
+            raise RequestError(f"no route {self.command} {url.path}; the model is at {model_path}", status=404, kind="not_found")
+        self.route, public, answer = found
+        if not public:
+            self._authorize()
+        return answer()
 
     def _authorize(self):
         token = self.server.token
@@ -366,6 +381,11 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise RequestError(f"the body ended after {len(body)} of {length} bytes", kind="truncated")
         return body
+
+
+def _length(header):
+    """A Content-Length for the access log: a number, or what was sent where it is not one."""
+    return int(header) if header and header.isascii() and header.isdigit() else header
 
 
 def selftest(here, model, tolerance, manifest):
@@ -497,6 +517,12 @@ def main(here, runtime, defaults, argv=None):
               "serving.monitoring=false)", file=sys.stderr)
         return 2
     reference = json.loads(statistics.read_text()) if args.monitoring == "on" else None
+    if reference and args.drift_window < 1:
+        print(f"refusing to start: --drift-window {args.drift_window}: give at least 1 row", file=sys.stderr)
+        return 2
+    if reference and args.drift_window < reference["drift_min_rows"]:
+        print(f"warning: --drift-window {args.drift_window} is below the {reference['drift_min_rows']} rows the shipped "
+              "drift alerts wait for (monitoring/alerts.yml): they cannot fire", file=sys.stderr)
     service = Service(model, manifest, settings, labels, reference)
     if args.grpc_port is not None:
         try:  # grpcio and protobuf are optional: only --grpc-port needs them
@@ -504,7 +530,11 @@ def main(here, runtime, defaults, argv=None):
         except ImportError as exc:
             print(f"--grpc-port needs grpcio and protobuf: pip install -r requirements-grpc.txt ({exc})", file=sys.stderr)
             return 2
-    httpd = Server((args.host, args.port), service, args.token)
+    try:
+        httpd = Server((args.host, args.port), service, args.token)
+    except OSError as exc:  # the port is taken, the address is not this host's
+        print(f"cannot serve HTTP on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     rpc = None
     if args.grpc_port is not None:
         try:

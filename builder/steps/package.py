@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from backends import get_backend
+from backends import get_backend, torchserve
 from builder import __version__, monitoring
 from builder.hashing import list_files, sha256_file
 from builder.inputs import batch_dim
@@ -67,16 +67,21 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     if labels:
         shutil.copyfile(ctx.paths["labels"], out / "labels.txt")
     # Beside the labels a handler may ship; with the request contract serve.py enforces.
-    backend.write_serving_files(out, str(model_dir), settings, {**config, "requests": _request_contract(config["model"])})
-    watched = monitoring.write(out, model, inputs, config, ctx.progress) if serving["monitoring"] else None
+    with_requests = {**config, "requests": _request_contract(config["model"])}
+    backend.write_serving_files(out, str(model_dir), settings, with_requests)
+    archive = torchserve.wanted(backend, serving)
+    if archive:
+        torchserve.write(out, str(model_dir), settings, with_requests, _runtime_file(backend))
+    watched = monitoring.write(out, model, inputs, with_requests, ctx.progress) if serving["monitoring"] else None
     tensors = {kind: [{"name": name, "datatype": V2_NAMES.get(dtype, dtype), "shape": [-1 if d is None else d for d in dims]}
                       for name, (dtype, dims) in getattr(model, kind).items()] for kind in ("inputs", "outputs")}
     values = {
         "mdbuild_version": __version__, "recipe": recipe, "target": target["name"],
         "backend": backend.name, "precision": target["precision"], "build_key": ctx.key,
         "report": report, "host": host_fingerprint(), "model_dir": str(model_dir), "labels": labels,
-        **tensors, "example_request": json.dumps(_example_request(tensors["inputs"])), "monitoring": bool(watched),
-        "classes": bool(watched) and any("confidence" in stats for stats in watched["outputs"].values()),
+        **tensors, "example_request": json.dumps(_example_request(tensors["inputs"], {spec["name"] for spec in config["model"]["inputs"] if role(spec) == "mask"})), "monitoring": bool(watched),
+        "torchserve": archive, "without_drift_alerts": watched and watched["without_drift_alerts"],
+        "classes": bool(watched) and any("class_shares" in stats for stats in watched["outputs"].values()),
     }
     (out / "README.md").write_text(render("README.md.j2", **values))
     (out / REPORT_PAGE).write_text(render("report.md.j2", **values))
@@ -126,10 +131,15 @@ def _write_server(ctx, backend, out: Path) -> None:
     package.mkdir()
     for source in sorted(SERVING_DIR.glob("*.py")):
         shutil.copyfile(source, package / source.name)
-    shutil.copyfile(importlib.util.find_spec(backend.runtime_module).origin, package / "runtime.py")
+    shutil.copyfile(_runtime_file(backend), package / "runtime.py")
     defaults = {key: ctx.config["serving"][key] for key in _SERVER_DEFAULTS}
     (out / "serve.py").write_text(render("serve.py.j2", mdbuild_version=__version__, recipe=ctx.config["recipe"],
                                          target=ctx.config["target"]["name"], build_key=ctx.key, defaults=defaults))
+
+
+def _runtime_file(backend) -> Path:
+    """The backend's standalone loader, shipped as runtime.py."""
+    return Path(importlib.util.find_spec(backend.runtime_module).origin)
 
 
 def _final_report(inputs: dict[str, Path], model_dir: Path) -> dict:
@@ -191,13 +201,14 @@ def _request_contract(model: dict[str, Any]) -> dict[str, Any]:
                         for d in spec["shape"] if isinstance(d, str) and d != batch}}
 
 
-def _example_request(inputs: list[dict]) -> dict:
+def _example_request(inputs: list[dict], masks: set[str]) -> dict:
+    """A request of zeros, and ones in the masks (a mask of zeros leaves no real position: NaN from most models)."""
     tensors = []
     for tensor in inputs:
         shape = [1 if d == -1 else d for d in tensor["shape"]]
         count = 1
         for size in shape:
             count *= size
-        data = [0] * count if count <= 16 else f"<{count} values, row-major>"
+        data = [int(tensor["name"] in masks)] * count if count <= 16 else f"<{count} values, row-major>"
         tensors.append({"name": tensor["name"], "shape": shape, "datatype": tensor["datatype"], "data": data})
     return {"inputs": tensors}

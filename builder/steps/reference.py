@@ -53,7 +53,7 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
         np.savez(handle, **payload)
     (out / "reference.json").write_text(json.dumps({
         "inputs": [i["name"] for i in ctx.config["model"]["inputs"]], "outputs": names,
-        "data": _described(ctx.config), "section": data.verification_section(ctx.config), "samples": len(found), "cases": [{key: c[key] for key in ("name", "kind", "perturbs")} for c in built]}))
+        "data": _described(ctx.config), "random": data.random_verification(ctx.config), "section": data.verification_section(ctx.config), "samples": len(found), "cases": [{key: c[key] for key in ("name", "kind", "perturbs")} for c in built]}))
     evaluate_source(ctx, out, model)
 
 

@@ -1,9 +1,10 @@
-"""A TorchServe model archive in the pytorch target's artifact (torchserve/<recipe>.mar), made with
-torch-model-archiver: the verified model file, the runtime module serve.py runs (runtime.py), the
-server's request protocol (protocol.py), the recipe's image preprocessing and labels, and a handler
+"""A TorchServe model archive in the artifact (torchserve/<recipe>.mar), made with torch-model-archiver:
+the verified model file, the backend's runtime module serve.py runs (runtime.py), the server's request
+protocol (protocol.py), the recipe's image preprocessing and labels, and a handler
 (torchserve_handler.py) that answers KServe v2 requests, and images with the top classes where the
-recipe has labels. The archive is rewritten with
-fixed times (the archiver stamps the time of day into it), so one build gives one archive."""
+recipe has labels. The pytorch target writes one unless serving.torchserve=false; onnxruntime targets
+when serving.torchserve=true (TorchServe's workers then need onnxruntime). The archive is rewritten
+with fixed times (the archiver stamps the time of day into it), so one build gives one archive."""
 
 from __future__ import annotations
 
@@ -16,17 +17,34 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from builder.errors import MdbuildError
+from builder.errors import MdbuildError, missing_extra
+from builder.versions import library_version
 
 HERE = Path(__file__).parent
 SPEC_FILE = "mdbuild.json"
-SERVING = HERE.parents[1] / "builder" / "serving"
+SERVING = HERE.parent / "builder" / "serving"
 # What the archive ships besides the model: in the package step's key (the plan hashes them).
-SHIPPED = (HERE / "torchserve_handler.py", HERE / "runtime.py", SERVING / "protocol.py", SERVING / "preprocess.py")
+SHIPPED = (HERE / "torchserve_handler.py", SERVING / "protocol.py", SERVING / "preprocess.py")
+ARCHIVER = "torch-model-archiver"
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
 
-def write(out: Path, model_dir: str, settings: dict[str, Any], config: dict[str, Any]) -> None:
+def wanted(backend, serving: dict[str, Any]) -> bool:
+    """Whether the artifact holds an archive: serving.torchserve, else the backend's default. Checked at
+    plan time: an archive the backend cannot have, or no archiver installed, is refused before any step."""
+    asked = serving["torchserve"]
+    if asked and backend.torchserve is None:
+        raise MdbuildError(f"{backend.name} artifacts have no TorchServe archive (its handler runs pytorch and "
+                           "onnxruntime models)", "serving.torchserve",
+                           "use target=pytorch or an onnxruntime target, or leave serving.torchserve unset")
+    chosen = backend.torchserve if asked is None else asked
+    if chosen and library_version(ARCHIVER) is None:
+        raise missing_extra(ARCHIVER, "torch", "serving.torchserve")
+    return bool(chosen)
+
+
+def write(out: Path, model_dir: str, settings: dict[str, Any], config: dict[str, Any], runtime: Path) -> None:
+    """torchserve/<recipe>.mar of the model in `model_dir`, run by the backend's `runtime` module."""
     recipe, serving = config["recipe"], config["serving"]
     labels = out / "labels.txt"
     spec = {"runtime": settings, "preprocess": config.get("preprocess") if labels.is_file() else None,
@@ -35,6 +53,7 @@ def write(out: Path, model_dir: str, settings: dict[str, Any], config: dict[str,
     with tempfile.TemporaryDirectory(prefix="mdbuild-mar-") as scratch:
         staging = Path(scratch)
         extras = [Path(shutil.copyfile(source, staging / source.name)) for source in SHIPPED[1:]]
+        extras.append(Path(shutil.copyfile(runtime, staging / "runtime.py")))
         (staging / SPEC_FILE).write_text(json.dumps(spec, indent=1, sort_keys=True))
         extras += [staging / SPEC_FILE] + ([labels] if labels.is_file() else [])
         command = [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", recipe, "--version", "1",
@@ -46,7 +65,7 @@ def write(out: Path, model_dir: str, settings: dict[str, Any], config: dict[str,
         if done.returncode != 0 or not archive.is_file():
             lines = [line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip()]
             raise MdbuildError(f"torch-model-archiver failed: {lines[-1] if lines else f'exit {done.returncode}'}",
-                               "target.backend", "pip install 'mdbuild[torch]' (it brings torch-model-archiver)")
+                               "serving.torchserve", "pip install 'mdbuild[torch]' (it brings torch-model-archiver)")
         (out / "torchserve").mkdir()
         _reproducible(archive, out / "torchserve" / f"{recipe}.mar")
 
