@@ -88,10 +88,9 @@ def summarize(arrays, masks, how):
     mask that pads it, or Nones), described as `how` says (its keys are kept)."""
     described = [describing(np.asarray(a).reshape(len(a), -1), m, how) for a, m in zip(arrays, masks)]
     values = np.concatenate([sampled(rows, REFERENCE_VALUES) for rows in described])
-    edges, counts = _binned(values[np.isfinite(values)], BINS)
     lows, highs = zip(*(span(rows) for rows in described))
-    summary = {**how, "rows": sum(len(a) for a in arrays), "edges": edges.tolist(),
-               "shares": (counts / counts.sum()).tolist(), "low": min(lows), "high": max(highs)}
+    summary = {**how, "rows": sum(len(a) for a in arrays), **_bins(values[np.isfinite(values)], BINS),
+               "low": min(lows), "high": max(highs)}
     if how.get("features"):  # a table's columns, each on its own scale: one shifted column shows
         table = np.concatenate([np.asarray(a, dtype=np.float64) for a in arrays])
         summary["features"] = [_bins(column[np.isfinite(column)], FEATURE_BINS) for column in table.T]
@@ -105,14 +104,10 @@ def summarize(arrays, masks, how):
     return summary
 
 
-def _binned(values, bins):
-    """(the edges of the values' quantiles, how many values fall in each bin)."""
-    edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
-    return edges, np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
-
-
 def _bins(values, bins):
-    edges, counts = _binned(values, bins)
+    """The edges of the values' quantiles (repeated ones merged) and the share of values in each bin."""
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
+    counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
     return {"edges": edges.tolist(), "shares": (counts / counts.sum()).tolist()}
 
 
@@ -130,9 +125,9 @@ class _Tensor:
         self.reference = reference
         self.kind = kind
         self.edges = np.asarray(reference["edges"])
-        span = reference["high"] - reference["low"]
-        self.low = reference["low"] - RANGE_MARGIN * span
-        self.high = reference["high"] + RANGE_MARGIN * span
+        width = reference["high"] - reference["low"]
+        self.low = reference["low"] - RANGE_MARGIN * width
+        self.high = reference["high"] + RANGE_MARGIN * width
         self.classes = "class_shares" in reference
         self.counts = np.zeros(len(self.edges) + 1, dtype=np.int64)
         self.features = [(np.asarray(f["edges"]), np.zeros(len(f["edges"]) + 1, dtype=np.int64))
@@ -142,7 +137,7 @@ class _Tensor:
         self.tops = {}
 
     def measure(self, array, mask):
-        """What a request adds: (bin counts, flagged rows, confidence sum, top classes)."""
+        """What a request adds: (bin counts, flagged rows, confidence sum, top classes, each feature's bin counts)."""
         rows = np.asarray(array).reshape(len(array), -1)
         described = describing(rows, mask, self.reference)
         values = sampled(described, LIVE_VALUES)
