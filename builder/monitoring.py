@@ -130,8 +130,8 @@ def _expressions(recipe: str, serving: dict[str, Any], class_drift: list[str]) -
         "MdbuildInputDrift": f'mdbuild_drift_psi{{{model},kind="input"}} > {threshold} and {enough}',
         "MdbuildOutputDrift": f'mdbuild_drift_psi{{{model},kind="output"}} > {threshold} and {enough}',
         "MdbuildFeatureDrift": f'mdbuild_feature_drift_psi{{{model}}} > {threshold} and {enough}',
-        "MdbuildClassDrift": (f'mdbuild_drift_psi{{{model},kind="class",tensor=~"{"|".join(class_drift)}"}} > {threshold} '
-                              f'and {enough}'),
+        "MdbuildClassDrift": ("(" + " or ".join(f'mdbuild_drift_psi{{{model},kind="class",tensor={json.dumps(name)}}}'
+                                                for name in class_drift) + f") > {threshold} and {enough}"),
         "MdbuildInputsOutOfRange": (f"rate(mdbuild_input_out_of_range_rows_total{{{model}}}[5m]) / ignoring(tensor) "
                                     f"group_left rate(mdbuild_monitor_rows_total{{{model}}}[5m]) > 0.01"),
         "MdbuildNonFiniteOutputs": f"increase(mdbuild_output_nonfinite_rows_total{{{model}}}[5m]) > 0",

@@ -151,7 +151,7 @@ def make_plan(spec: BuildSpec) -> Plan:
     package_reading = _reading(config, package.reads(config))
     archive = torchserve.wanted(backend, config["serving"])
     steps.append(StepNode(
-        id="package", run="builder.steps.package:run", version=3,
+        id="package", run="builder.steps.package:run", version=4,
         config={**package_reading["config"], "recipe": spec.recipe, "mdbuild": __version__},
         reads=package_reading["reads"],
         upstream={"compiled": previous, "report": "verify", "reference": "reference", "export": "export",

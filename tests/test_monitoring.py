@@ -316,3 +316,18 @@ def test_a_tables_features_drift_one_by_one():
                 for line in lines if line.startswith("mdbuild_feature_drift_psi")}
     assert {name for name, value in features.items() if value > 0.2} == {"4", "24"}, features
     assert drift["x"] < 0.2  # the pooled PSI alone would have missed it
+
+
+def test_columns_and_tensors_without_a_finite_reference_value_are_summarized():
+    """A table column missing (NaN) in every reference row, and a tensor of NaN only: the build summarizes
+    them (one bin, no range) instead of failing, and the server measures them."""
+    from builder.serving.monitor import summarize
+
+    table = np.random.default_rng(5).normal(size=(200, 3))
+    table[:, 1] = np.nan
+    reference = {"inputs": {"x": summarize([table], [None], {"range": True, "features": True}),
+                            "empty": summarize([np.full((200, 2), np.nan)], [None], {"range": True})}, "outputs": {}}
+    assert reference["inputs"]["x"]["features"][1] == {"edges": [], "shares": [1.0]}
+    assert reference["inputs"]["empty"]["range"] is False and "low" not in reference["inputs"]["empty"]
+    drift, lines = _psi_of(reference, [{"x": table[:10], "empty": np.full((10, 2), np.nan)}])
+    assert set(drift) == {"x", "empty"} and "mdbuild_monitor_failed_requests_total{model=\"m\"} 0.0" in lines

@@ -186,6 +186,8 @@ def test_deep_json_non_ascii_credentials_and_odd_lengths_get_4xx_not_500(heads):
         assert status == 400 and "nested too deeply" in json.loads(data)["error"]
         for value in ("Bearer \u00e9t\u00e9", "Bearer t\u00ff"):  # http.client sends them as latin-1
             assert served.request("GET", "/v2/models/heads", headers={"Authorization": value})[0] == 401
+        assert served.request("GET", "/nope")[0] == 401  # without the token, not even which routes exist
+        assert served.request("GET", "/nope", headers={"Authorization": "Bearer t"})[0] == 404
         for lengths in ([b"1_0"], [b"+10"], [b" 10"], [b"10", b"10"]):
             with socket.create_connection(("127.0.0.1", served.port)) as connection:
                 connection.sendall(b"POST /v2/models/heads/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n"

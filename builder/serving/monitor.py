@@ -52,11 +52,11 @@ def sampled(rows, count):
 
 
 def span(rows):
-    """(smallest, largest) value of all rows, NaN left out."""
-    if isinstance(rows, np.ndarray):
-        return float(np.nanmin(rows)), float(np.nanmax(rows))
-    present = [row for row in rows if row.size]
-    return min(float(np.nanmin(row)) for row in present), max(float(np.nanmax(row)) for row in present)
+    """(smallest, largest) finite value of all rows; (inf, -inf) where there is none."""
+    values = [np.asarray(row, dtype=np.float64) for row in rows]
+    finite = [row[np.isfinite(row)] for row in values]
+    return min((float(row.min()) for row in finite if row.size), default=math.inf), \
+        max((float(row.max()) for row in finite if row.size), default=-math.inf)
 
 
 def outside(rows, low, high):
@@ -89,8 +89,11 @@ def summarize(arrays, masks, how):
     described = [describing(np.asarray(a).reshape(len(a), -1), m, how) for a, m in zip(arrays, masks)]
     values = np.concatenate([sampled(rows, REFERENCE_VALUES) for rows in described])
     lows, highs = zip(*(span(rows) for rows in described))
-    summary = {**how, "rows": sum(len(a) for a in arrays), **_bins(values[np.isfinite(values)], BINS),
-               "low": min(lows), "high": max(highs)}
+    summary = {**how, "rows": sum(len(a) for a in arrays), **_bins(values[np.isfinite(values)], BINS)}
+    if min(lows) > max(highs):  # no finite value at all: no range to hold rows to
+        summary["range"] = False
+    else:
+        summary.update(low=min(lows), high=max(highs))
     if how.get("features"):  # a table's columns, each on its own scale: one shifted column shows
         table = np.concatenate([np.asarray(a, dtype=np.float64) for a in arrays])
         summary["features"] = [_bins(column[np.isfinite(column)], FEATURE_BINS) for column in table.T]
@@ -105,7 +108,10 @@ def summarize(arrays, masks, how):
 
 
 def _bins(values, bins):
-    """The edges of the values' quantiles (repeated ones merged) and the share of values in each bin."""
+    """The edges of the values' quantiles (repeated ones merged) and the share of values in each bin (one
+    bin where there is no value)."""
+    if not values.size:
+        return {"edges": [], "shares": [1.0]}
     edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
     counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
     return {"edges": edges.tolist(), "shares": (counts / counts.sum()).tolist()}
@@ -125,9 +131,10 @@ class _Tensor:
         self.reference = reference
         self.kind = kind
         self.edges = np.asarray(reference["edges"])
-        width = reference["high"] - reference["low"]
-        self.low = reference["low"] - RANGE_MARGIN * width
-        self.high = reference["high"] + RANGE_MARGIN * width
+        if "low" in reference:
+            width = reference["high"] - reference["low"]
+            self.low = reference["low"] - RANGE_MARGIN * width
+            self.high = reference["high"] + RANGE_MARGIN * width
         self.classes = "class_shares" in reference
         self.counts = np.zeros(len(self.edges) + 1, dtype=np.int64)
         self.features = [(np.asarray(f["edges"]), np.zeros(len(f["edges"]) + 1, dtype=np.int64))

@@ -147,6 +147,23 @@ class Service:
         return self.manifest["runtime"].get("max_batch_size")
 
 
+_JSON = {"Content-Type": "application/json"}
+
+
+def routes(model):
+    """{(method, path): (label in /metrics, open without the token, the Handler method answering)}."""
+    at = f"/v2/models/{model}"
+    table = {("GET", "/v2/health/live"): ("health", True, Handler._live), ("GET", "/metrics"): ("metrics", False, Handler._metrics),
+             ("GET", "/v2"): ("metadata", False, Handler._server_metadata),
+             ("POST", at + "/classify"): ("classify", False, Handler._classify)}
+    table.update({("GET", path): ("health", True, Handler._ready) for path in ("/v2/health/ready", at + "/ready")})
+    table.update({("GET", path): ("statistics", False, Handler._statistics)
+                  for path in ("/v2/models/stats", at + "/stats", at + "/versions/1/stats")})
+    table.update({("GET", path): ("metadata", False, Handler._model_metadata) for path in (at, at + "/versions/1")})
+    table.update({("POST", path): ("infer", False, Handler._infer) for path in (at + "/infer", at + "/versions/1/infer")})
+    return table
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = False  # server_close() waits for requests in flight
     block_on_close = True
@@ -156,6 +173,7 @@ class Server(ThreadingHTTPServer):
 
     def __init__(self, address, service, token, grace_s=30.0):
         self.service = service
+        self.routes = routes(service.name)
         self.token = token
         self.grace_s = grace_s
         self.idle = set()  # keep-alive connections waiting for their next request
@@ -307,43 +325,43 @@ class Handler(BaseHTTPRequestHandler):
         }) + "\n")
 
     def _route(self, service, url):
-        """(route label, body, headers) of the request: the label is chosen before the token is checked
-        or the request served, so a refused request is counted under its route."""
-        path = url.path.rstrip("/")
-        model_path = f"/v2/models/{service.name}"
-        json_type = {"Content-Type": "application/json"}
-
-        def server_metadata():
-            meta = {"name": "mdbuild-serve", "version": service.manifest["mdbuild"],
-                    "extensions": ["binary_tensor_data", "statistics"]}
-            return json.dumps(meta).encode(), json_type
-
-        def metrics():
-            monitored = service.monitor.render() if service.monitor is not None else []
-            return service.metrics.render(monitored).encode(), {"Content-Type": "text/plain; version=0.0.4"}
-
-        routes = {  # (method, path): (label, open without the token, answer)
-            ("GET", "/v2/health/live"): ("health", True, lambda: (b'{"live": true}', json_type)),
-            **{("GET", ready): ("health", True, lambda: (b'{"ready": true}', json_type))
-               for ready in ("/v2/health/ready", model_path + "/ready")},
-            ("GET", "/metrics"): ("metrics", False, metrics),
-            ("GET", "/v2"): ("metadata", False, server_metadata),
-            **{("GET", stats): ("statistics", False, lambda: (json.dumps(service.statistics.render()).encode(), json_type))
-               for stats in ("/v2/models/stats", model_path + "/stats", model_path + "/versions/1/stats")},
-            **{("GET", meta): ("metadata", False, lambda: (json.dumps(service.metadata()).encode(), json_type))
-               for meta in (model_path, model_path + "/versions/1")},
-            **{("POST", infer): ("infer", False, lambda: service.infer(self._body(service), self.headers.get(protocol.HEADER_LENGTH)))
-               for infer in (model_path + "/infer", model_path + "/versions/1/infer")},
-            ("POST", model_path + "/classify"): ("classify", False,
-                                                 lambda: service.classify(self._body(service), parse_qs(url.query))),
-        }
-        found = routes.get((self.command, path))
+        """(body, headers) of the request. Its route's label is set before the token is checked or the
+        request served, so a refused request is counted under its route."""
+        found = self.server.routes.get((self.command, url.path.rstrip("/")))
         if found is None:
-            raise RequestError(f"no route {self.command} {url.path}; the model is at {model_path}", status=404, kind="not_found")
+            self._authorize()  # without the token, not even which routes exist
+            raise RequestError(f"no route {self.command} {url.path}; the model is at /v2/models/{service.name}",
+                               status=404, kind="not_found")
         self.route, public, answer = found
         if not public:
             self._authorize()
-        return answer()
+        return answer(self, service, url)
+
+    def _live(self, service, url):
+        return b'{"live": true}', _JSON
+
+    def _ready(self, service, url):
+        return b'{"ready": true}', _JSON
+
+    def _metrics(self, service, url):
+        monitored = service.monitor.render() if service.monitor is not None else []
+        return service.metrics.render(monitored).encode(), {"Content-Type": "text/plain; version=0.0.4"}
+
+    def _server_metadata(self, service, url):
+        meta = {"name": "mdbuild-serve", "version": service.manifest["mdbuild"], "extensions": ["binary_tensor_data", "statistics"]}
+        return json.dumps(meta).encode(), _JSON
+
+    def _statistics(self, service, url):
+        return json.dumps(service.statistics.render()).encode(), _JSON
+
+    def _model_metadata(self, service, url):
+        return json.dumps(service.metadata()).encode(), _JSON
+
+    def _infer(self, service, url):
+        return service.infer(self._body(service), self.headers.get(protocol.HEADER_LENGTH))
+
+    def _classify(self, service, url):
+        return service.classify(self._body(service), parse_qs(url.query))
 
     def _authorize(self):
         token = self.server.token
