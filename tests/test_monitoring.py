@@ -316,6 +316,14 @@ def test_a_tables_features_drift_one_by_one():
                 for line in lines if line.startswith("mdbuild_feature_drift_psi")}
     assert {name for name, value in features.items() if value > 0.2} == {"4", "24"}, features
     assert drift["x"] < 0.2  # the pooled PSI alone would have missed it
+    # Each column is held to its own range: a small column 1000x off is inside the table's overall range.
+    broken = table(50)
+    broken[:, 4] *= 1000
+    _, lines = _psi_of(reference, [{"x": broken}])
+    assert 'mdbuild_input_out_of_range_rows_total{model="m",tensor="x"} 50.0' in lines
+    fresh = _psi_of(reference, [{"x": table(50)}])[1]
+    flagged = [float(line.rsplit(" ", 1)[1]) for line in fresh if line.startswith("mdbuild_input_out_of_range_rows_total")]
+    assert flagged[0] <= 2  # lognormal tails: a fresh row may pass a column's widened reference range now and then
 
 
 def test_columns_and_tensors_without_a_finite_reference_value_are_summarized():

@@ -25,8 +25,12 @@ LIVE_VALUES = 256
 REFERENCE_VALUES = 4096
 BINS = 10
 FEATURE_BINS = 5  # per feature of a table: each bin holds more rows, so the many features' PSIs stay quiet
-# A value this far outside the reference range (a share of its span) makes its row out of range.
+# A value this far outside the reference range (a share of its span) makes its row out of range. A
+# table's columns get a wider margin: each is one value a row, with tails a few hundred reference rows
+# have not reached (30 columns of lognormal data at 0.1 flagged 1 fresh row in 10); at 1 span a column
+# tripled or a unit changed still is.
 RANGE_MARGIN = 0.1
+COLUMN_MARGIN = 1.0
 # Requests waiting to be measured: each holds its arrays (a ResNet-50 request 0.6 MB).
 PENDING = 16
 _SMALLEST_SHARE = 1e-4  # an empty bin's share in PSI (ln 0 otherwise)
@@ -96,7 +100,7 @@ def summarize(arrays, masks, how):
         summary.update(low=min(lows), high=max(highs))
     if how.get("features"):  # a table's columns, each on its own scale: one shifted column shows
         table = np.concatenate([np.asarray(a, dtype=np.float64) for a in arrays])
-        summary["features"] = [_bins(column[np.isfinite(column)], FEATURE_BINS) for column in table.T]
+        summary["features"] = [_feature(column[np.isfinite(column)]) for column in table.T]
     if how.get("classes"):
         scores = np.concatenate([np.asarray(a, dtype=np.float64) for a in arrays])
         probabilities = are_probabilities(scores)
@@ -117,6 +121,16 @@ def _bins(values, bins):
     return {"edges": edges.tolist(), "shares": (counts / counts.sum()).tolist()}
 
 
+def _feature(values):
+    """One column of a table: its bins and, where it has values, its own range."""
+    return {**_bins(values, FEATURE_BINS), **({"low": float(values.min()), "high": float(values.max())} if values.size else {})}
+
+
+def _widened(low, high, margin=RANGE_MARGIN):
+    width = high - low
+    return low - margin * width, high + margin * width
+
+
 def psi(counts, shares):
     """Population stability index of window counts against reference shares."""
     observed = np.maximum(counts / max(counts.sum(), 1), _SMALLEST_SHARE)
@@ -132,9 +146,13 @@ class _Tensor:
         self.kind = kind
         self.edges = np.asarray(reference["edges"])
         if "low" in reference:
-            width = reference["high"] - reference["low"]
-            self.low = reference["low"] - RANGE_MARGIN * width
-            self.high = reference["high"] + RANGE_MARGIN * width
+            self.low, self.high = _widened(reference["low"], reference["high"])
+        columns = reference.get("features", ())
+        # A table is held to each column's own range (one range over columns of mixed scales would let a
+        # column 1000x off pass); a column the reference never saw a value of is not checked.
+        bounds = [_widened(f["low"], f["high"], COLUMN_MARGIN) if "low" in f else (-np.inf, np.inf) for f in columns]
+        self.column_lows, self.column_highs = (np.array([b[0] for b in bounds]), np.array([b[1] for b in bounds]))
+        self.unchecked = np.array(["low" not in f for f in columns], dtype=bool)
         self.classes = "class_shares" in reference
         self.counts = np.zeros(len(self.edges) + 1, dtype=np.int64)
         self.features = [(np.asarray(f["edges"]), np.zeros(len(f["edges"]) + 1, dtype=np.int64))
@@ -154,13 +172,19 @@ class _Tensor:
         if self.kind == "output":
             flagged = len(rows) - int(np.count_nonzero(np.isfinite(rows).all(axis=1)))
         elif self.reference.get("range", True):
-            flagged = outside(described, self.low, self.high)
+            flagged = self._outside_columns(rows) if self.features else outside(described, self.low, self.high)
         features = [np.bincount(np.searchsorted(edges, column[np.isfinite(column)], side="right"), minlength=len(edges) + 1)
                     for (edges, _), column in zip(self.features, rows.T)] if rows.shape[1] == len(self.features) else []
         if not self.classes or rows.shape[1] != len(self.reference["class_shares"]):
             return counts, flagged, 0.0, (), features
         top, confidence = confidences(np.nan_to_num(rows) if flagged else rows, self.reference["probabilities"])
         return counts, flagged, float(confidence.sum()), tuple(top.tolist()), features
+
+    def _outside_columns(self, rows):
+        """How many rows of a table hold a value outside its column's range, or NaN."""
+        with np.errstate(invalid="ignore"):
+            inside = (rows >= self.column_lows) & (rows <= self.column_highs) | self.unchecked
+        return len(rows) - int(np.count_nonzero(inside.all(axis=1)))
 
     def add(self, measured, sign):
         counts, flagged, confidence, tops, features = measured
@@ -264,7 +288,8 @@ class Monitor:
                     features += [(f'model="{model}",tensor="{name}",feature="{index}"', psi(window, reference["shares"]))
                                  for index, ((_, window), reference) in enumerate(zip(tensor.features,
                                                                                       tensor.reference.get("features", ())))]
-                flagged[kind].append((f'model="{model}",tensor="{name}"', tensor.flagged_total))
+                if kind == "output" or tensor.reference.get("range", True):
+                    flagged[kind].append((f'model="{model}",tensor="{name}"', tensor.flagged_total))
                 if tensor.classes:
                     labels = f'model="{model}",tensor="{name}"'
                     rows = sum(tensor.tops.values())

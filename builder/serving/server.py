@@ -538,9 +538,9 @@ def main(here, runtime, defaults, argv=None):
     if reference and args.drift_window < 1:
         print(f"refusing to start: --drift-window {args.drift_window}: give at least 1 row", file=sys.stderr)
         return 2
-    if reference and args.drift_window < reference["drift_min_rows"]:
+    if reference and not reference["without_drift_alerts"] and args.drift_window < reference["drift_min_rows"]:
         print(f"warning: --drift-window {args.drift_window} is below the {reference['drift_min_rows']} rows the shipped "
-              "drift alerts wait for (monitoring/alerts.yml): they cannot fire", file=sys.stderr)
+              "drift and collapse alerts wait for (monitoring/alerts.yml): they cannot fire", file=sys.stderr)
     service = Service(model, manifest, settings, labels, reference)
     if args.grpc_port is not None:
         try:  # grpcio and protobuf are optional: only --grpc-port needs them
