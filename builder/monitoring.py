@@ -11,15 +11,14 @@ from typing import Any, Callable
 import numpy as np
 
 from builder import samples
-from builder.samples import role
 from builder.evaluation import EVALUATION_FILE
+from builder.samples import role
 from builder.serving.accuracy import read_cases, run_case
 from builder.serving.monitor import summarize
 from builder.steps.reference import REFERENCE_FILE
 from builder.steps.verify import OUTPUTS_FILE, class_outputs
 
 MONITORING_DIR = "monitoring"
-REFERENCE_STATISTICS = f"{MONITORING_DIR}/reference.json"
 EVALUATION_ROWS = 512  # of the evaluation set, evenly spread: enough for deciles, bounded build time
 # Fewer reference rows than this: PSI against them is noise (two samples of one distribution differ by
 # about 9/n over ten bins, and a thin reference's bins are themselves off), so no drift alert ships.
@@ -40,7 +39,8 @@ def write(out: Path, model, inputs: dict[str, Path], config: dict[str, Any], pro
     """monitoring/: reference.json, alerts.yml and dashboard.json; returns the reference statistics."""
     names = config["model"]["outputs"]
     tensors: dict[str, dict[str, list[np.ndarray]]] = {"inputs": {}, "outputs": {}}
-    kinds = [case["kind"] for case in json.loads((inputs["reference"] / "reference.json").read_text())["cases"]]
+    described_reference = json.loads((inputs["reference"] / "reference.json").read_text())
+    kinds = [case["kind"] for case in described_reference["cases"]]
     with np.load(inputs["reference"] / REFERENCE_FILE) as reference, np.load(inputs["report"] / OUTPUTS_FILE) as answers:
         cases = [case for case, kind in zip(read_cases(reference), kinds) if kind == "sample"]
         answered = [case["artifact"] for case, kind in zip(read_cases(answers), kinds) if kind == "sample"]
@@ -58,7 +58,7 @@ def write(out: Path, model, inputs: dict[str, Path], config: dict[str, Any], pro
     classes = {name for name in class_outputs(config["verify"]["class_scores"], cases)
                if all(array.ndim == 2 and array.shape[1] > 1 for array in tensors["outputs"][name])}
     described = _described_inputs(config["model"]["inputs"], config["requests"]["ranges"])
-    random = json.loads((inputs["reference"] / "reference.json").read_text()).get("random") and not rows["evaluation set"]
+    random = described_reference.get("random") and not rows["evaluation set"]
     total = sum(rows.values())
     # Why the rules leave out the drift, collapse and range alerts (None: they do not).
     thin = ("the reference is the build's random verification inputs" if random else

@@ -73,13 +73,14 @@ def run(ctx, inputs: dict[str, Path], out: Path) -> None:
     if archive:
         torchserve.write(out, str(model_dir), settings, with_requests, _runtime_file(backend))
     watched = monitoring.write(out, model, inputs, with_requests, ctx.progress) if serving["monitoring"] else None
+    masks = {spec["name"] for spec in config["model"]["inputs"] if role(spec) == "mask"}
     tensors = {kind: [{"name": name, "datatype": V2_NAMES.get(dtype, dtype), "shape": [-1 if d is None else d for d in dims]}
                       for name, (dtype, dims) in getattr(model, kind).items()] for kind in ("inputs", "outputs")}
     values = {
         "mdbuild_version": __version__, "recipe": recipe, "target": target["name"],
         "backend": backend.name, "precision": target["precision"], "build_key": ctx.key,
         "report": report, "host": host_fingerprint(), "model_dir": str(model_dir), "labels": labels,
-        **tensors, "example_request": json.dumps(_example_request(tensors["inputs"], {spec["name"] for spec in config["model"]["inputs"] if role(spec) == "mask"})), "monitoring": bool(watched),
+        **tensors, "example_request": json.dumps(_example_request(tensors["inputs"], masks)), "monitoring": bool(watched),
         "torchserve": archive, "without_drift_alerts": watched and watched["without_drift_alerts"],
         "classes": bool(watched) and any("class_shares" in stats for stats in watched["outputs"].values()),
     }
